@@ -1,1 +1,63 @@
-//! placeholder
+//! `wedge-host`: the wasmtime component host of a wedge node.
+//!
+//! It owns everything between "here are the bytes of a component" and "here is
+//! the HTTP response it produced":
+//!
+//! - one [`Host`] per process: a wasmtime `Engine` with the pooling allocator,
+//!   copy-on-write memory images and epoch interruption, a `Linker` with all of
+//!   WASI p2, `wasi:http` and the `wedge:function/*` interfaces, and an on-disk
+//!   cache of compiled components keyed by sha256;
+//! - one [`Function`] per deployed component: its `InstancePre`, its
+//!   [`Limits`], configuration, environment and outbound allow-list;
+//! - a fresh `Store` per request, so no state leaks between requests.
+//!
+//! It must not know about routes, sockets, the cluster or the control plane:
+//! it takes an `http::Request` and gives back an `http::Response`.
+
+mod compile;
+mod config;
+mod engine;
+mod error;
+mod function;
+mod outbound;
+mod state;
+
+pub use config::{FunctionSpec, HostConfig, Limits};
+pub use error::{HostError, LoadError};
+pub use function::{Function, ResponseBody, error_response};
+pub use outbound::{AllowListEntry, OutboundPolicy};
+
+use std::sync::Arc;
+
+/// The component host of one process: one engine, one linker, one compilation
+/// cache. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<engine::EngineHandle>,
+}
+
+impl Host {
+    /// Creates the engine (pooling allocator sized from `config`) and starts
+    /// the epoch ticker that enforces deadlines.
+    pub fn new(config: HostConfig) -> Result<Self, HostError> {
+        config.validate()?;
+        Ok(Self { inner: Arc::new(engine::EngineHandle::new(config)?) })
+    }
+
+    /// The configuration this host was created with.
+    pub fn config(&self) -> &HostConfig {
+        &self.inner.config
+    }
+
+    /// Validates and compiles `wasm` (or loads it from the compilation cache)
+    /// and prepares it to serve requests as the function `spec` describes.
+    ///
+    /// Fails without side effects (other than a cache entry for a component
+    /// that compiled) when the bytes are not a component of a supported world
+    /// or the spec asks for more than this host allows.
+    pub fn load(&self, spec: FunctionSpec, wasm: &[u8]) -> Result<Function, LoadError> {
+        spec.validate(&self.inner.config)?;
+        let compiled = compile::compile_cached(&self.inner, wasm)?;
+        Function::prepare(&self.inner, spec, compiled)
+    }
+}

@@ -1,0 +1,196 @@
+//! Test harness: start real `wedge` processes on loopback, find the guest
+//! components `cargo xtask guests` built, and talk HTTP with a real client.
+
+#![allow(dead_code, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of a guest component built by `cargo xtask guests`.
+pub fn wasm(name: &str) -> PathBuf {
+    let dir = std::env::var_os("WEDGE_WASM_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        target.join("wasm")
+    });
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is missing: run `cargo xtask guests` (or `cargo xtask test`) first", path.display());
+    path
+}
+
+/// A shared compilation cache for every test process, so each component is
+/// compiled once per test run rather than once per server.
+pub fn cache_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wedge-test-cache-{}", std::process::id() / 1_000_000));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A running `wedge serve`; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `wedge serve ARGS --listen 127.0.0.1:0` and waits until it
+    /// prints its address.
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wedge"))
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--cache-dir")
+            .arg(cache_dir())
+            .env("WEDGE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning wedge");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            line.clear();
+            let n = stdout.read_line(&mut line).unwrap();
+            if n == 0 {
+                let status = child.wait().unwrap();
+                panic!("wedge exited ({status}) before serving:\n{}", stderr.lock().unwrap());
+            }
+            if let Some(addr) = line.trim().strip_prefix("wedge serving on http://") {
+                let addr = addr.parse().unwrap();
+                std::thread::spawn(move || {
+                    let mut sink = String::new();
+                    let _ = stdout.read_to_string(&mut sink);
+                });
+                return Server { child, addr, stderr };
+            }
+            assert!(Instant::now() < deadline, "wedge did not start in time");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Resident memory now and at its peak, in bytes (from /proc).
+    pub fn rss(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+                .unwrap()
+                * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP agent that never treats 4xx/5xx as errors.
+pub fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build()
+}
+
+/// A response reduced to what tests look at.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+fn reduce(result: Result<ureq::Response, ureq::Error>) -> Reply {
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("request failed: {error}"),
+    };
+    let status = response.status();
+    let headers = response
+        .headers_names()
+        .into_iter()
+        .filter_map(|name| response.header(&name).map(|v| (name.clone(), v.to_string())))
+        .collect();
+    let body = response.into_string().unwrap_or_default();
+    Reply { status, headers, body }
+}
+
+pub fn get(url: &str) -> Reply {
+    reduce(agent().get(url).call())
+}
+
+pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut request = agent().request(method, url);
+    for (k, v) in headers {
+        request = request.set(k, v);
+    }
+    reduce(request.send_bytes(body))
+}
+
+/// Median of `samples`.
+pub fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Times `n` sequential GETs of `url`, asserting each is 200.
+pub fn time_gets(url: &str, n: usize) -> Vec<Duration> {
+    let agent = agent();
+    (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            let response = agent.get(url).call().expect("request");
+            assert_eq!(response.status(), 200);
+            let _ = response.into_string();
+            started.elapsed()
+        })
+        .collect()
+}

@@ -1,0 +1,361 @@
+//! One deployed function: its pre-instantiated component and its limits, and
+//! the per-request path — admission (body size, concurrency), a fresh
+//! `Store`, the deadline, and turning every way a guest can fail into an
+//! HTTP answer that costs only that request.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{Error as HttpError, WasiHttpView};
+
+use crate::compile::Compiled;
+use crate::config::{FunctionSpec, Limits};
+use crate::engine::EngineHandle;
+use crate::error::LoadError;
+use crate::outbound::{OutboundHooks, OutboundPolicy};
+use crate::state::GuestState;
+
+/// The body of every response the host produces, guest-made or not.
+pub type ResponseBody = wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// A function ready to serve: cheap to clone, clones share the pre-instance
+/// and the concurrency budget.
+#[derive(Clone)]
+pub struct Function {
+    inner: Arc<FunctionInner>,
+}
+
+struct FunctionInner {
+    name: Arc<str>,
+    sha256: String,
+    pre: ProxyPre<GuestState>,
+    limits: Limits,
+    env: Vec<(String, String)>,
+    config: Arc<BTreeMap<String, String>>,
+    outbound: Arc<OutboundPolicy>,
+    /// Permits for concurrently running instances of this function.
+    running: Arc<Semaphore>,
+}
+
+/// How a request's guest run ended when it produced no response.
+#[derive(Debug, thiserror::Error)]
+enum GuestFailure {
+    #[error("deadline of {0:?} exceeded")]
+    Deadline(std::time::Duration),
+    #[error("memory limit of {0} MiB exceeded")]
+    Memory(u64),
+    #[error("stack overflow")]
+    StackOverflow,
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("no free instance slot on this node")]
+    NoSlot,
+    #[error("returned without setting a response")]
+    NoResponse,
+    #[error("failed: {0}")]
+    Other(String),
+}
+
+/// Marker error the epoch callback raises when a request's time is up.
+#[derive(Debug, thiserror::Error)]
+#[error("request deadline exceeded")]
+struct DeadlineExceeded;
+
+impl Function {
+    pub(crate) fn prepare(
+        handle: &EngineHandle,
+        spec: FunctionSpec,
+        compiled: Compiled,
+    ) -> Result<Self, LoadError> {
+        let instance_pre = handle
+            .linker
+            .instantiate_pre(&compiled.component)
+            .map_err(|e| LoadError::WrongWorld(e.into()))?;
+        let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(e.into()))?;
+        let outbound = Arc::new(spec.outbound_policy()?);
+        let concurrency = usize::try_from(spec.limits.concurrency_max).unwrap_or(usize::MAX);
+        Ok(Self {
+            inner: Arc::new(FunctionInner {
+                name: spec.name.into(),
+                sha256: compiled.sha256,
+                pre,
+                limits: spec.limits,
+                env: spec.env.into_iter().collect(),
+                config: Arc::new(spec.config),
+                outbound,
+                running: Arc::new(Semaphore::new(concurrency)),
+            }),
+        })
+    }
+
+    /// The function's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// sha256 of the component's bytes (hex).
+    pub fn sha256(&self) -> &str {
+        &self.inner.sha256
+    }
+
+    /// The limits each request runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Instances of this function running right now.
+    pub fn in_flight(&self) -> usize {
+        let max = usize::try_from(self.inner.limits.concurrency_max).unwrap_or(usize::MAX);
+        max - self.inner.running.available_permits()
+    }
+
+    /// Instantiates the component in a fresh store and measures nothing else:
+    /// the cost every request pays before the guest runs. For benchmarks.
+    pub async fn instantiate_only(&self) -> anyhow::Result<()> {
+        let mut store = self.new_store(Instant::now() + self.inner.limits.timeout);
+        self.inner.pre.instantiate_async(&mut store).await.map_err(anyhow::Error::from)?;
+        Ok(())
+    }
+
+    /// Runs one request through a fresh instance. Never fails: every failure
+    /// of the guest or of admission becomes an HTTP error response.
+    pub async fn handle<B>(&self, request: http::Request<B>) -> http::Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<HttpError>,
+    {
+        let limits = &self.inner.limits;
+        if let Some(length) = content_length(&request)
+            && length > limits.body_bytes_max
+        {
+            return self.body_too_large();
+        }
+        let Ok(permit) = Arc::clone(&self.inner.running).try_acquire_owned() else {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("function {} is at its limit of {} concurrent instances", self.name(), limits.concurrency_max),
+                Some("1"),
+            );
+        };
+        let (request, body_overflow) = limit_body(request, limits.body_bytes_max);
+        let deadline = Instant::now() + limits.timeout;
+        match self.run(request, deadline, permit).await {
+            Ok(response) if body_overflow.is_set() => {
+                drop(response);
+                self.body_too_large()
+            }
+            Ok(response) => response,
+            Err(failure) => {
+                if body_overflow.is_set() {
+                    return self.body_too_large();
+                }
+                self.failure_response(failure)
+            }
+        }
+    }
+
+    async fn run<B>(
+        &self,
+        request: http::Request<LimitedBody<B>>,
+        deadline: Instant,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<http::Response<ResponseBody>, GuestFailure>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<HttpError>,
+    {
+        let mut store = self.new_store(deadline);
+        let (sender, receiver) = oneshot::channel();
+        let setup_failed = |e: wasmtime::Error| GuestFailure::Other(format!("{e:#}"));
+        let req = store.data_mut().http().new_incoming_request(Scheme::Http, request).map_err(setup_failed)?;
+        let out = store.data_mut().http().new_response_outparam(sender).map_err(setup_failed)?;
+
+        let function = self.clone();
+        // The guest runs in its own task so it can keep streaming the
+        // response body after the headers went out; the permit lives as long
+        // as the instance does.
+        let task = tokio::spawn(async move {
+            let _permit = permit;
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            let run = async {
+                let proxy = function.inner.pre.instantiate_async(&mut store).await?;
+                proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+            };
+            let outcome = tokio::time::timeout(timeout, run).await;
+            let memory_refused = store.data().limiter.refused;
+            match outcome {
+                Err(_elapsed) => Err(GuestFailure::Deadline(function.inner.limits.timeout)),
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(function.classify(&error, memory_refused)),
+            }
+        });
+
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err(GuestFailure::Other(format!("guest answered with error {code:?}"))),
+            Err(_) => match task.await {
+                Ok(Ok(())) => Err(GuestFailure::NoResponse),
+                Ok(Err(failure)) => Err(failure),
+                Err(join) => Err(GuestFailure::Other(format!("guest task failed: {join}"))),
+            },
+        }
+    }
+
+    fn new_store(&self, deadline: Instant) -> Store<GuestState> {
+        let inner = &self.inner;
+        let hooks = OutboundHooks { function: Arc::clone(&inner.name), policy: Arc::clone(&inner.outbound) };
+        let state = GuestState::new(&inner.env, Arc::clone(&inner.config), hooks, inner.limits.memory_bytes_max);
+        let mut store = Store::new(inner.pre.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        // Check the deadline on every epoch tick; until then, yield to the
+        // scheduler so a busy guest cannot starve other requests.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(DeadlineExceeded.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+
+    fn classify(&self, error: &wasmtime::Error, memory_refused: bool) -> GuestFailure {
+        if error.downcast_ref::<DeadlineExceeded>().is_some() {
+            return GuestFailure::Deadline(self.inner.limits.timeout);
+        }
+        if let Some(trap) = error.downcast_ref::<Trap>() {
+            return match trap {
+                Trap::StackOverflow => GuestFailure::StackOverflow,
+                Trap::AllocationTooLarge => GuestFailure::NoSlot,
+                _ if memory_refused => GuestFailure::Memory(self.inner.limits.memory_bytes_max >> 20),
+                other => GuestFailure::Trap(other.to_string()),
+            };
+        }
+        let text = format!("{error:#}");
+        if text.contains("maximum concurrent") || text.contains("pooling allocator") {
+            return GuestFailure::NoSlot;
+        }
+        if memory_refused {
+            return GuestFailure::Memory(self.inner.limits.memory_bytes_max >> 20);
+        }
+        GuestFailure::Other(text)
+    }
+
+    fn failure_response(&self, failure: GuestFailure) -> http::Response<ResponseBody> {
+        let name = self.name();
+        let message = format!("function {name} {failure}");
+        let (status, retry_after) = match failure {
+            GuestFailure::Deadline(_) => (StatusCode::GATEWAY_TIMEOUT, None),
+            GuestFailure::NoSlot => (StatusCode::SERVICE_UNAVAILABLE, Some("1")),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
+        };
+        tracing::warn!(function = %name, status = status.as_u16(), "{message}");
+        error_response(status, &message, retry_after)
+    }
+
+    fn body_too_large(&self) -> http::Response<ResponseBody> {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "request body is larger than the {} byte limit of function {}",
+                self.inner.limits.body_bytes_max,
+                self.name()
+            ),
+            None,
+        )
+    }
+}
+
+/// A JSON error response `{"error": message}` with the given status.
+pub fn error_response(status: StatusCode, message: &str, retry_after: Option<&'static str>) -> http::Response<ResponseBody> {
+    let body = serde_json::json!({ "error": message }).to_string() + "\n";
+    let mut response = http::Response::new(
+        Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+    }
+    response
+}
+
+fn content_length<B>(request: &http::Request<B>) -> Option<u64> {
+    request.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Set when a streamed request body went past the limit.
+#[derive(Clone, Default)]
+struct OverflowFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl OverflowFlag {
+    fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+    fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+fn limit_body<B>(request: http::Request<B>, limit: u64) -> (http::Request<LimitedBody<B>>, OverflowFlag) {
+    let flag = OverflowFlag::default();
+    let request = request.map(|inner| LimitedBody { inner, remaining: limit, overflow: flag.clone() });
+    (request, flag)
+}
+
+/// A request body that fails once more than the limit has been read.
+struct LimitedBody<B> {
+    inner: B,
+    remaining: u64,
+    overflow: OverflowFlag,
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<HttpError>,
+{
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.remaining {
+                        this.overflow.set();
+                        return std::task::Poll::Ready(Some(Err(HttpError::HttpRequestBodySize(None))));
+                    }
+                    this.remaining -= len;
+                }
+                std::task::Poll::Ready(Some(Ok(frame)))
+            }
+            std::task::Poll::Ready(Some(Err(e))) => std::task::Poll::Ready(Some(Err(e.into()))),
+            std::task::Poll::Ready(None) => std::task::Poll::Ready(None),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

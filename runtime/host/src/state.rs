@@ -1,0 +1,135 @@
+//! What a `Store` holds for one request: the WASI and `wasi:http` contexts
+//! (with the function's environment and nothing else), the resource table,
+//! the memory limiter, and the host side of `wedge:function/config`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::outbound::OutboundHooks;
+
+/// Host bindings generated from `wit/` (the same WIT the guest SDK uses).
+#[allow(missing_docs)]
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        // Our package lives in wit/wedge-function, the WASI packages it uses
+        // in wit/deps; each is listed after the ones it depends on.
+        path: [
+            "../../wit/deps/io.wit",
+            "../../wit/deps/random.wit",
+            "../../wit/deps/clocks.wit",
+            "../../wit/deps/filesystem.wit",
+            "../../wit/deps/sockets.wit",
+            "../../wit/deps/cli.wit",
+            "../../wit/deps/http.wit",
+            "../../wit/wedge-function",
+        ],
+        world: "wedge:function/http-handler",
+        require_store_data_send: true,
+        with: {
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:cli": wasmtime_wasi::p2::bindings::cli,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+            "wasi:random": wasmtime_wasi::p2::bindings::random,
+        },
+    });
+}
+
+/// The data of one request's `Store`.
+pub(crate) struct GuestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: OutboundHooks,
+    pub(crate) limiter: MemoryLimiter,
+    config: Arc<BTreeMap<String, String>>,
+}
+
+impl GuestState {
+    pub(crate) fn new(
+        env: &[(String, String)],
+        config: Arc<BTreeMap<String, String>>,
+        hooks: OutboundHooks,
+        memory_bytes_max: u64,
+    ) -> Self {
+        // Deny by default: no preopened directories, no sockets, no name
+        // lookups, no inherited environment or arguments. Standard output
+        // and error go to the node's own (logs; captured per request later).
+        let wasi = WasiCtx::builder()
+            .envs(env)
+            .inherit_stdout()
+            .inherit_stderr()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks,
+            limiter: MemoryLimiter { bytes_max: memory_bytes_max, refused: false },
+            config,
+        }
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+impl bindings::wedge::function::config::Host for GuestState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).cloned()
+    }
+
+    fn get_all(&mut self) -> Vec<(String, String)> {
+        self.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// Caps linear memory per instance and remembers whether it had to refuse,
+/// so a trap that follows can be reported as "memory limit" rather than a
+/// generic trap.
+pub(crate) struct MemoryLimiter {
+    bytes_max: u64,
+    pub(crate) refused: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = u64::try_from(desired).map_or(false, |desired| desired <= self.bytes_max);
+        if !allowed {
+            self.refused = true;
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; 1M entries is far beyond any real
+        // guest and keeps a hostile one from growing them without bound.
+        Ok(desired <= 1 << 20)
+    }
+}
