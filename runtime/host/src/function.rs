@@ -35,6 +35,9 @@ pub struct Function {
 }
 
 struct FunctionInner {
+    /// Keeps the engine's epoch ticker running for as long as any function
+    /// can run: without it, deadlines would never fire.
+    _host: Arc<EngineHandle>,
     name: Arc<str>,
     sha256: String,
     pre: ProxyPre<GuestState>,
@@ -72,7 +75,7 @@ struct DeadlineExceeded;
 
 impl Function {
     pub(crate) fn prepare(
-        handle: &EngineHandle,
+        handle: &Arc<EngineHandle>,
         spec: FunctionSpec,
         compiled: Compiled,
     ) -> Result<Self, LoadError> {
@@ -85,6 +88,7 @@ impl Function {
         let concurrency = usize::try_from(spec.limits.concurrency_max).unwrap_or(usize::MAX);
         Ok(Self {
             inner: Arc::new(FunctionInner {
+                _host: Arc::clone(handle),
                 name: spec.name.into(),
                 sha256: compiled.sha256,
                 pre,

@@ -57,6 +57,7 @@ pub async fn start(config: &NodeConfig) -> anyhow::Result<(RunningNode, TcpListe
     .context("creating the wasm engine")?;
 
     let mut table = RouteTable::new();
+    let mut loaded_names = Vec::new();
     for function in functions {
         let wasm = std::fs::read(&function.source)
             .with_context(|| format!("{}: cannot read the file", function.source))?;
@@ -67,7 +68,11 @@ pub async fn start(config: &NodeConfig) -> anyhow::Result<(RunningNode, TcpListe
         for route in function.routes {
             table.insert(route, &name, loaded.clone()).with_context(|| format!("{}", function.source))?;
         }
-        tracing::info!(function = %name, sha256 = %&loaded.sha256()[..12], "loaded");
+        loaded_names.push((name, loaded.sha256()[..12].to_string()));
+    }
+    // Logged only once everything loaded: a refused start prints one line.
+    for (name, sha256) in loaded_names {
+        tracing::info!(function = %name, %sha256, "loaded");
     }
     let listener = TcpListener::bind(config.listen)
         .await

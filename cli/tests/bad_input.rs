@@ -1,0 +1,121 @@
+//! Bad input gets a clear error and changes nothing: files that are not
+//! components make `wedge serve` refuse to start with one line naming the
+//! file and the reason; oversize bodies get 413, unknown routes 404, a
+//! function at its concurrency limit 503; SIGTERM drains in-flight requests.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Server, get, send, wasm};
+
+/// Runs `wedge serve ARGS` expecting it to refuse; returns its stderr.
+fn refused(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_wedge"))
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--no-cache"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "wedge serve accepted {args:?}");
+    assert!(output.stdout.is_empty(), "it printed {:?}", String::from_utf8_lossy(&output.stdout));
+    String::from_utf8(output.stderr).unwrap()
+}
+
+fn assert_one_line(stderr: &str, file: &str, reason: &str) {
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(lines[0].contains(file), "the line should name {file}: {stderr}");
+    assert!(lines[0].contains(reason), "the line should say {reason:?}: {stderr}");
+}
+
+#[test]
+fn files_that_are_not_http_components_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.wasm");
+    std::fs::write(&text, "this is not wasm").unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let missing = dir.path().join("missing.wasm");
+
+    let text = text.to_str().unwrap();
+    assert_one_line(&refused(&[text]), text, "not a WebAssembly file");
+    let core = core.to_str().unwrap();
+    assert_one_line(&refused(&[core]), core, "core WebAssembly module, not a component");
+    let command = wasm("guest-command");
+    let command = command.to_str().unwrap();
+    assert_one_line(&refused(&[command]), command, "does not target a supported world");
+    let missing = missing.to_str().unwrap();
+    assert_one_line(&refused(&[missing]), missing, "cannot read");
+    // A good component beside a bad one: nothing is served.
+    let hello = wasm("hello");
+    assert_one_line(&refused(&[hello.to_str().unwrap(), core]), core, "core WebAssembly module");
+}
+
+#[test]
+fn bad_flags_and_routes_are_refused() {
+    let hello = wasm("hello");
+    let hello = hello.to_str().unwrap();
+    let stderr = refused(&[hello, "--timeout", "forever"]);
+    assert!(stderr.contains("--timeout"), "{stderr}");
+    assert_one_line(&refused(&[hello, "--route", "/a//b"]), "/a//b", "plain path");
+    assert_one_line(&refused(&[hello, "--memory", "1GiB", "--max-concurrency", "0"]), "hello", "concurrency");
+    let stderr = refused(&[hello, hello]);
+    assert!(stderr.contains("named \"hello\""), "{stderr}");
+}
+
+#[test]
+fn oversize_bodies_get_413_and_unknown_routes_404() {
+    let server = Server::start(&[wasm("echo").to_str().unwrap(), "--route", "/echo", "--max-body", "1KiB"]);
+    let small = send("POST", &server.url("/echo"), &[], &[b'a'; 1024]);
+    assert_eq!(small.status, 200);
+
+    let big = send("POST", &server.url("/echo"), &[], &[b'a'; 2048]);
+    assert_eq!(big.status, 413, "{}", big.body);
+    assert!(big.body.contains("1024 byte limit"), "{}", big.body);
+
+    // Chunked, so the size is only known while streaming.
+    let chunked = common::agent().post(&server.url("/echo")).send(&[b'b'; 4096][..]);
+    let status = match chunked {
+        Ok(response) => response.status(),
+        Err(ureq::Error::Status(status, _)) => status,
+        Err(error) => panic!("{error}"),
+    };
+    assert_eq!(status, 413);
+
+    let unknown = get(&server.url("/nowhere"));
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_str(&unknown.body).unwrap();
+    assert!(body["error"].as_str().unwrap().contains("/nowhere"));
+    assert_eq!(get(&server.url("/echo")).status, 200, "still serving");
+}
+
+#[test]
+fn concurrency_limit_answers_503_with_retry_after() {
+    let server = Server::start(&[wasm("guest-sleep").to_str().unwrap(), "--max-concurrency", "1"]);
+    let url = server.url("/?ms=1500");
+    let slow = std::thread::spawn(move || get(&url));
+    std::thread::sleep(Duration::from_millis(400));
+    let rejected = get(&server.url("/?ms=0"));
+    assert_eq!(rejected.status, 503, "{}", rejected.body);
+    assert_eq!(rejected.header("retry-after"), Some("1"));
+    assert_eq!(slow.join().unwrap().status, 200);
+    assert_eq!(get(&server.url("/?ms=0")).status, 200, "the slot is free again");
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests() {
+    let mut server = Server::start(&[wasm("guest-sleep").to_str().unwrap()]);
+    let url = server.url("/?ms=1000");
+    let in_flight = std::thread::spawn(move || get(&url));
+    std::thread::sleep(Duration::from_millis(300));
+    server.terminate();
+    let reply = in_flight.join().unwrap();
+    assert_eq!((reply.status, reply.body.as_str()), (200, "slept 1000 ms\n"));
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "wedge exited with {status}");
+    assert!(std::net::TcpStream::connect(server.addr).is_err(), "still accepting after shutdown");
+}
