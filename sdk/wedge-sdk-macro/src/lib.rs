@@ -1,1 +1,91 @@
-//! placeholder
+//! Procedural macros of `wedge-sdk`. Use them through `wedge_sdk` (for
+//! example `#[wedge_sdk::http_handler]`), never directly: the code they
+//! generate names `::wedge_sdk` paths.
+
+use proc_macro::TokenStream;
+use quote::quote;
+use syn::spanned::Spanned;
+use syn::{FnArg, ItemFn, parse_macro_input};
+
+/// Exports a function as the component's `wasi:http/incoming-handler`.
+///
+/// The function takes one `wedge_sdk::Request` and returns anything that
+/// implements `wedge_sdk::IntoResponse`; it may be `async` (it then runs on
+/// `wedge_sdk::executor::block_on`). One function per component may carry
+/// the attribute.
+///
+/// ```ignore
+/// #[wedge_sdk::http_handler]
+/// fn handle(req: wedge_sdk::Request) -> impl wedge_sdk::IntoResponse {
+///     "Hello, wedge!\n"
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn http_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        let attr = proc_macro2::TokenStream::from(attr);
+        return syn::Error::new(attr.span(), "#[http_handler] takes no arguments")
+            .to_compile_error()
+            .into();
+    }
+    let function = parse_macro_input!(item as ItemFn);
+    match expand(&function) {
+        Ok(tokens) => tokens.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn expand(function: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
+    let sig = &function.sig;
+    if sig.inputs.len() != 1 {
+        return Err(syn::Error::new(
+            sig.inputs.span(),
+            "an #[http_handler] function takes exactly one argument: the `wedge_sdk::Request`",
+        ));
+    }
+    if let Some(FnArg::Receiver(receiver)) = sig.inputs.first() {
+        return Err(syn::Error::new(
+            receiver.span(),
+            "#[http_handler] goes on a free function, not a method",
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "an #[http_handler] function cannot be generic",
+        ));
+    }
+    let name = &sig.ident;
+    let serve = if sig.asyncness.is_some() {
+        quote!(::wedge_sdk::__private::serve_async)
+    } else {
+        quote!(::wedge_sdk::__private::serve)
+    };
+    Ok(quote! {
+        #function
+
+        // The export glue: a hidden type implementing the generated
+        // `incoming-handler` trait, exported with the SDK's `export!`. The
+        // generated ABI functions are `unsafe` by nature.
+        #[allow(unsafe_code)]
+        const _: () = {
+            #[doc(hidden)]
+            struct __WedgeHttpHandler;
+
+            impl ::wedge_sdk::bindings::exports::wasi::http::incoming_handler::Guest
+                for __WedgeHttpHandler
+            {
+                fn handle(
+                    request: ::wedge_sdk::bindings::wasi::http::types::IncomingRequest,
+                    response_out: ::wedge_sdk::bindings::wasi::http::types::ResponseOutparam,
+                ) {
+                    #serve(request, response_out, #name)
+                }
+            }
+
+            ::wedge_sdk::bindings::export!(
+                __WedgeHttpHandler with_types_in ::wedge_sdk::bindings
+            );
+        };
+    })
+}
