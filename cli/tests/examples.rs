@@ -3,6 +3,8 @@
 //! a 50 MiB streamed body), json-api, a plain wasi:http/proxy component, and
 //! HTTP/2.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::Read;
@@ -61,8 +63,11 @@ impl Read for PatternReader {
 #[test]
 fn echo_streams_fifty_mebibytes_with_bounded_memory() {
     const SIZE: usize = 50 << 20;
+    let _measuring = common::measuring();
     let server = Server::start(&[wasm("echo").to_str().unwrap(), "--max-body", "64MiB", "--memory", "32MiB"]);
-    let (_, peak_before) = server.rss();
+    assert_eq!(get(&server.url("/")).status, 200, "warm up");
+    server.reset_peak_rss();
+    let (peak_before, _) = server.rss();
 
     let mut expected = Sha256::new();
     let mut source = PatternReader { remaining: SIZE, state: 7 };

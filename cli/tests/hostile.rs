@@ -3,6 +3,8 @@
 //! traps and the node's memory stays bounded; unbounded recursion and a
 //! panic trap; after each, the node still serves.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -26,6 +28,7 @@ fn assert_hello_serves(server: &Server) {
 
 #[test]
 fn infinite_loop_is_cut_at_the_deadline_and_neighbours_keep_their_latency() {
+    let _measuring = common::measuring();
     let deadline = Duration::from_secs(1);
     let server = hostile_server("1s", "64MiB");
     let url = server.url("/guest-loop");
@@ -38,6 +41,7 @@ fn infinite_loop_is_cut_at_the_deadline_and_neighbours_keep_their_latency() {
     });
     std::thread::sleep(Duration::from_millis(100));
     let during = median(time_gets(&server.url("/hello"), 30));
+    assert!(!looping.is_finished(), "the loop should still be running while hello is measured");
     let (reply, elapsed) = looping.join().unwrap();
 
     assert_eq!(reply.status, 504, "{}", reply.body);
@@ -53,8 +57,10 @@ fn infinite_loop_is_cut_at_the_deadline_and_neighbours_keep_their_latency() {
 
 #[test]
 fn memory_bomb_traps_and_node_memory_stays_bounded() {
+    let _measuring = common::measuring();
     let server = hostile_server("10s", "64MiB");
     assert_hello_serves(&server);
+    server.reset_peak_rss();
     let (rss_before, _) = server.rss();
     for round in 0..3 {
         let reply = get(&server.url("/guest-membomb"));
@@ -90,5 +96,7 @@ fn panic_gives_a_500_and_the_node_serves_on() {
         assert!(reply.body.contains("guest-panic"), "{}", reply.body);
         assert_hello_serves(&server);
     }
-    assert!(server.stderr().contains("guest-panic fixture"), "the panic message reaches the logs");
+    let logs = server.stderr();
+    let line = logs.lines().find(|l| l.contains("guest-panic fixture")).expect("the panic message reaches the logs");
+    assert!(line.contains("request_id"), "guest output is tagged with the request: {line}");
 }

@@ -115,12 +115,15 @@ impl ServeArgs {
             .build()
             .context("starting the async runtime")?;
         runtime.block_on(async move {
+            // Watch for SIGTERM before announcing readiness, so a supervisor
+            // that stops us right away still gets a graceful drain.
+            let shutdown = shutdown_signal()?;
             let (node, listener) = wedge_node::start(&config).await?;
             println!("wedge serving on http://{}", node.local_addr);
             for (route, function) in node.ingress.routes().routes() {
                 println!("  {route} -> {function}");
             }
-            node.ingress.serve(listener, shutdown_signal()).await;
+            node.ingress.serve(listener, shutdown).await;
             anyhow::Ok(())
         })
     }
@@ -132,6 +135,20 @@ impl ServeArgs {
         }
         if self.components.is_empty() && functions.is_empty() {
             bail!("nothing to serve: name component files or give --config functions.toml (see --help)");
+        }
+        let per_component_flags = !self.routes.is_empty()
+            || self.timeout.is_some()
+            || self.memory.is_some()
+            || self.max_body.is_some()
+            || self.max_concurrency.is_some()
+            || !self.config_values.is_empty()
+            || !self.env.is_empty()
+            || !self.allowed_outbound_hosts.is_empty();
+        if self.components.is_empty() && per_component_flags {
+            bail!(
+                "--route, limits, --set, --env and --allow-outbound apply to components named on the command line; \
+                 for functions in --config, put them in the file"
+            );
         }
         if self.components.len() > 1 && !self.routes.is_empty() && self.routes.len() != self.components.len() {
             bail!(
@@ -174,25 +191,17 @@ fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("wedge").join("compiled"))
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(error) => {
-                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the server");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+/// Installs the SIGTERM and Ctrl-C handlers now; the returned future
+/// completes when either arrives.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("watching SIGINT")?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
+        tracing::info!("shutting down");
+    })
 }

@@ -10,6 +10,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Tests that measure time or memory take this lock so they do not run
+/// beside each other inside one test binary.
+pub static MEASURING: Mutex<()> = Mutex::new(());
+
+pub fn measuring() -> std::sync::MutexGuard<'static, ()> {
+    MEASURING.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Path of a guest component built by `cargo xtask guests`.
 pub fn wasm(name: &str) -> PathBuf {
     let dir = std::env::var_os("WEDGE_WASM_DIR").map(PathBuf::from).unwrap_or_else(|| {
@@ -23,12 +31,11 @@ pub fn wasm(name: &str) -> PathBuf {
     path
 }
 
-/// A shared compilation cache for every test process, so each component is
-/// compiled once per test run rather than once per server.
+/// A compilation cache shared by every test server, in cargo's per-target
+/// temporary directory (private to this checkout), so each component is
+/// compiled once per build rather than once per server.
 pub fn cache_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wedge-test-cache-{}", std::process::id() / 1_000_000));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wedge-compiled")
 }
 
 /// A running `wedge serve`; killed when dropped.
@@ -42,7 +49,14 @@ impl Server {
     /// Starts `wedge serve ARGS --listen 127.0.0.1:0` and waits until it
     /// prints its address.
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wedge"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wedge"));
+        // The caller's WEDGE_* settings must not leak into the test.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("WEDGE_") {
+                command.env_remove(&key);
+            }
+        }
+        let mut child = command
             .arg("serve")
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
@@ -65,25 +79,26 @@ impl Server {
                 sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
+        // Read stdout on a thread so a wedge that hangs silently still hits
+        // the startup deadline.
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            line.clear();
-            let n = stdout.read_line(&mut line).unwrap();
-            if n == 0 {
+        let (ready, announced) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while stdout.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if let Some(addr) = line.trim().strip_prefix("wedge serving on http://") {
+                    let _ = ready.send(addr.parse::<SocketAddr>().unwrap());
+                }
+                line.clear();
+            }
+        });
+        match announced.recv_timeout(Duration::from_secs(120)) {
+            Ok(addr) => Server { child, addr, stderr },
+            Err(_) => {
+                let _ = child.kill();
                 let status = child.wait().unwrap();
-                panic!("wedge exited ({status}) before serving:\n{}", stderr.lock().unwrap());
+                panic!("wedge did not start serving ({status}):\n{}", stderr.lock().unwrap());
             }
-            if let Some(addr) = line.trim().strip_prefix("wedge serving on http://") {
-                let addr = addr.parse().unwrap();
-                std::thread::spawn(move || {
-                    let mut sink = String::new();
-                    let _ = stdout.read_to_string(&mut sink);
-                });
-                return Server { child, addr, stderr };
-            }
-            assert!(Instant::now() < deadline, "wedge did not start in time");
         }
     }
 
@@ -114,6 +129,12 @@ impl Server {
                 * 1024
         };
         (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Resets the peak-RSS mark, so a later `rss().1` measures only what
+    /// happened after this call.
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").unwrap();
     }
 
     pub fn stderr(&self) -> String {

@@ -4,7 +4,7 @@
 //! compiled once per machine however often it is loaded.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
@@ -76,14 +76,16 @@ fn deserialize_trusted(handle: &EngineHandle, precompiled: &[u8]) -> anyhow::Res
     unsafe { Component::deserialize(&handle.engine, precompiled) }.map_err(anyhow::Error::from)
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so a
-/// crash never leaves a half-written cache entry behind.
+/// Writes `bytes` to `path` through a uniquely named temporary file in the
+/// same directory and a rename, so neither a crash nor a concurrent writer
+/// ever leaves a half-written cache entry behind.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp: PathBuf = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 #[cfg(test)]

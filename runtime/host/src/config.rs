@@ -10,6 +10,8 @@ use crate::error::{HostError, LoadError};
 use crate::outbound::{AllowListEntry, OutboundPolicy};
 
 const MIB: u64 = 1024 * 1024;
+/// Longest request deadline a function may ask for.
+const TIMEOUT_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// Settings of the one engine of a process.
 #[derive(Debug, Clone)]
@@ -122,8 +124,8 @@ impl FunctionSpec {
                 host.instance_memory_bytes_max / MIB
             ));
         }
-        if limits.timeout.is_zero() {
-            return invalid("timeout must be greater than zero".into());
+        if limits.timeout.is_zero() || limits.timeout > TIMEOUT_MAX {
+            return invalid("timeout must be greater than zero and at most 24h".into());
         }
         if limits.concurrency_max == 0 {
             return invalid("max concurrency must be at least 1".into());

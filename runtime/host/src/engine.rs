@@ -38,8 +38,7 @@ impl EngineHandle {
         let engine = Engine::new(&engine_config(&config)).map_err(|e| HostError::Engine(e.into()))?;
         let linker = build_linker(&engine).map_err(|e| HostError::Engine(e.into()))?;
         if let Some(dir) = &config.cache_dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| HostError::CacheDir { path: dir.clone(), source })?;
+            prepare_cache_dir(dir).map_err(|source| HostError::CacheDir { path: dir.clone(), source })?;
         }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -57,6 +56,26 @@ impl Drop for EngineHandle {
     }
 }
 
+/// Creates the compilation cache directory private to this user. Compiled
+/// code in it is loaded without re-validation, so nobody else may write it.
+fn prepare_cache_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let metadata = std::fs::metadata(dir)?;
+        // Our own uid is the owner of a file we create (no libc needed).
+        let probe = tempfile::tempfile_in(dir)?;
+        if metadata.uid() != probe.metadata()?.uid() {
+            return Err(std::io::Error::other("the directory belongs to another user"));
+        }
+        if metadata.permissions().mode() & 0o022 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    Ok(())
+}
+
 fn engine_config(host: &HostConfig) -> Config {
     let slots = host.instances_max;
     let mut pool = PoolingAllocationConfig::default();
@@ -65,7 +84,9 @@ fn engine_config(host: &HostConfig) -> Config {
         .total_memories(slots.saturating_mul(MEMORIES_PER_COMPONENT))
         .total_tables(slots.saturating_mul(TABLES_PER_COMPONENT))
         .total_stacks(slots)
-        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT * 4)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(TABLES_PER_COMPONENT)
         .max_memory_size(usize::try_from(host.instance_memory_bytes_max).unwrap_or(usize::MAX))
         // Keep a little of each slot resident so the next instance in the
         // slot skips page faults; the rest is returned to the OS.

@@ -12,7 +12,8 @@ use http::{HeaderValue, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
-use wasmtime::{Store, Trap, UpdateDeadline};
+use tracing::Instrument;
+use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpView};
@@ -66,6 +67,17 @@ enum GuestFailure {
     NoResponse,
     #[error("failed: {0}")]
     Other(String),
+}
+
+/// Aborts the guest task when dropped, unless disarmed.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
 }
 
 /// Marker error the epoch callback raises when a request's time is up.
@@ -125,7 +137,7 @@ impl Function {
     /// Instantiates the component in a fresh store and measures nothing else:
     /// the cost every request pays before the guest runs. For benchmarks.
     pub async fn instantiate_only(&self) -> anyhow::Result<()> {
-        let mut store = self.new_store(Instant::now() + self.inner.limits.timeout);
+        let mut store = self.new_store(Instant::now() + self.inner.limits.timeout, "-".into());
         self.inner.pre.instantiate_async(&mut store).await.map_err(anyhow::Error::from)?;
         Ok(())
     }
@@ -150,9 +162,12 @@ impl Function {
                 Some("1"),
             );
         };
+        let request_id: Arc<str> =
+            request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").into();
         let (request, body_overflow) = limit_body(request, limits.body_bytes_max);
+        // Timeouts are validated to be at most a day, so this cannot overflow.
         let deadline = Instant::now() + limits.timeout;
-        match self.run(request, deadline, permit).await {
+        match self.run(request, deadline, permit, Arc::clone(&request_id)).await {
             Ok(response) if body_overflow.is_set() => {
                 drop(response);
                 self.body_too_large()
@@ -162,7 +177,7 @@ impl Function {
                 if body_overflow.is_set() {
                     return self.body_too_large();
                 }
-                self.failure_response(failure)
+                self.failure_response(&failure, &request_id)
             }
         }
     }
@@ -172,12 +187,13 @@ impl Function {
         request: http::Request<LimitedBody<B>>,
         deadline: Instant,
         permit: OwnedSemaphorePermit,
+        request_id: Arc<str>,
     ) -> Result<http::Response<ResponseBody>, GuestFailure>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<HttpError>,
     {
-        let mut store = self.new_store(deadline);
+        let mut store = self.new_store(deadline, request_id);
         let (sender, receiver) = oneshot::channel();
         let setup_failed = |e: wasmtime::Error| GuestFailure::Other(format!("{e:#}"));
         let req = store.data_mut().http().new_incoming_request(Scheme::Http, request).map_err(setup_failed)?;
@@ -185,26 +201,39 @@ impl Function {
 
         let function = self.clone();
         // The guest runs in its own task so it can keep streaming the
-        // response body after the headers went out; the permit lives as long
-        // as the instance does.
-        let task = tokio::spawn(async move {
-            let _permit = permit;
-            let timeout = deadline.saturating_duration_since(Instant::now());
-            let run = async {
-                let proxy = function.inner.pre.instantiate_async(&mut store).await?;
-                proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
-            };
-            let outcome = tokio::time::timeout(timeout, run).await;
-            let memory_refused = store.data().limiter.refused;
-            match outcome {
-                Err(_elapsed) => Err(GuestFailure::Deadline(function.inner.limits.timeout)),
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) => Err(function.classify(&error, memory_refused)),
+        // response body after the head went out; the permit lives as long as
+        // the instance does. Failures are logged here, with every detail,
+        // because after the head there is nobody else to tell.
+        let task = tokio::spawn(
+            async move {
+                let _permit = permit;
+                let timeout = deadline.saturating_duration_since(Instant::now());
+                let run = async {
+                    let proxy = function.inner.pre.instantiate_async(&mut store).await?;
+                    proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+                };
+                let outcome = tokio::time::timeout(timeout, run).await;
+                let memory_refused = store.data().limiter.refused;
+                let result = match outcome {
+                    Err(_elapsed) => Err(GuestFailure::Deadline(function.inner.limits.timeout)),
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => Err(function.classify(&error, memory_refused)),
+                };
+                if let Err(failure) = &result {
+                    tracing::warn!(function = %function.name(), "guest failed: {failure}");
+                }
+                result
             }
-        });
-
+            .in_current_span(),
+        );
+        // Until the head is delivered, the request owns the guest: a client
+        // that goes away takes its instance (and concurrency permit) with it.
+        let mut guard = AbortOnDrop(Some(task.abort_handle()));
         match receiver.await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => {
+                guard.0 = None;
+                Ok(response)
+            }
             Ok(Err(code)) => Err(GuestFailure::Other(format!("guest answered with error {code:?}"))),
             Err(_) => match task.await {
                 Ok(Ok(())) => Err(GuestFailure::NoResponse),
@@ -214,10 +243,11 @@ impl Function {
         }
     }
 
-    fn new_store(&self, deadline: Instant) -> Store<GuestState> {
+    fn new_store(&self, deadline: Instant, request_id: Arc<str>) -> Store<GuestState> {
         let inner = &self.inner;
-        let hooks = OutboundHooks { function: Arc::clone(&inner.name), policy: Arc::clone(&inner.outbound) };
-        let state = GuestState::new(&inner.env, Arc::clone(&inner.config), hooks, inner.limits.memory_bytes_max);
+        let hooks = OutboundHooks::new(Arc::clone(&inner.name), Arc::clone(&inner.outbound));
+        let state =
+            GuestState::new(&inner.env, Arc::clone(&inner.config), hooks, inner.limits.memory_bytes_max, request_id);
         let mut store = Store::new(inner.pre.engine(), state);
         store.limiter(|state| &mut state.limiter);
         // Check the deadline on every epoch tick; until then, yield to the
@@ -237,34 +267,45 @@ impl Function {
         if error.downcast_ref::<DeadlineExceeded>().is_some() {
             return GuestFailure::Deadline(self.inner.limits.timeout);
         }
+        if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+            return GuestFailure::NoSlot;
+        }
         if let Some(trap) = error.downcast_ref::<Trap>() {
             return match trap {
                 Trap::StackOverflow => GuestFailure::StackOverflow,
-                Trap::AllocationTooLarge => GuestFailure::NoSlot,
                 _ if memory_refused => GuestFailure::Memory(self.inner.limits.memory_bytes_max >> 20),
-                other => GuestFailure::Trap(other.to_string()),
+                other => GuestFailure::Trap(format!("{other}: {error:#}")),
             };
-        }
-        let text = format!("{error:#}");
-        if text.contains("maximum concurrent") || text.contains("pooling allocator") {
-            return GuestFailure::NoSlot;
         }
         if memory_refused {
             return GuestFailure::Memory(self.inner.limits.memory_bytes_max >> 20);
         }
-        GuestFailure::Other(text)
+        GuestFailure::Other(format!("{error:#}"))
     }
 
-    fn failure_response(&self, failure: GuestFailure) -> http::Response<ResponseBody> {
+    /// The client sees what kind of failure it was and the request id to
+    /// look for in the logs, never the guest's internals.
+    fn failure_response(&self, failure: &GuestFailure, request_id: &str) -> http::Response<ResponseBody> {
         let name = self.name();
-        let message = format!("function {name} {failure}");
-        let (status, retry_after) = match failure {
-            GuestFailure::Deadline(_) => (StatusCode::GATEWAY_TIMEOUT, None),
-            GuestFailure::NoSlot => (StatusCode::SERVICE_UNAVAILABLE, Some("1")),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
+        let limits = &self.inner.limits;
+        let (status, what, retry_after) = match failure {
+            GuestFailure::Deadline(timeout) => {
+                (StatusCode::GATEWAY_TIMEOUT, format!("exceeded its deadline of {timeout:?}"), None)
+            }
+            GuestFailure::Memory(mib) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, format!("exceeded its memory limit of {mib} MiB"), None)
+            }
+            GuestFailure::StackOverflow => (StatusCode::INTERNAL_SERVER_ERROR, "trapped: stack overflow".into(), None),
+            GuestFailure::Trap(_) => (StatusCode::INTERNAL_SERVER_ERROR, "trapped".into(), None),
+            GuestFailure::NoSlot => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("has no free instance slot on this node ({} max concurrency)", limits.concurrency_max),
+                Some("1"),
+            ),
+            GuestFailure::NoResponse => (StatusCode::INTERNAL_SERVER_ERROR, "returned without a response".into(), None),
+            GuestFailure::Other(_) => (StatusCode::INTERNAL_SERVER_ERROR, "failed".into(), None),
         };
-        tracing::warn!(function = %name, status = status.as_u16(), "{message}");
-        error_response(status, &message, retry_after)
+        error_response(status, &format!("function {name} {what} (request id {request_id})"), retry_after)
     }
 
     fn body_too_large(&self) -> http::Response<ResponseBody> {

@@ -19,6 +19,7 @@ mod config;
 mod engine;
 mod error;
 mod function;
+mod guest_log;
 mod outbound;
 mod state;
 

@@ -2,11 +2,21 @@
 //! allow-list. Private, loopback and link-local destinations are allowed only
 //! when an entry names that host exactly (a wildcard never reaches them).
 //! A denied call returns `HttpRequestDenied` to the guest; it never traps.
+//!
+//! When only a wildcard admits a host, its name is resolved once, every
+//! address must be public, and plain-HTTP requests are pinned to the vetted
+//! address so a second DNS answer cannot point them inward (HTTPS is bound
+//! to the name by its certificate). Each request may make a bounded number
+//! of outgoing calls.
 
-use std::net::IpAddr;
+/// Most outgoing requests one incoming request may make.
+const OUTBOUND_REQUESTS_MAX: u32 = 64;
+
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http_body_util::BodyExt;
+use tracing::Instrument;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// One allow-list entry: `host`, `host:port`, `*.domain`, `*`, each
@@ -118,6 +128,9 @@ pub enum Denied {
     /// The URI has no host.
     #[error("the request has no host")]
     NoHost,
+    /// The name did not resolve, so where it points cannot be checked.
+    #[error("{0} could not be resolved")]
+    Unresolved(String),
 }
 
 impl OutboundPolicy {
@@ -127,8 +140,9 @@ impl OutboundPolicy {
     }
 
     /// Decides whether a request to `uri` may go out, resolving its host to
-    /// check where it really points.
-    pub async fn check(&self, uri: &http::Uri) -> Result<(), Denied> {
+    /// check where it really points. On success, returns the vetted address
+    /// to connect to when one was resolved (only wildcard matches resolve).
+    pub async fn check(&self, uri: &http::Uri) -> Result<Option<SocketAddr>, Denied> {
         let host = uri.host().ok_or(Denied::NoHost)?.trim_start_matches('[').trim_end_matches(']');
         let host = host.to_ascii_lowercase();
         let scheme = uri.scheme_str().unwrap_or("https");
@@ -139,21 +153,23 @@ impl OutboundPolicy {
             return Err(Denied::NotListed(format!("{scheme}://{host}:{port}")));
         }
         if matching.iter().any(|e| e.is_exact()) {
-            return Ok(());
+            return Ok(None);
         }
         // Only wildcards matched: every address the name resolves to must be
-        // public. (The connection resolves again; a DNS answer that changes
-        // in between is not defended against here.)
-        let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![ip],
+        // public, and a name that does not resolve is refused.
+        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
             Err(_) => tokio::net::lookup_host((host.as_str(), port))
                 .await
-                .map(|addrs| addrs.map(|a| a.ip()).collect())
+                .map(|addrs| addrs.collect())
                 .unwrap_or_default(),
         };
-        match addrs.into_iter().find(|ip| !is_public(*ip)) {
-            Some(addr) => Err(Denied::NonPublic { host, addr }),
-            None => Ok(()),
+        if addrs.is_empty() {
+            return Err(Denied::Unresolved(host));
+        }
+        match addrs.iter().find(|addr| !is_public(addr.ip())) {
+            Some(addr) => Err(Denied::NonPublic { host, addr: addr.ip() }),
+            None => Ok(addrs.first().copied()),
         }
     }
 }
@@ -171,6 +187,8 @@ pub(crate) fn is_public(ip: IpAddr) -> bool {
                 || v4.is_multicast()
                 || v4.is_documentation()
                 || o[0] == 0
+                || o[0] >= 240 // 240.0.0.0/4 reserved
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24 protocol assignments
                 || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10 carrier-grade NAT
                 || (o[0] == 198 && (o[1] & 0xfe) == 18)) // 198.18.0.0/15 benchmarking
         }
@@ -178,12 +196,18 @@ pub(crate) fn is_public(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let s = v6.segments();
+            let embeds_v4 = (s[0] == 0x64 && s[1] == 0xff9b) // NAT64 64:ff9b::/96
+                || s[0] == 0x2002 // 6to4
+                || s[..6].iter().all(|&x| x == 0); // IPv4-compatible ::a.b.c.d
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80) // link local
+                || embeds_v4
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link local
+                || (s[0] & 0xffc0) == 0xfec0 // site local (deprecated)
+                || (s[0] == 0x2001 && s[1] == 0x0db8)) // documentation
         }
     }
 }
@@ -192,7 +216,15 @@ pub(crate) fn is_public(ip: IpAddr) -> bool {
 /// function's policy first.
 pub(crate) struct OutboundHooks {
     pub(crate) function: Arc<str>,
-    pub(crate) policy: Arc<OutboundPolicy>,
+    policy: Arc<OutboundPolicy>,
+    /// Outgoing requests this incoming request may still make.
+    requests_left: u32,
+}
+
+impl OutboundHooks {
+    pub(crate) fn new(function: Arc<str>, policy: Arc<OutboundPolicy>) -> Self {
+        Self { function, policy, requests_left: OUTBOUND_REQUESTS_MAX }
+    }
 }
 
 type SendFuture = Box<
@@ -213,16 +245,37 @@ impl WasiHttpHooks for OutboundHooks {
     ) -> SendFuture {
         let policy = Arc::clone(&self.policy);
         let function = Arc::clone(&self.function);
-        Box::new(async move {
-            if let Err(denied) = policy.check(request.uri()).await {
-                tracing::info!(function = %function, uri = %request.uri(), reason = %denied,
-                    "outgoing request denied");
-                return Err(HttpError::HttpRequestDenied);
+        let budget_left = self.requests_left > 0;
+        self.requests_left = self.requests_left.saturating_sub(1);
+        let span = tracing::Span::current();
+        let send = async move {
+            if !budget_left {
+                tracing::info!(function = %function, "outgoing request refused: {OUTBOUND_REQUESTS_MAX} per request at most");
+                return Err(HttpError::ConnectionLimitReached);
+            }
+            let mut request = request;
+            match policy.check(request.uri()).await {
+                Err(denied) => {
+                    tracing::info!(function = %function, uri = %request.uri(), reason = %denied,
+                        "outgoing request denied");
+                    return Err(HttpError::HttpRequestDenied);
+                }
+                Ok(Some(vetted)) if request.uri().scheme_str() == Some("http") => {
+                    // Connect to the address that was checked, not to
+                    // whatever the name resolves to next; Host stays.
+                    let mut parts = request.uri().clone().into_parts();
+                    parts.authority = vetted.to_string().parse().ok();
+                    if let Ok(uri) = http::Uri::from_parts(parts) {
+                        *request.uri_mut() = uri;
+                    }
+                }
+                Ok(_) => {}
             }
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             let response = response.map(BodyExt::boxed_unsync);
             Ok((response, Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>))
-        })
+        };
+        Box::new(send.instrument(span))
     }
 }
 

@@ -1,6 +1,7 @@
 //! What a `Store` holds for one request: the WASI and `wasi:http` contexts
-//! (with the function's environment and nothing else), the resource table,
-//! the memory limiter, and the host side of `wedge:function/config`.
+//! (with the function's environment and nothing else), the resource table
+//! (bounded), the memory limiter, and the host side of
+//! `wedge:function/config`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +10,15 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::guest_log::GuestLog;
 use crate::outbound::OutboundHooks;
+
+/// Most resources (streams, headers, pollables, ...) one request may hold
+/// at once: far above what a real handler uses, far below what would let a
+/// guest grow the host's heap without bound.
+const RESOURCES_MAX: usize = 10_000;
+/// Largest in-memory size of one set of HTTP fields a guest may build.
+const FIELDS_BYTES_MAX: usize = 64 * 1024;
 
 /// Host bindings generated from `wit/` (the same WIT the guest SDK uses).
 #[allow(missing_docs)]
@@ -55,24 +64,30 @@ impl GuestState {
         config: Arc<BTreeMap<String, String>>,
         hooks: OutboundHooks,
         memory_bytes_max: u64,
+        request_id: Arc<str>,
     ) -> Self {
         // Deny by default: no preopened directories, no sockets, no name
         // lookups, no inherited environment or arguments. Standard output
-        // and error go to the node's own (logs; captured per request later).
+        // and error become log events tagged with function and request id.
+        let (stdout, stderr) = GuestLog::pair(Arc::clone(&hooks.function), request_id);
         let wasi = WasiCtx::builder()
             .envs(env)
-            .inherit_stdout()
-            .inherit_stderr()
+            .stdout(stdout)
+            .stderr(stderr)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(FIELDS_BYTES_MAX);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(RESOURCES_MAX);
         Self {
             wasi,
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            http,
+            table,
             hooks,
-            limiter: MemoryLimiter { bytes_max: memory_bytes_max, refused: false },
+            limiter: MemoryLimiter { bytes_max: memory_bytes_max, bytes_used: 0, refused: false },
             config,
         }
     }
@@ -100,26 +115,30 @@ impl bindings::wedge::function::config::Host for GuestState {
     }
 }
 
-/// Caps linear memory per instance and remembers whether it had to refuse,
-/// so a trap that follows can be reported as "memory limit" rather than a
-/// generic trap.
+/// Caps the linear memory of an instance — all its memories together — and
+/// remembers whether it had to refuse, so a trap that follows can be
+/// reported as "memory limit" rather than a generic trap.
 pub(crate) struct MemoryLimiter {
     bytes_max: u64,
+    bytes_used: u64,
     pub(crate) refused: bool,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = u64::try_from(desired).map_or(false, |desired| desired <= self.bytes_max);
-        if !allowed {
+        let growth = desired.saturating_sub(current) as u64;
+        let total = self.bytes_used.saturating_add(growth);
+        if total > self.bytes_max {
             self.refused = true;
+            return Ok(false);
         }
-        Ok(allowed)
+        self.bytes_used = total;
+        Ok(true)
     }
 
     fn table_growing(

@@ -21,7 +21,8 @@ use wedge_router::{Ingress, IngressConfig, Route, RouteTable};
 
 pub use config::{FunctionConfig, FunctionsFile, NodeConfig};
 
-/// A function ready to load: its spec, its routes and its component bytes.
+/// A function ready to load: its spec, its routes and where its component is.
+#[derive(Debug)]
 pub struct LoadedFunction {
     /// What the host needs.
     pub spec: FunctionSpec,

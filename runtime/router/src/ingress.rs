@@ -32,6 +32,11 @@ pub struct IngressConfig {
     pub headers_max: usize,
     /// How long shutdown waits for in-flight requests before it gives up.
     pub drain_timeout: Duration,
+    /// Most client connections open at once; beyond it, accepting waits.
+    pub connections_max: usize,
+    /// HTTP/2 keep-alive ping interval; a peer that does not answer within
+    /// the same time is disconnected.
+    pub http2_keep_alive: Duration,
 }
 
 impl Default for IngressConfig {
@@ -41,14 +46,13 @@ impl Default for IngressConfig {
             header_bytes_max: 64 * 1024,
             headers_max: 100,
             drain_timeout: Duration::from_secs(30),
+            connections_max: 10_000,
+            http2_keep_alive: Duration::from_secs(30),
         }
     }
 }
 
-/// The id of one request, from the client's `x-request-id` or made here.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
-
+/// Header carrying the request id: the client's, or one made here.
 const REQUEST_ID: &str = "x-request-id";
 
 /// Makes request ids unique within a process and unlikely to repeat across
@@ -112,10 +116,22 @@ impl Ingress {
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(self.config.header_bytes_max).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(self.config.header_bytes_max).unwrap_or(u32::MAX))
+            .keep_alive_interval(self.config.http2_keep_alive)
+            .keep_alive_timeout(self.config.http2_keep_alive);
         let graceful = GracefulShutdown::new();
+        let connections = Arc::new(tokio::sync::Semaphore::new(self.config.connections_max));
         tokio::pin!(shutdown);
         loop {
+            // Hold a connection slot before accepting, so a flood of clients
+            // waits in the kernel's backlog instead of in our memory.
+            let slot = tokio::select! {
+                slot = Arc::clone(&connections).acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_closed) => break,
+                },
+                () = &mut shutdown => break,
+            };
             tokio::select! {
                 accepted = listener.accept() => {
                     let (stream, peer) = match accepted {
@@ -136,6 +152,7 @@ impl Ingress {
                     let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                     let connection = graceful.watch(connection);
                     tokio::spawn(async move {
+                        let _slot = slot;
                         if let Err(error) = connection.await {
                             tracing::debug!(%peer, error = %error, "connection ended with an error");
                         }
@@ -180,10 +197,7 @@ impl Ingress {
             function = function.as_ref().map_or("-", |f| f.name()));
         let mut response = async {
             match &function {
-                Some(function) => {
-                    request.extensions_mut().insert(RequestId(id.clone()));
-                    function.handle(request).await
-                }
+                Some(function) => function.handle(request).await,
                 None => wedge_host::error_response(
                     StatusCode::NOT_FOUND,
                     &format!("no route for {}{}", host.as_deref().unwrap_or(""), path),

@@ -12,5 +12,5 @@
 mod ingress;
 mod routes;
 
-pub use ingress::{Ingress, IngressConfig, RequestId};
+pub use ingress::{Ingress, IngressConfig};
 pub use routes::{Route, RouteError, RouteTable};

@@ -31,12 +31,13 @@ impl HostPattern {
         }
     }
 
-    /// Higher is more specific.
-    fn rank(&self) -> u8 {
+    /// Higher is more specific: exact beats wildcard beats any, and a
+    /// longer wildcard domain beats a shorter one.
+    fn rank(&self) -> (u8, usize) {
         match self {
-            HostPattern::Any => 0,
-            HostPattern::Wildcard(_) => 1,
-            HostPattern::Exact(_) => 2,
+            HostPattern::Any => (0, 0),
+            HostPattern::Wildcard(domain) => (1, domain.len()),
+            HostPattern::Exact(_) => (2, 0),
         }
     }
 }
@@ -191,14 +192,14 @@ impl<T> RouteTable<T> {
     }
 }
 
-/// Lowercase, without a port.
+/// Lowercase, without a port or a trailing dot.
 fn normalize_host(host: &str) -> String {
     let host = if host.starts_with('[') {
         host.split_once(']').map_or(host, |(h, _)| h).trim_start_matches('[')
     } else {
         host.rsplit_once(':').map_or(host, |(h, _)| h)
     };
-    host.to_ascii_lowercase()
+    host.trim_end_matches('.').to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -241,6 +242,16 @@ mod tests {
         assert_eq!(t.lookup(Some("WWW.Example.com"), "/shop/cart"), Some(&"wild"));
         assert_eq!(t.lookup(Some("example.com"), "/shop/cart"), Some(&"any"));
         assert_eq!(t.lookup(Some("example.com"), "/"), None);
+        assert_eq!(t.lookup(Some("api.example.com."), "/"), Some(&"exact"), "trailing dot");
+    }
+
+    #[test]
+    fn longer_wildcards_win_whatever_the_order() {
+        for order in [[("*.example.com/", "short"), ("*.b.example.com/", "long")], [("*.b.example.com/", "long"), ("*.example.com/", "short")]] {
+            let t = table(&order);
+            assert_eq!(t.lookup(Some("a.b.example.com"), "/"), Some(&"long"));
+            assert_eq!(t.lookup(Some("a.example.com"), "/"), Some(&"short"));
+        }
     }
 
     #[test]
