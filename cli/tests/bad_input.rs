@@ -73,7 +73,8 @@ fn bad_flags_and_routes_are_refused() {
     std::fs::write(&file, format!("[[function]]\ncomponent = {hello:?}\n")).unwrap();
     let file = file.to_str().unwrap();
     assert_one_line(&refused(&["--config", file, "--timeout", "2s"]), "--config", "put them in the file");
-    std::fs::write(dir.path().join("functions.toml"), format!("[[function]]\ncomponent = {hello:?}\nroute = \"/x\"\n")).unwrap();
+    std::fs::write(dir.path().join("functions.toml"), format!("[[function]]\ncomponent = {hello:?}\nroute = \"/x\"\n"))
+        .unwrap();
     let stderr = refused(&["--config", file]);
     assert!(stderr.contains("unknown field `route`"), "{stderr}");
 }
@@ -103,10 +104,8 @@ fn chunked_bodies_past_the_limit_get_413() {
     // response exists. (A guest that answers before reading sends its own
     // answer; the 413 guarantee is for bodies read before the response.)
     let server = Server::start(&[wasm("json-api").to_str().unwrap(), "--max-body", "1KiB"]);
-    let chunked = common::agent()
-        .post(&server.url("/items"))
-        .set("content-type", "application/json")
-        .send(&[b' '; 4096][..]);
+    let chunked =
+        common::agent().post(&server.url("/items")).set("content-type", "application/json").send(&[b' '; 4096][..]);
     let status = match chunked {
         Ok(response) => response.status(),
         Err(ureq::Error::Status(status, _)) => status,
@@ -121,7 +120,9 @@ fn concurrency_limit_answers_503_with_retry_after() {
     let server = Server::start(&[wasm("guest-sleep").to_str().unwrap(), "--max-concurrency", "1"]);
     let url = server.url("/?ms=1500");
     let slow = std::thread::spawn(move || get(&url));
-    // Wait until the slow request holds the only slot.
+    // Give the slow request a head start so it takes the only slot first,
+    // then probe until the probe is turned away.
+    std::thread::sleep(Duration::from_millis(300));
     let rejected = loop {
         let reply = get(&server.url("/?ms=0"));
         if reply.status == 503 || slow.is_finished() {

@@ -52,11 +52,7 @@ fn fetch_through(server: &Server, target: &str) -> common::Reply {
 fn outbound_http_only_to_allowed_hosts() {
     let (allowed, allowed_hits) = upstream();
     let (other, other_hits) = upstream();
-    let server = Server::start(&[
-        wasm("guest-outbound").to_str().unwrap(),
-        "--allow-outbound",
-        &allowed.to_string(),
-    ]);
+    let server = Server::start(&[wasm("guest-outbound").to_str().unwrap(), "--allow-outbound", &allowed.to_string()]);
 
     let ok = fetch_through(&server, &format!("http://{allowed}/x"));
     assert_eq!((ok.status, ok.body.trim()), (200, "upstream 200: upstream ok"));
@@ -82,13 +78,8 @@ fn wildcards_do_not_reach_loopback_and_empty_lists_deny_all() {
 #[test]
 fn only_the_given_environment_and_no_filesystem() {
     // The node itself runs with the test's whole environment (PATH, HOME, ...).
-    let server = Server::start(&[
-        wasm("guest-capabilities").to_str().unwrap(),
-        "--env",
-        "GIVEN=yes",
-        "--set",
-        "color=green",
-    ]);
+    let server =
+        Server::start(&[wasm("guest-capabilities").to_str().unwrap(), "--env", "GIVEN=yes", "--set", "color=green"]);
     let env = get(&server.url("/env"));
     assert_eq!((env.status, env.body.as_str()), (200, "GIVEN=yes\n"), "only the given variable");
 

@@ -135,7 +135,8 @@ fn json_api_routes_with_params() {
     assert_eq!(missing.status, 404);
     assert!(missing.body.contains("error"));
 
-    let created = send("POST", &server.url("/api/items"), &[("content-type", "application/json")], br#"{"name":"lamp"}"#);
+    let created =
+        send("POST", &server.url("/api/items"), &[("content-type", "application/json")], br#"{"name":"lamp"}"#);
     assert_eq!(created.status, 201, "{}", created.body);
     let created: serde_json::Value = serde_json::from_str(&created.body).unwrap();
     assert_eq!(created["name"], "lamp");

@@ -18,10 +18,7 @@ fn handle(req: Request) -> Response {
     if let Ok(method) = HeaderValue::from_str(parts.method.as_str()) {
         headers.insert("x-echo-method", method);
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path(), |p| p.as_str());
+    let path = parts.uri.path_and_query().map_or_else(|| parts.uri.path(), |p| p.as_str());
     if let Ok(path) = HeaderValue::from_str(path) {
         headers.insert("x-echo-path", path);
     }

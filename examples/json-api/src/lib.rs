@@ -55,11 +55,7 @@ fn items() -> Vec<Item> {
     [("teapot", 1899), ("kettle", 2450), ("mug", 650)]
         .into_iter()
         .zip(1..)
-        .map(|((name, price_cents), id)| Item {
-            id,
-            name: name.to_owned(),
-            price_cents,
-        })
+        .map(|((name, price_cents), id)| Item { id, name: name.to_owned(), price_cents })
         .collect()
 }
 
@@ -77,10 +73,7 @@ fn list_items(_req: Request, _params: Params) -> Response {
 fn get_item(_req: Request, params: Params) -> Response {
     let raw = params.get("id").unwrap_or_default();
     let Ok(id) = raw.parse::<u32>() else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            format!("item id must be a number, not `{raw}`"),
-        );
+        return json_error(StatusCode::BAD_REQUEST, format!("item id must be a number, not `{raw}`"));
     };
     match items().into_iter().find(|item| item.id == id) {
         Some(item) => Json(item).into_response(),
@@ -102,18 +95,10 @@ fn create_item(req: Request, _params: Params) -> Response {
         return json_error(StatusCode::BAD_REQUEST, "`name` must not be blank");
     }
     let id = items().iter().map(|item| item.id).max().unwrap_or(0) + 1;
-    let item = Item {
-        id,
-        name: name.to_owned(),
-        price_cents: new.price_cents,
-    };
+    let item = Item { id, name: name.to_owned(), price_cents: new.price_cents };
     let base = config::get("base_path").unwrap_or_default();
     let base = base.trim().trim_matches('/');
-    let location = if base.is_empty() {
-        format!("/items/{id}")
-    } else {
-        format!("/{base}/items/{id}")
-    };
+    let location = if base.is_empty() { format!("/items/{id}") } else { format!("/{base}/items/{id}") };
     let mut response = (StatusCode::CREATED, Json(item)).into_response();
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(LOCATION, location);

@@ -3,6 +3,8 @@
 //! request (instantiate, handle, collect the body). Needs the guests built:
 //! `cargo xtask guests` (or run through `cargo xtask bench instantiate`).
 
+#![allow(missing_docs, clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -29,10 +31,7 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("request", |b| {
         b.to_async(&runtime).iter(|| async {
-            let request = http::Request::builder()
-                .uri("http://localhost/")
-                .body(Empty::<Bytes>::new())
-                .unwrap();
+            let request = http::Request::builder().uri("http://localhost/").body(Empty::<Bytes>::new()).unwrap();
             let response = function.handle(request).await;
             assert_eq!(response.status(), 200);
             response.into_body().collect().await.unwrap().to_bytes()

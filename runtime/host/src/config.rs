@@ -163,7 +163,8 @@ pub(crate) fn validate_name(name: &str) -> Result<(), LoadError> {
     } else {
         Err(LoadError::InvalidSpec {
             name: name.to_string(),
-            reason: "function names must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'".into(),
+            reason: "function names must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+                .into(),
         })
     }
 }

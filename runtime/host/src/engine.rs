@@ -110,10 +110,7 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<GuestState>> {
     // no sockets, a given environment), not by leaving imports out.
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    bindings::wedge::function::config::add_to_linker::<GuestState, HasSelf<GuestState>>(
-        &mut linker,
-        |state| state,
-    )?;
+    bindings::wedge::function::config::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)?;
     Ok(linker)
 }
 

@@ -91,10 +91,8 @@ impl Function {
         spec: FunctionSpec,
         compiled: Compiled,
     ) -> Result<Self, LoadError> {
-        let instance_pre = handle
-            .linker
-            .instantiate_pre(&compiled.component)
-            .map_err(|e| LoadError::WrongWorld(e.into()))?;
+        let instance_pre =
+            handle.linker.instantiate_pre(&compiled.component).map_err(|e| LoadError::WrongWorld(e.into()))?;
         let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(e.into()))?;
         let outbound = Arc::new(spec.outbound_policy()?);
         let concurrency = usize::try_from(spec.limits.concurrency_max).unwrap_or(usize::MAX);
@@ -220,7 +218,8 @@ impl Function {
                     Ok(Err(error)) => Err(function.classify(&error, memory_refused)),
                 };
                 if let Err(failure) = &result {
-                    tracing::warn!(function = %function.name(), "guest failed: {failure}");
+                    let request_id = store.data().request_id();
+                    tracing::warn!(function = %function.name(), %request_id, "guest failed: {failure}");
                 }
                 result
             }
@@ -254,11 +253,7 @@ impl Function {
         // scheduler so a busy guest cannot starve other requests.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Err(DeadlineExceeded.into())
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
+            if Instant::now() >= deadline { Err(DeadlineExceeded.into()) } else { Ok(UpdateDeadline::Yield(1)) }
         });
         store
     }
@@ -322,11 +317,13 @@ impl Function {
 }
 
 /// A JSON error response `{"error": message}` with the given status.
-pub fn error_response(status: StatusCode, message: &str, retry_after: Option<&'static str>) -> http::Response<ResponseBody> {
+pub fn error_response(
+    status: StatusCode,
+    message: &str,
+    retry_after: Option<&'static str>,
+) -> http::Response<ResponseBody> {
     let body = serde_json::json!({ "error": message }).to_string() + "\n";
-    let mut response = http::Response::new(
-        Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync(),
-    );
+    let mut response = http::Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(seconds) = retry_after {

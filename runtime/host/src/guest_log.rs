@@ -43,12 +43,8 @@ pub(crate) struct GuestLog {
 impl GuestLog {
     /// The stdout and stderr of one request.
     pub(crate) fn pair(function: Arc<str>, request_id: Arc<str>) -> (Self, Self) {
-        let state = Arc::new(Mutex::new(LogState {
-            function,
-            request_id,
-            budget_left: REQUEST_LOG_BYTES_MAX,
-            warned: false,
-        }));
+        let state =
+            Arc::new(Mutex::new(LogState { function, request_id, budget_left: REQUEST_LOG_BYTES_MAX, warned: false }));
         let make = |stream| GuestLog { state: Arc::clone(&state), stream, line: Arc::default() };
         (make(Stream::Stdout), make(Stream::Stderr))
     }

@@ -147,8 +147,7 @@ impl OutboundPolicy {
         let host = host.to_ascii_lowercase();
         let scheme = uri.scheme_str().unwrap_or("https");
         let port = uri.port_u16().unwrap_or(if scheme == "http" { 80 } else { 443 });
-        let matching: Vec<&AllowListEntry> =
-            self.entries.iter().filter(|e| e.matches(scheme, &host, port)).collect();
+        let matching: Vec<&AllowListEntry> = self.entries.iter().filter(|e| e.matches(scheme, &host, port)).collect();
         if matching.is_empty() {
             return Err(Denied::NotListed(format!("{scheme}://{host}:{port}")));
         }
@@ -159,10 +158,9 @@ impl OutboundPolicy {
         // public, and a name that does not resolve is refused.
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map(|addrs| addrs.collect())
-                .unwrap_or_default(),
+            Err(_) => {
+                tokio::net::lookup_host((host.as_str(), port)).await.map(|addrs| addrs.collect()).unwrap_or_default()
+            }
         };
         if addrs.is_empty() {
             return Err(Denied::Unresolved(host));

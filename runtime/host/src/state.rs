@@ -56,6 +56,7 @@ pub(crate) struct GuestState {
     hooks: OutboundHooks,
     pub(crate) limiter: MemoryLimiter,
     config: Arc<BTreeMap<String, String>>,
+    request_id: Arc<str>,
 }
 
 impl GuestState {
@@ -69,7 +70,7 @@ impl GuestState {
         // Deny by default: no preopened directories, no sockets, no name
         // lookups, no inherited environment or arguments. Standard output
         // and error become log events tagged with function and request id.
-        let (stdout, stderr) = GuestLog::pair(Arc::clone(&hooks.function), request_id);
+        let (stdout, stderr) = GuestLog::pair(Arc::clone(&hooks.function), Arc::clone(&request_id));
         let wasi = WasiCtx::builder()
             .envs(env)
             .stdout(stdout)
@@ -89,7 +90,13 @@ impl GuestState {
             hooks,
             limiter: MemoryLimiter { bytes_max: memory_bytes_max, bytes_used: 0, refused: false },
             config,
+            request_id,
         }
+    }
+
+    /// The id of the request this store serves.
+    pub(crate) fn request_id(&self) -> &str {
+        &self.request_id
     }
 }
 
@@ -125,12 +132,7 @@ pub(crate) struct MemoryLimiter {
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let growth = desired.saturating_sub(current) as u64;
         let total = self.bytes_used.saturating_add(growth);
         if total > self.bytes_max {
@@ -141,12 +143,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         // Tables hold function references; 1M entries is far beyond any real
         // guest and keeps a hostile one from growing them without bound.
         Ok(desired <= 1 << 20)

@@ -60,14 +60,13 @@ pub async fn start(config: &NodeConfig) -> anyhow::Result<(RunningNode, TcpListe
     let mut table = RouteTable::new();
     let mut loaded_names = Vec::new();
     for function in functions {
-        let wasm = std::fs::read(&function.source)
-            .with_context(|| format!("{}: cannot read the file", function.source))?;
+        let wasm =
+            std::fs::read(&function.source).with_context(|| format!("{}: cannot read the file", function.source))?;
         let name = function.spec.name.clone();
-        let loaded = host
-            .load(function.spec, &wasm)
-            .map_err(|error| anyhow::anyhow!("{}: {error}", function.source))?;
+        let loaded =
+            host.load(function.spec, &wasm).map_err(|error| anyhow::anyhow!("{}: {error}", function.source))?;
         for route in function.routes {
-            table.insert(route, &name, loaded.clone()).with_context(|| format!("{}", function.source))?;
+            table.insert(route, &name, loaded.clone()).with_context(|| function.source.clone())?;
         }
         loaded_names.push((name, loaded.sha256()[..12].to_string()));
     }
@@ -75,9 +74,8 @@ pub async fn start(config: &NodeConfig) -> anyhow::Result<(RunningNode, TcpListe
     for (name, sha256) in loaded_names {
         tracing::info!(function = %name, %sha256, "loaded");
     }
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let local_addr = listener.local_addr()?;
     let routes: Vec<String> = table.routes().map(|(r, f)| format!("{r} -> {f}")).collect();
     let ingress = Ingress::new(IngressConfig::default(), table);

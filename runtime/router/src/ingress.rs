@@ -64,9 +64,8 @@ struct RequestIds {
 
 impl RequestIds {
     fn new() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         Self { base: nanos ^ (u64::from(std::process::id()) << 40), next: AtomicU64::new(0) }
     }
 
@@ -193,7 +192,10 @@ impl Ingress {
         let path = request.uri().path().to_string();
         let method = request.method().clone();
         let function = self.routes().lookup(host.as_deref(), &path).cloned();
-        let span = tracing::info_span!("request", id = %id.to_str().unwrap_or("?"), %method, %path,
+        // Debug level: at the default level a request costs no span; the
+        // events that matter (failures, guest output) carry the function
+        // and request id themselves.
+        let span = tracing::debug_span!("request", id = %id.to_str().unwrap_or("?"), %method, %path,
             function = function.as_ref().map_or("-", |f| f.name()));
         let mut response = async {
             match &function {

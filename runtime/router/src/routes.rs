@@ -110,9 +110,7 @@ impl Route {
 
     fn matches_path(&self, path: &str) -> bool {
         self.prefix == "/"
-            || path
-                .strip_prefix(self.prefix.as_str())
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            || path.strip_prefix(self.prefix.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     }
 }
 
@@ -120,9 +118,7 @@ fn is_hostname(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -233,11 +229,7 @@ mod tests {
 
     #[test]
     fn host_specificity_beats_prefix_length() {
-        let t = table(&[
-            ("/shop/cart", "any"),
-            ("*.example.com/", "wild"),
-            ("api.example.com/", "exact"),
-        ]);
+        let t = table(&[("/shop/cart", "any"), ("*.example.com/", "wild"), ("api.example.com/", "exact")]);
         assert_eq!(t.lookup(Some("api.example.com:8080"), "/shop/cart"), Some(&"exact"));
         assert_eq!(t.lookup(Some("WWW.Example.com"), "/shop/cart"), Some(&"wild"));
         assert_eq!(t.lookup(Some("example.com"), "/shop/cart"), Some(&"any"));
@@ -247,7 +239,10 @@ mod tests {
 
     #[test]
     fn longer_wildcards_win_whatever_the_order() {
-        for order in [[("*.example.com/", "short"), ("*.b.example.com/", "long")], [("*.b.example.com/", "long"), ("*.example.com/", "short")]] {
+        for order in [
+            [("*.example.com/", "short"), ("*.b.example.com/", "long")],
+            [("*.b.example.com/", "long"), ("*.example.com/", "short")],
+        ] {
             let t = table(&order);
             assert_eq!(t.lookup(Some("a.b.example.com"), "/"), Some(&"long"));
             assert_eq!(t.lookup(Some("a.example.com"), "/"), Some(&"short"));

@@ -24,9 +24,7 @@ use syn::{FnArg, ItemFn, parse_macro_input};
 pub fn http_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
         let attr = proc_macro2::TokenStream::from(attr);
-        return syn::Error::new(attr.span(), "#[http_handler] takes no arguments")
-            .to_compile_error()
-            .into();
+        return syn::Error::new(attr.span(), "#[http_handler] takes no arguments").to_compile_error().into();
     }
     let function = parse_macro_input!(item as ItemFn);
     match expand(&function) {
@@ -44,16 +42,10 @@ fn expand(function: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
         ));
     }
     if let Some(FnArg::Receiver(receiver)) = sig.inputs.first() {
-        return Err(syn::Error::new(
-            receiver.span(),
-            "#[http_handler] goes on a free function, not a method",
-        ));
+        return Err(syn::Error::new(receiver.span(), "#[http_handler] goes on a free function, not a method"));
     }
     if !sig.generics.params.is_empty() {
-        return Err(syn::Error::new(
-            sig.generics.span(),
-            "an #[http_handler] function cannot be generic",
-        ));
+        return Err(syn::Error::new(sig.generics.span(), "an #[http_handler] function cannot be generic"));
     }
     let name = &sig.ident;
     let serve = if sig.asyncness.is_some() {

@@ -93,10 +93,7 @@ impl fmt::Display for BodyError {
         match self {
             BodyError::Io(e) => write!(f, "reading the body failed: {e}"),
             BodyError::TooLarge { limit_bytes } => {
-                write!(
-                    f,
-                    "the body is larger than the limit of {limit_bytes} bytes"
-                )
+                write!(f, "the body is larger than the limit of {limit_bytes} bytes")
             }
             BodyError::NotUtf8(e) => write!(f, "the body is not valid UTF-8: {e}"),
             BodyError::Json(e) => write!(f, "the body is not valid JSON: {e}"),
@@ -252,9 +249,7 @@ impl IncomingBody {
     /// Appends `chunk` to `all`, failing once the limit is passed.
     fn push_limited(&self, all: &mut Vec<u8>, chunk: &[u8]) -> Result<(), BodyError> {
         if all.len() + chunk.len() > self.limit_bytes {
-            return Err(BodyError::TooLarge {
-                limit_bytes: self.limit_bytes,
-            });
+            return Err(BodyError::TooLarge { limit_bytes: self.limit_bytes });
         }
         all.extend_from_slice(chunk);
         Ok(())
@@ -402,20 +397,14 @@ pub(crate) const APPLICATION_JSON: &str = "application/json";
 impl Body {
     /// A body with no bytes.
     pub fn empty() -> Self {
-        Body {
-            source: Source::Empty,
-            content_type: None,
-        }
+        Body { source: Source::Empty, content_type: None }
     }
 
     /// A body streamed from `reader`, read in chunks of [`CHUNK_BYTES`] while
     /// it is written. A read error aborts the message (the peer sees an
     /// incomplete body).
     pub fn from_reader(reader: impl Read + 'static) -> Self {
-        Body {
-            source: Source::Reader(Box::new(reader)),
-            content_type: None,
-        }
+        Body { source: Source::Reader(Box::new(reader)), content_type: None }
     }
 
     /// A body made of the chunks `chunks` yields, each written as it is
@@ -427,21 +416,13 @@ impl Body {
         I::IntoIter: 'static,
         E: fmt::Display,
     {
-        let chunks = chunks
-            .into_iter()
-            .map(|chunk| chunk.map_err(|e| io::Error::other(e.to_string())));
-        Body {
-            source: Source::Chunks(Box::new(chunks)),
-            content_type: None,
-        }
+        let chunks = chunks.into_iter().map(|chunk| chunk.map_err(|e| io::Error::other(e.to_string())));
+        Body { source: Source::Chunks(Box::new(chunks)), content_type: None }
     }
 
     /// `value` serialised as JSON, with the hint `application/json`.
     pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
-        Ok(Body {
-            source: Source::Bytes(serde_json::to_vec(value)?),
-            content_type: Some(APPLICATION_JSON),
-        })
+        Ok(Body { source: Source::Bytes(serde_json::to_vec(value)?), content_type: Some(APPLICATION_JSON) })
     }
 
     /// Replaces the content-type hint (used only when the message has no
@@ -518,10 +499,7 @@ impl From<()> for Body {
 
 impl From<Vec<u8>> for Body {
     fn from(bytes: Vec<u8>) -> Self {
-        Body {
-            source: Source::Bytes(bytes),
-            content_type: None,
-        }
+        Body { source: Source::Bytes(bytes), content_type: None }
     }
 }
 
@@ -533,10 +511,7 @@ impl From<&'static [u8]> for Body {
 
 impl From<String> for Body {
     fn from(text: String) -> Self {
-        Body {
-            source: Source::Bytes(text.into_bytes()),
-            content_type: Some(TEXT_PLAIN),
-        }
+        Body { source: Source::Bytes(text.into_bytes()), content_type: Some(TEXT_PLAIN) }
     }
 }
 
@@ -548,10 +523,7 @@ impl From<&'static str> for Body {
 
 impl From<IncomingBody> for Body {
     fn from(incoming: IncomingBody) -> Self {
-        Body {
-            source: Source::Incoming(incoming),
-            content_type: None,
-        }
+        Body { source: Source::Incoming(incoming), content_type: None }
     }
 }
 
@@ -559,10 +531,9 @@ impl From<IncomingBody> for Body {
 /// away.
 fn write_error(e: StreamError) -> io::Error {
     match e {
-        StreamError::Closed => io::Error::new(
-            io::ErrorKind::BrokenPipe,
-            "the host closed the stream (the peer went away)",
-        ),
+        StreamError::Closed => {
+            io::Error::new(io::ErrorKind::BrokenPipe, "the host closed the stream (the peer went away)")
+        }
         StreamError::LastOperationFailed(e) => io::Error::other(e.to_debug_string()),
     }
 }
@@ -576,9 +547,7 @@ async fn write_all(stream: &OutputStream, mut data: &[u8]) -> io::Result<()> {
             wait_for(stream.subscribe()).await;
             continue;
         }
-        let n = usize::try_from(budget)
-            .unwrap_or(usize::MAX)
-            .min(data.len());
+        let n = usize::try_from(budget).unwrap_or(usize::MAX).min(data.len());
         stream.write(&data[..n]).map_err(write_error)?;
         data = &data[n..];
     }

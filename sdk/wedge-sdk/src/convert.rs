@@ -63,10 +63,7 @@ pub(crate) fn headers_from_wasi(fields: &Fields) -> HeaderMap {
     let entries = fields.entries();
     let mut headers = HeaderMap::with_capacity(entries.len());
     for (name, value) in entries {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(&value),
-        ) {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(&value)) {
             headers.append(name, value);
         }
     }
@@ -97,11 +94,7 @@ pub(crate) fn headers_to_wasi(
     if let Some(length) = content_length
         && !headers.contains_key(CONTENT_LENGTH)
     {
-        append(
-            &fields,
-            CONTENT_LENGTH.as_str(),
-            length.to_string().as_bytes(),
-        );
+        append(&fields, CONTENT_LENGTH.as_str(), length.to_string().as_bytes());
     }
     fields
 }

@@ -87,9 +87,7 @@ fn poll_once() -> bool {
         waiter.fired.set(true);
         // Drop the pollable before waking: the woken future may drop the
         // resource the pollable is a child of.
-        let Waiter {
-            pollable, waker, ..
-        } = waiter;
+        let Waiter { pollable, waker, .. } = waiter;
         drop(pollable);
         waker.wake();
     }
@@ -124,12 +122,7 @@ impl Future for WaitFor {
                 let mut r = r.borrow_mut();
                 let id = r.next_id;
                 r.next_id += 1;
-                r.waiters.push(Waiter {
-                    id,
-                    pollable,
-                    fired,
-                    waker: cx.waker().clone(),
-                });
+                r.waiters.push(Waiter { id, pollable, fired, waker: cx.waker().clone() });
                 id
             });
             self.registered = Some(id);
@@ -170,11 +163,7 @@ impl Drop for WaitFor {
 /// a future response or a clock, then `wait_for(pollable).await`. The
 /// pollable is dropped when the future completes or is dropped.
 pub fn wait_for(pollable: Pollable) -> WaitFor {
-    WaitFor {
-        pollable: Some(pollable),
-        registered: None,
-        fired: Rc::new(std::cell::Cell::new(false)),
-    }
+    WaitFor { pollable: Some(pollable), registered: None, fired: Rc::new(std::cell::Cell::new(false)) }
 }
 
 /// Completes after `duration` (measured on the monotonic clock).

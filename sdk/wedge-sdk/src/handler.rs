@@ -10,9 +10,7 @@ use std::future::Future;
 use http::StatusCode;
 
 use crate::IntoResponse;
-use crate::bindings::wasi::http::types::{
-    IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
+use crate::bindings::wasi::http::types::{IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
 use crate::body::IncomingBody;
 use crate::convert::{headers_from_wasi, headers_to_wasi, method_from_wasi, scheme_from_wasi};
 use crate::executor::block_on;

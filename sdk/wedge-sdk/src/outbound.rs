@@ -51,9 +51,9 @@ pub enum OutboundError {
 impl fmt::Display for OutboundError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            OutboundError::Denied => f.write_str(
-                "HTTP request denied by the host (destination not on this function's allow-list)",
-            ),
+            OutboundError::Denied => {
+                f.write_str("HTTP request denied by the host (destination not on this function's allow-list)")
+            }
             OutboundError::InvalidRequest(d) => write!(f, "invalid outbound request: {d}"),
             OutboundError::Dns(d) => write!(f, "DNS lookup failed: {d}"),
             OutboundError::Connect(d) => write!(f, "could not connect to the destination: {d}"),
@@ -96,8 +96,7 @@ impl From<ErrorCode> for OutboundError {
             ErrorCode::TlsCertificateError => E::Tls(s("certificate error")),
             ErrorCode::TlsAlertReceived(p) => E::Tls(format!(
                 "alert {} received: {}",
-                p.alert_id
-                    .map_or_else(|| "?".to_owned(), |id| id.to_string()),
+                p.alert_id.map_or_else(|| "?".to_owned(), |id| id.to_string()),
                 p.alert_message.as_deref().unwrap_or("no message")
             )),
             ErrorCode::HttpRequestLengthRequired => E::InvalidRequest(s("length required")),
@@ -116,24 +115,22 @@ impl From<ErrorCode> for OutboundError {
                 E::Response(s("headers too large"))
             }
             ErrorCode::HttpResponseBodySize(_) => E::Response(s("body too large")),
-            ErrorCode::HttpResponseTrailerSectionSize(_)
-            | ErrorCode::HttpResponseTrailerSize(_) => E::Response(s("trailers too large")),
-            ErrorCode::HttpResponseTransferCoding(c) => E::Response(format!(
-                "unsupported transfer coding {}",
-                c.as_deref().unwrap_or("?")
-            )),
-            ErrorCode::HttpResponseContentCoding(c) => E::Response(format!(
-                "unsupported content coding {}",
-                c.as_deref().unwrap_or("?")
-            )),
+            ErrorCode::HttpResponseTrailerSectionSize(_) | ErrorCode::HttpResponseTrailerSize(_) => {
+                E::Response(s("trailers too large"))
+            }
+            ErrorCode::HttpResponseTransferCoding(c) => {
+                E::Response(format!("unsupported transfer coding {}", c.as_deref().unwrap_or("?")))
+            }
+            ErrorCode::HttpResponseContentCoding(c) => {
+                E::Response(format!("unsupported content coding {}", c.as_deref().unwrap_or("?")))
+            }
             ErrorCode::HttpUpgradeFailed => E::Response(s("upgrade failed")),
             ErrorCode::HttpProtocolError => E::Response(s("HTTP protocol error")),
             ErrorCode::LoopDetected => E::Other(s("loop detected")),
             ErrorCode::ConfigurationError => E::Other(s("host configuration error")),
-            ErrorCode::InternalError(message) => E::Other(format!(
-                "host internal error: {}",
-                message.as_deref().unwrap_or("no detail")
-            )),
+            ErrorCode::InternalError(message) => {
+                E::Other(format!("host internal error: {}", message.as_deref().unwrap_or("no detail")))
+            }
         }
     }
 }
@@ -160,9 +157,7 @@ pub fn send(request: http::Request<Body>) -> Result<http::Response<IncomingBody>
 
 /// Async form of [`send`]: waiting for the host does not block the
 /// handler's other futures.
-pub async fn send_async(
-    request: http::Request<Body>,
-) -> Result<http::Response<IncomingBody>, OutboundError> {
+pub async fn send_async(request: http::Request<Body>) -> Result<http::Response<IncomingBody>, OutboundError> {
     let (parts, body) = request.into_parts();
     let Some(authority) = parts.uri.authority() else {
         return Err(OutboundError::InvalidRequest(format!(
@@ -178,21 +173,11 @@ pub async fn send_async(
     let fields = headers_to_wasi(&parts.headers, body.content_type(), length);
     let outgoing = OutgoingRequest::new(fields);
     let invalid = |what: &str| OutboundError::InvalidRequest(what.to_owned());
-    outgoing
-        .set_method(&method_to_wasi(&parts.method))
-        .map_err(|()| invalid("the host rejected the method"))?;
-    outgoing
-        .set_scheme(Some(&scheme_to_wasi(scheme)))
-        .map_err(|()| invalid("the host rejected the scheme"))?;
-    outgoing
-        .set_authority(Some(authority.as_str()))
-        .map_err(|()| invalid("the host rejected the authority"))?;
-    outgoing
-        .set_path_with_query(Some(path))
-        .map_err(|()| invalid("the host rejected the path"))?;
-    let outgoing_body = outgoing
-        .body()
-        .map_err(|()| invalid("the request body was already taken"))?;
+    outgoing.set_method(&method_to_wasi(&parts.method)).map_err(|()| invalid("the host rejected the method"))?;
+    outgoing.set_scheme(Some(&scheme_to_wasi(scheme))).map_err(|()| invalid("the host rejected the scheme"))?;
+    outgoing.set_authority(Some(authority.as_str())).map_err(|()| invalid("the host rejected the authority"))?;
+    outgoing.set_path_with_query(Some(path)).map_err(|()| invalid("the host rejected the path"))?;
+    let outgoing_body = outgoing.body().map_err(|()| invalid("the request body was already taken"))?;
 
     let future = outgoing_handler::handle(outgoing, None)?;
 
@@ -203,9 +188,7 @@ pub async fn send_async(
             drop(stream);
             written
         }
-        Err(()) => Err(std::io::Error::other(
-            "the request body stream was already taken",
-        )),
+        Err(()) => Err(std::io::Error::other("the request body stream was already taken")),
     };
     match written {
         Ok(()) => OutgoingBody::finish(outgoing_body, None)?,
@@ -232,9 +215,7 @@ async fn wait_response(future: &FutureIncomingResponse) -> Result<IncomingRespon
             Some(Ok(Ok(response))) => return Ok(response),
             Some(Ok(Err(code))) => return Err(code.into()),
             Some(Err(())) => {
-                return Err(OutboundError::Other(
-                    "the response was already taken".to_owned(),
-                ));
+                return Err(OutboundError::Other("the response was already taken".to_owned()));
             }
             None => wait_for(future.subscribe()).await,
         }
@@ -243,8 +224,7 @@ async fn wait_response(future: &FutureIncomingResponse) -> Result<IncomingRespon
 
 /// Converts the response head and wraps its body.
 fn response_from_wasi(response: IncomingResponse) -> http::Response<IncomingBody> {
-    let status = http::StatusCode::from_u16(response.status())
-        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let status = http::StatusCode::from_u16(response.status()).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     let headers = {
         let fields = response.headers();
         headers_from_wasi(&fields)

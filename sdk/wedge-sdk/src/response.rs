@@ -116,15 +116,10 @@ impl<T: Serialize> IntoResponse for Json<T> {
         match Body::json(&self.0) {
             Ok(body) => {
                 let mut response = Response::new(body);
-                response
-                    .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static(APPLICATION_JSON));
+                response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(APPLICATION_JSON));
                 response
             }
-            Err(e) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("serialising the JSON response failed: {e}"),
-            ),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("serialising the JSON response failed: {e}")),
         }
     }
 }
@@ -133,9 +128,7 @@ impl<T: Serialize> IntoResponse for Json<T> {
 pub fn text(status: StatusCode, body: impl Into<String>) -> Response {
     let mut response = Response::new(Body::from(body.into()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_PLAIN));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_PLAIN));
     response
 }
 

@@ -30,10 +30,7 @@ pub struct Params {
 impl Params {
     /// The value of the `:name` parameter.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.pairs.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// What a trailing `*` matched (without a leading `/`; empty when it
@@ -110,10 +107,7 @@ impl fmt::Debug for Router {
                 None => format!("* {}", r.pattern),
             })
             .collect();
-        f.debug_struct("Router")
-            .field("base_path", &self.base_path)
-            .field("routes", &routes)
-            .finish()
+        f.debug_struct("Router").field("base_path", &self.base_path).field("routes", &routes).finish()
     }
 }
 
@@ -122,11 +116,7 @@ impl fmt::Debug for Router {
 fn split_path(path: &str) -> Vec<&str> {
     let trimmed = path.strip_prefix('/').unwrap_or(path);
     let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
-    if trimmed.is_empty() {
-        Vec::new()
-    } else {
-        trimmed.split('/').collect()
-    }
+    if trimmed.is_empty() { Vec::new() } else { trimmed.split('/').collect() }
 }
 
 /// Parses a route pattern.
@@ -143,16 +133,10 @@ fn parse_pattern(pattern: &str) -> Vec<Segment> {
         .enumerate()
         .map(|(i, part)| {
             if let Some(name) = part.strip_prefix(':') {
-                assert!(
-                    !name.is_empty(),
-                    "route pattern `{pattern}`: a `:` parameter needs a name"
-                );
+                assert!(!name.is_empty(), "route pattern `{pattern}`: a `:` parameter needs a name");
                 Segment::Param(name.to_owned())
             } else if part == "*" {
-                assert!(
-                    i + 1 == count,
-                    "route pattern `{pattern}`: `*` must be the last segment"
-                );
+                assert!(i + 1 == count, "route pattern `{pattern}`: `*` must be the last segment");
                 Segment::Wildcard
             } else {
                 Segment::Literal(part.to_owned())
@@ -356,23 +340,14 @@ impl Router {
     pub fn handle(&self, req: Request) -> Response {
         match self.find(req.method(), req.uri().path()) {
             Ok((index, params)) => (self.routes[index].handler)(req, params),
-            Err(allowed) if allowed.is_empty() => json_error(
-                StatusCode::NOT_FOUND,
-                format!("no route for {} {}", req.method(), req.uri().path()),
-            ),
+            Err(allowed) if allowed.is_empty() => {
+                json_error(StatusCode::NOT_FOUND, format!("no route for {} {}", req.method(), req.uri().path()))
+            }
             Err(allowed) => {
-                let list = allowed
-                    .iter()
-                    .map(Method::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let list = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
                 let mut response = json_error(
                     StatusCode::METHOD_NOT_ALLOWED,
-                    format!(
-                        "method {} not allowed for {}; allowed: {list}",
-                        req.method(),
-                        req.uri().path()
-                    ),
+                    format!("method {} not allowed for {}; allowed: {list}", req.method(), req.uri().path()),
                 );
                 if let Ok(value) = HeaderValue::from_str(&list) {
                     response.headers_mut().insert(ALLOW, value);
@@ -400,12 +375,8 @@ mod tests {
             .get("/", |_, _| "root")
             .get("/items", |_, _| "list")
             .post("/items", |_, _| (StatusCode::CREATED, "created"))
-            .get("/items/:id", |_, p: Params| {
-                format!("item {}", p.get("id").unwrap_or("?"))
-            })
-            .get("/files/*", |_, p: Params| {
-                format!("file {}", p.wildcard().unwrap_or("?"))
-            })
+            .get("/items/:id", |_, p: Params| format!("item {}", p.get("id").unwrap_or("?")))
+            .get("/files/*", |_, p: Params| format!("file {}", p.wildcard().unwrap_or("?")))
     }
 
     fn status_of(router: &Router, method: Method, path: &str) -> StatusCode {
@@ -430,16 +401,10 @@ mod tests {
     fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
         let r = router();
         assert_eq!(status_of(&r, Method::GET, "/nope"), StatusCode::NOT_FOUND);
-        assert_eq!(
-            status_of(&r, Method::GET, "/items/1/x"),
-            StatusCode::NOT_FOUND
-        );
+        assert_eq!(status_of(&r, Method::GET, "/items/1/x"), StatusCode::NOT_FOUND);
         let response = r.handle(request(Method::DELETE, "/items"));
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(
-            response.headers().get(ALLOW).and_then(|v| v.to_str().ok()),
-            Some("GET, POST, HEAD")
-        );
+        assert_eq!(response.headers().get(ALLOW).and_then(|v| v.to_str().ok()), Some("GET, POST, HEAD"));
     }
 
     #[test]

@@ -18,9 +18,7 @@ use wedge_sdk::{Request, Response, config, http_handler, text};
 fn env_report() -> String {
     let mut vars: Vec<(String, String)> = std::env::vars().collect();
     vars.sort();
-    vars.into_iter()
-        .map(|(k, v)| format!("{k}={v}\n"))
-        .collect()
+    vars.into_iter().map(|(k, v)| format!("{k}={v}\n")).collect()
 }
 
 /// What filesystem access does.
@@ -39,10 +37,7 @@ fn fs_report() -> String {
 
 /// Every config value, one `key=value` per line.
 fn config_report() -> String {
-    config::get_all()
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}\n"))
-        .collect()
+    config::get_all().into_iter().map(|(k, v)| format!("{k}={v}\n")).collect()
 }
 
 /// Dispatches on the path.

@@ -46,42 +46,27 @@ fn percent_decode(value: &str) -> String {
 
 /// The decoded value of the `url` query parameter.
 fn url_param(req: &Request) -> Option<String> {
-    req.uri()
-        .query()?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("url="))
-        .map(percent_decode)
+    req.uri().query()?.split('&').find_map(|pair| pair.strip_prefix("url=")).map(percent_decode)
 }
 
 /// Fetches `url` and describes the outcome.
 #[http_handler]
 async fn handle(req: Request) -> Response {
     let Some(url) = url_param(&req) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "missing ?url=<percent-encoded URL>\n",
-        );
+        return text(StatusCode::BAD_REQUEST, "missing ?url=<percent-encoded URL>\n");
     };
     let upstream = match http::Request::get(url.as_str()).body(Body::empty()) {
         Ok(upstream) => upstream,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad url `{url}`: {e}\n")),
     };
     let use_async = req.uri().path() == "/async";
-    let sent = if use_async {
-        outbound::send_async(upstream).await
-    } else {
-        outbound::send(upstream)
-    };
+    let sent = if use_async { outbound::send_async(upstream).await } else { outbound::send(upstream) };
     let response = match sent {
         Ok(response) => response,
         Err(e) => return text(StatusCode::BAD_GATEWAY, e.to_string()),
     };
     let status = response.status().as_u16();
-    let body = if use_async {
-        response.into_body().text_async().await
-    } else {
-        response.into_body().text()
-    };
+    let body = if use_async { response.into_body().text_async().await } else { response.into_body().text() };
     match body {
         Ok(body) => text(StatusCode::OK, format!("upstream {status}: {body}")),
         Err(e) => text(StatusCode::BAD_GATEWAY, e.to_string()),

@@ -4,20 +4,15 @@
 //! Exists to prove the host runs any standard proxy component, not only
 //! ones built with our SDK. Answers every request `200 plain proxy ok\n`.
 
-use wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
+use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
 /// The exported handler type.
 struct PlainProxy;
 
 impl wasi::exports::http::incoming_handler::Guest for PlainProxy {
     fn handle(_request: IncomingRequest, response_out: ResponseOutparam) {
-        let headers = Fields::from_list(&[(
-            "content-type".to_owned(),
-            b"text/plain; charset=utf-8".to_vec(),
-        )])
-        .unwrap_or_else(|_| Fields::new());
+        let headers = Fields::from_list(&[("content-type".to_owned(), b"text/plain; charset=utf-8".to_vec())])
+            .unwrap_or_else(|_| Fields::new());
         let response = OutgoingResponse::new(headers);
         let Ok(body) = response.body() else {
             return;

@@ -1,0 +1,79 @@
+//! `cargo xtask bench`: the project's benchmarks, one subcommand each.
+//!
+//! Each bench builds what it measures, measures it against baselines taken in the same
+//! run on the same machine, and reports ratios (absolute numbers from a shared 2-core VM
+//! mean little on their own). Reports go to `<target>/bench/<bench>.{md,json}`.
+//! `cargo xtask bench` with no subcommand lists the benches.
+
+mod serve;
+mod wrk;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use crate::guests;
+use crate::util::{self, Workspace};
+
+/// Run a benchmark (without a name: list them)
+///
+/// Every bench compares against baselines measured in the same run and reports ratios;
+/// results are written to <target>/bench/. See `cargo xtask bench <name> --help`.
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    #[command(subcommand)]
+    bench: Option<Bench>,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    Serve(serve::Args),
+    Instantiate(InstantiateArgs),
+}
+
+/// In-process instantiation cost: the criterion bench of wedge-host
+///
+/// Builds the guests, then runs
+///   cargo bench -p wedge-host --bench instantiate -- [ARGS]
+/// with WEDGE_WASM_DIR=<target>/wasm. ARGS go to criterion, e.g. a name filter or
+/// `--save-baseline main` / `--baseline main` to compare two checkouts.
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+struct InstantiateArgs {
+    /// Arguments for the criterion bench.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+    criterion_args: Vec<String>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.bench {
+        None => {
+            list();
+            Ok(())
+        }
+        Some(Bench::Serve(args)) => serve::run(args),
+        Some(Bench::Instantiate(args)) => instantiate(args),
+    }
+}
+
+/// Prints each bench with the first line of its help (clap's own metadata, so the list
+/// cannot drift from the subcommands).
+fn list() {
+    let cmd = Bench::augment_subcommands(clap::Command::new("bench"));
+    println!("available benches (run `cargo xtask bench <name>`):");
+    for sub in cmd.get_subcommands() {
+        let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+        println!("  {:<12} {about}", sub.get_name());
+    }
+}
+
+fn instantiate(args: InstantiateArgs) -> Result<()> {
+    let ws = Workspace::load()?;
+    guests::build_all(&ws, false)?;
+    util::run(
+        ws.cargo()
+            .env("WEDGE_WASM_DIR", ws.wasm_dir())
+            .args(["bench", "-p", "wedge-host", "--bench", "instantiate", "--"])
+            .args(&args.criterion_args),
+    )
+}

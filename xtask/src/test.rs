@@ -1,0 +1,104 @@
+//! `cargo xtask test`: the project's one test command, run unchanged by CI (`.ci/run`).
+//!
+//! Four steps, in order, each announced and timed, stopping at the first failure:
+//! guests, rustfmt, clippy (host crates), cargo test (host crates, with the guests'
+//! components at hand). Anything the steps need from the toolchain (rustfmt, clippy,
+//! the wasm target) is installed on the way, so a fresh clone needs only rustup.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::guests::{self, Component};
+use crate::util::{self, Workspace};
+
+/// Run every check CI runs: build guests, rustfmt, clippy, cargo test
+///
+/// Steps (stops at the first that fails):
+///   1. guests  — `cargo xtask guests --locked`
+///   2. fmt     — `cargo fmt --all --check`
+///   3. clippy  — `cargo clippy --locked --workspace --exclude <guests> --all-targets -- -D warnings`
+///   4. test    — `cargo test --locked [ARGS]` on the host crates
+///
+/// Tests find the guest components through `WEDGE_WASM_DIR=<target>/wasm`.
+/// Guests are not clippy-linted here because that would compile them natively.
+/// Arguments after `--` go to `cargo test`, for example:
+///   cargo xtask test -- -p wedge-host
+///   cargo xtask test -- -p wedge-router route_table -- --nocapture
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Extra arguments for `cargo test` (after `--`).
+    #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
+    cargo_test_args: Vec<String>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let ws = Workspace::load()?;
+    let total = Instant::now();
+    let mut steps = Steps::new(4);
+    let components = steps.run("guests", "build the wasm guest components", || guests::build_all(&ws, true))?;
+    steps.run("fmt", "check formatting", || fmt(&ws))?;
+    steps.run("clippy", "lint the host crates", || clippy(&ws, &components))?;
+    steps.run("test", "run the host crates' tests", || cargo_test(&ws, &args.cargo_test_args))?;
+
+    println!("\nall checks passed in {}:", util::fmt_duration(total.elapsed()));
+    for (name, took) in steps.timings {
+        println!("  {name:<8} {:>8}", util::fmt_duration(took));
+    }
+    Ok(())
+}
+
+/// Announces, times and numbers the steps; names the step in its error.
+struct Steps {
+    count: usize,
+    timings: Vec<(&'static str, Duration)>,
+}
+
+impl Steps {
+    fn new(count: usize) -> Self {
+        Self { count, timings: Vec::new() }
+    }
+
+    fn run<T>(&mut self, name: &'static str, what: &str, step: impl FnOnce() -> Result<T>) -> Result<T> {
+        let number = format!("{}/{}", self.timings.len() + 1, self.count);
+        println!("\n==> [{number}] {name}: {what}");
+        let started = Instant::now();
+        let value = step().with_context(|| format!("step {number} `{name}` failed"))?;
+        let took = started.elapsed();
+        println!("==> {name} ok ({})", util::fmt_duration(took));
+        self.timings.push((name, took));
+        Ok(value)
+    }
+}
+
+fn fmt(ws: &Workspace) -> Result<()> {
+    ensure_component("rustfmt", "fmt")?;
+    util::run(ws.cargo().args(["fmt", "--all", "--check"])).context("code is not formatted: run `cargo fmt --all`")
+}
+
+fn clippy(ws: &Workspace, guests: &[Component]) -> Result<()> {
+    ensure_component("clippy", "clippy")?;
+    let mut cmd = ws.cargo();
+    cmd.args(["clippy", "--locked", "--workspace"]);
+    for guest in guests {
+        cmd.args(["--exclude", &guest.package]);
+    }
+    cmd.args(["--all-targets", "--", "-D", "warnings"]);
+    util::run(&mut cmd)
+}
+
+fn cargo_test(ws: &Workspace, extra: &[String]) -> Result<()> {
+    util::run(ws.cargo().env("WEDGE_WASM_DIR", ws.wasm_dir()).args(["test", "--locked"]).args(extra))
+}
+
+/// Installs a rustup component (`rustfmt`, `clippy`) when `cargo <subcommand>` is missing.
+fn ensure_component(component: &str, subcommand: &str) -> Result<()> {
+    if util::succeeds(util::cargo().args([subcommand, "--version"])) {
+        return Ok(());
+    }
+    eprintln!("`cargo {subcommand}` is missing; installing the rustup component {component}");
+    util::run(Command::new("rustup").args(["component", "add", component]))
+        .with_context(|| format!("could not install the {component} component"))
+}
