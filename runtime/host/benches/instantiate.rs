@@ -26,6 +26,7 @@ fn bench(c: &mut Criterion) {
     let function = host.load(FunctionSpec::new("hello"), &hello_component()).unwrap();
 
     let mut group = c.benchmark_group("hello");
+    group.bench_function("store", |b| b.iter(|| function.store_only()));
     group.bench_function("instantiate", |b| {
         b.to_async(&runtime).iter(|| async { function.instantiate_only().await.unwrap() })
     });

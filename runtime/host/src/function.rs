@@ -132,6 +132,13 @@ impl Function {
         max - self.inner.running.available_permits()
     }
 
+    /// Creates and drops the per-request store without instantiating: the
+    /// baseline the instantiate benchmark is compared with.
+    #[doc(hidden)]
+    pub fn store_only(&self) {
+        drop(self.new_store(Instant::now() + self.inner.limits.timeout, "-".into()));
+    }
+
     /// Instantiates the component in a fresh store and measures nothing else:
     /// the cost every request pays before the guest runs. For benchmarks.
     pub async fn instantiate_only(&self) -> anyhow::Result<()> {
