@@ -24,18 +24,7 @@ const FIELDS_BYTES_MAX: usize = 64 * 1024;
 #[allow(missing_docs)]
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
-        // Our package lives in wit/wedge-function, the WASI packages it uses
-        // in wit/deps; each is listed after the ones it depends on.
-        path: [
-            "../../wit/deps/io.wit",
-            "../../wit/deps/random.wit",
-            "../../wit/deps/clocks.wit",
-            "../../wit/deps/filesystem.wit",
-            "../../wit/deps/sockets.wit",
-            "../../wit/deps/cli.wit",
-            "../../wit/deps/http.wit",
-            "../../wit/wedge-function",
-        ],
+        path: "../../wit",
         world: "wedge:function/http-handler",
         require_store_data_send: true,
         with: {

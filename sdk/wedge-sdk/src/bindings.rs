@@ -7,20 +7,8 @@
 //! the user's crate by `#[http_handler]`, and it gives access to WASI
 //! interfaces the SDK does not wrap (for example `wasi::random::random`).
 
-// `wit/` is not itself a WIT package (our package lives in
-// `wit/wedge-function/`, the WASI packages it uses in `wit/deps/`), so the
-// packages are listed one by one, each after the ones it depends on.
 wit_bindgen::generate!({
-    path: [
-        "../../wit/deps/io.wit",
-        "../../wit/deps/random.wit",
-        "../../wit/deps/clocks.wit",
-        "../../wit/deps/filesystem.wit",
-        "../../wit/deps/sockets.wit",
-        "../../wit/deps/cli.wit",
-        "../../wit/deps/http.wit",
-        "../../wit/wedge-function",
-    ],
+    path: "../../wit",
     world: "wedge:function/http-handler",
     generate_all,
     pub_export_macro: true,

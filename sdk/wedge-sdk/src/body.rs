@@ -200,25 +200,7 @@ impl IncomingBody {
     /// Reads the next chunk (at most [`CHUNK_BYTES`]), blocking until one
     /// arrives. Returns `None` at the end of the body.
     pub fn chunk(&mut self) -> Option<io::Result<Vec<u8>>> {
-        if let Some(rest) = self.take_pending() {
-            return Some(Ok(rest));
-        }
-        loop {
-            let stream = self.stream.as_ref()?;
-            match stream.blocking_read(CHUNK_BYTES as u64) {
-                Ok(bytes) if bytes.is_empty() => continue,
-                Ok(bytes) => return Some(Ok(bytes)),
-                Err(StreamError::Closed) => {
-                    self.finish();
-                    return None;
-                }
-                Err(StreamError::LastOperationFailed(e)) => {
-                    let message = e.to_debug_string();
-                    self.finish();
-                    return Some(Err(io::Error::other(message)));
-                }
-            }
-        }
+        crate::executor::block_on(self.next_chunk())
     }
 
     /// Reads the next chunk (at most [`CHUNK_BYTES`]) without blocking the
