@@ -22,8 +22,25 @@ pub struct Cli {
 /// Every verb.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve wasm HTTP components on this machine (like `spin up` or
-    /// `wasmtime serve`).
+    /// Serve wasm HTTP components on this machine (like `spin up` or `wasmtime serve`).
+    ///
+    /// Each component must export `wasi:http/incoming-handler` (any
+    /// `wasi:http/proxy` component, or one built with wedge-sdk).
+    ///
+    /// Examples:
+    ///
+    ///   wedge serve target/wasm/hello.wasm                 # / -> hello
+    ///
+    ///   wedge serve hello.wasm echo.wasm --route /hello --route /echo
+    ///
+    ///   wedge serve slow.wasm --timeout 2s --memory 64MiB --set greeting=hi
+    ///
+    ///   wedge serve --config functions.toml --listen 0.0.0.0:8080
+    ///
+    /// Limit flags (--timeout, --memory, --max-body, --max-concurrency),
+    /// --set, --env and --allow-outbound apply to the components named on the
+    /// command line; functions from --config take theirs from the file.
+    #[command(verbatim_doc_comment)]
     Serve(serve::ServeArgs),
 }
 

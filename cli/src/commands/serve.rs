@@ -12,26 +12,8 @@ use wedge_node::config::LimitsConfig;
 use wedge_node::units::{parse_bytes, parse_duration};
 use wedge_node::{FunctionConfig, FunctionsFile, NodeConfig};
 
-/// Serve wasm HTTP components locally.
-///
-/// Each component must export `wasi:http/incoming-handler` (any
-/// `wasi:http/proxy` component, or one built with wedge-sdk).
-///
-/// Examples:
-///
-///   wedge serve target/wasm/hello.wasm                 # / -> hello
-///
-///   wedge serve hello.wasm echo.wasm --route /hello --route /echo
-///
-///   wedge serve slow.wasm --timeout 2s --memory 64MiB --set greeting=hi
-///
-///   wedge serve --config functions.toml --listen 0.0.0.0:8080
-///
-/// Limit flags (--timeout, --memory, --max-body, --max-concurrency),
-/// --set, --env and --allow-outbound apply to the components named on the
-/// command line; functions from --config take theirs from the file.
+/// Arguments of `wedge serve` (its help text is on `Command::Serve`).
 #[derive(Debug, Args)]
-#[command(verbatim_doc_comment)]
 pub struct ServeArgs {
     /// Component files to serve.
     #[arg(value_name = "COMPONENT.wasm")]
