@@ -26,7 +26,7 @@ mod state;
 pub use config::{FunctionSpec, HostConfig, Limits};
 pub use error::{HostError, LoadError};
 pub use function::{Function, ResponseBody, error_response};
-pub use outbound::{AllowListEntry, OutboundPolicy};
+pub use outbound::{AllowListEntry, Denied, OutboundPolicy};
 
 use std::sync::Arc;
 
