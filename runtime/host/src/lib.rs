@@ -25,7 +25,7 @@ mod state;
 
 pub use config::{FunctionSpec, HostConfig, Limits};
 pub use error::{HostError, LoadError};
-pub use function::{Function, ResponseBody, error_response};
+pub use function::{Function, Instantiated, ResponseBody, error_response};
 pub use outbound::{AllowListEntry, Denied, OutboundPolicy};
 
 use std::sync::Arc;
