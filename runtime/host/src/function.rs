@@ -127,17 +127,6 @@ impl Function {
         &self.inner.sha256
     }
 
-    /// The limits each request runs under.
-    pub fn limits(&self) -> &Limits {
-        &self.inner.limits
-    }
-
-    /// Instances of this function running right now.
-    pub fn in_flight(&self) -> usize {
-        let max = usize::try_from(self.inner.limits.concurrency_max).unwrap_or(usize::MAX);
-        max - self.inner.running.available_permits()
-    }
-
     /// Creates and drops the per-request store without instantiating: the
     /// baseline the instantiate benchmark is compared with.
     #[doc(hidden)]

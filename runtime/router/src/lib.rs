@@ -7,7 +7,7 @@
 //!
 //! It must not know how functions run (that is `wedge-host`) or where the
 //! routes come from (that is `wedge-node`): the table maps to
-//! [`wedge_host::Function`] handles and is swapped whole when it changes.
+//! [`wedge_host::Function`] handles.
 
 mod ingress;
 mod routes;
