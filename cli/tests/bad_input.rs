@@ -155,3 +155,21 @@ fn sigterm_drains_in_flight_requests() {
     assert!(status.success(), "wedge exited with {status}");
     assert!(std::net::TcpStream::connect(server.addr).is_err(), "still accepting after shutdown");
 }
+
+#[test]
+fn oversize_request_heads_get_431() {
+    use std::io::{Read, Write};
+    let server = Server::start(&[wasm("hello").to_str().unwrap()]);
+    let big_value = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(70_000));
+    let many: String = (0..150).map(|i| format!("X-H{i}: 1\r\n")).collect();
+    let many_fields = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    for head in [big_value, many_fields] {
+        let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut answer = [0u8; 64];
+        let n = stream.read(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    }
+    assert_eq!(get(&server.url("/")).status, 200, "still serving");
+}
