@@ -41,7 +41,9 @@ pub fn run(args: Args) -> Result<()> {
     let components = steps.run("guests", "build the wasm guest components", || guests::build_all(&ws, true))?;
     steps.run("fmt", "check formatting", || fmt(&ws))?;
     steps.run("clippy", "lint the host crates", || clippy(&ws, &components))?;
-    steps.run("test", "run the host crates' tests", || cargo_test(&ws, &args.cargo_test_args))?;
+    steps.run("test", "run the host crates' and the SDK's tests", || {
+        cargo_test(&ws, &components, &args.cargo_test_args)
+    })?;
 
     println!("\nall checks passed in {}:", util::fmt_duration(total.elapsed()));
     for (name, took) in steps.timings {
@@ -89,8 +91,20 @@ fn clippy(ws: &Workspace, guests: &[Component]) -> Result<()> {
     util::run(&mut cmd)
 }
 
-fn cargo_test(ws: &Workspace, extra: &[String]) -> Result<()> {
-    util::run(ws.cargo().env("WEDGE_WASM_DIR", ws.wasm_dir()).args(["test", "--locked"]).args(extra))
+/// Tests every host crate and the SDK (which also builds natively: its unit
+/// and doc tests run here); guest crates are excluded because their tests
+/// are the host's integration tests. Explicit `-p` arguments narrow it.
+fn cargo_test(ws: &Workspace, guests: &[Component], extra: &[String]) -> Result<()> {
+    let mut cmd = ws.cargo();
+    cmd.env("WEDGE_WASM_DIR", ws.wasm_dir()).args(["test", "--locked"]);
+    let narrowed = extra.iter().any(|a| a.starts_with("-p") || a.starts_with("--package"));
+    if !narrowed {
+        cmd.arg("--workspace");
+        for guest in guests {
+            cmd.args(["--exclude", &guest.package]);
+        }
+    }
+    util::run(cmd.args(extra))
 }
 
 /// Installs a rustup component (`rustfmt`, `clippy`) when `cargo <subcommand>` is missing.
