@@ -131,7 +131,7 @@ impl Function {
     /// baseline the instantiate benchmark is compared with.
     #[doc(hidden)]
     pub fn store_only(&self) {
-        drop(self.new_store(Instant::now() + self.inner.limits.timeout, "-".into()));
+        drop(self.bench_store());
     }
 
     /// Instantiates the component in a fresh store and does nothing else:
@@ -140,9 +140,14 @@ impl Function {
     /// is when the slot is reset) outside the timed part.
     #[doc(hidden)]
     pub async fn instantiate_only(&self) -> anyhow::Result<Instantiated> {
-        let mut store = self.new_store(Instant::now() + self.inner.limits.timeout, "-".into());
+        let mut store = self.bench_store();
         self.inner.pre.instantiate_async(&mut store).await.map_err(anyhow::Error::from)?;
         Ok(Instantiated { _store: store })
+    }
+
+    /// A store as a request would get it, for the benchmark entry points.
+    fn bench_store(&self) -> Store<GuestState> {
+        self.new_store(Instant::now() + self.inner.limits.timeout, "-".into())
     }
 
     /// Runs one request through a fresh instance. Never fails: every failure
@@ -264,23 +269,22 @@ impl Function {
     }
 
     fn classify(&self, error: &wasmtime::Error, memory_refused: bool) -> GuestFailure {
+        let trap = error.downcast_ref::<Trap>();
         if error.downcast_ref::<DeadlineExceeded>().is_some() {
-            return GuestFailure::Deadline(self.inner.limits.timeout);
+            GuestFailure::Deadline(self.inner.limits.timeout)
+        } else if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+            GuestFailure::NoSlot
+        } else if matches!(trap, Some(Trap::StackOverflow)) {
+            GuestFailure::StackOverflow
+        } else if memory_refused {
+            // Whatever the guest did after its memory.grow failed (abort,
+            // unreachable, ...), the cause is the memory limit.
+            GuestFailure::Memory(self.inner.limits.memory_bytes_max >> 20)
+        } else if let Some(trap) = trap {
+            GuestFailure::Trap(format!("{trap}: {error:#}"))
+        } else {
+            GuestFailure::Other(format!("{error:#}"))
         }
-        if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
-            return GuestFailure::NoSlot;
-        }
-        if let Some(trap) = error.downcast_ref::<Trap>() {
-            return match trap {
-                Trap::StackOverflow => GuestFailure::StackOverflow,
-                _ if memory_refused => GuestFailure::Memory(self.inner.limits.memory_bytes_max >> 20),
-                other => GuestFailure::Trap(format!("{other}: {error:#}")),
-            };
-        }
-        if memory_refused {
-            return GuestFailure::Memory(self.inner.limits.memory_bytes_max >> 20);
-        }
-        GuestFailure::Other(format!("{error:#}"))
     }
 
     /// The client sees what kind of failure it was and the request id to
