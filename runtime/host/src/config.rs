@@ -152,7 +152,7 @@ impl FunctionSpec {
 
 /// Names are DNS labels: 1–63 of `a-z`, `0-9`, `-`, not starting or ending
 /// with `-`. They appear in URLs, logs and metric labels.
-pub(crate) fn validate_name(name: &str) -> Result<(), LoadError> {
+pub fn validate_name(name: &str) -> Result<(), LoadError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')

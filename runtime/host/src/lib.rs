@@ -23,7 +23,7 @@ mod guest_log;
 mod outbound;
 mod state;
 
-pub use config::{FunctionSpec, HostConfig, Limits};
+pub use config::{FunctionSpec, HostConfig, Limits, validate_name};
 pub use error::{HostError, LoadError};
 pub use function::{Function, Instantiated, ResponseBody, error_response};
 pub use outbound::{AllowListEntry, Denied, OutboundPolicy};

@@ -1,0 +1,243 @@
+//! The wire types of the control plane's HTTP/JSON API (`/v1`), shared by
+//! the server, the nodes that follow it and the `wedge` CLI. Changing a
+//! field here changes the protocol: add optional fields, never repurpose.
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `GET /v1/functions` | – | `[FunctionSummary]` |
+//! | `GET /v1/functions/{name}` | – | [`FunctionInfo`] |
+//! | `GET /v1/functions/{name}/versions` | – | `[VersionRecord]` |
+//! | `POST /v1/functions/{name}/versions` | multipart: part `spec` ([`DeploySpec`] JSON), part `component` (the wasm, optional when `spec.artifact` names a stored one) | 201 [`VersionRecord`] |
+//! | `POST /v1/functions/{name}/rollback` | [`RollbackRequest`] | [`VersionRecord`] (now active) |
+//! | `DELETE /v1/functions/{name}` | – | [`Removed`] |
+//! | `HEAD`/`GET /v1/artifacts/{sha256}` | – | the component bytes (`application/wasm`) |
+//! | `GET /v1/state?after=REV&wait_ms=MS` | – | [`DesiredState`]; waits (at most [`STATE_WAIT_MAX_MS`]) while the revision is `<= after` |
+//! | `POST /v1/nodes/{node}/report` | [`NodeReport`] | 204 |
+//! | `GET /v1/nodes` | – | `[NodeStatus]` |
+//! | `GET /v1/functions/{name}/logs?after=SEQ&wait_ms=MS&limit=N` | – | [`LogPage`] |
+//!
+//! Every `/v1` request needs `Authorization: Bearer <token>`; without the
+//! right one the answer is 401 and nothing changes. Errors are
+//! [`ErrorBody`] JSON with a 4xx/5xx status.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest a `GET /v1/state` or logs long-poll waits before answering with
+/// what it has.
+pub const STATE_WAIT_MAX_MS: u64 = 60_000;
+
+/// Default largest component accepted by a deploy (50 MiB).
+pub const COMPONENT_BYTES_MAX_DEFAULT: u64 = 50 * 1024 * 1024;
+
+/// A component's identity: lowercase hex sha256 of its bytes (64 chars).
+pub type Sha256Hex = String;
+
+/// What an error answer carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// One line saying what was wrong, for a person.
+    pub error: String,
+}
+
+/// Limits as numbers; `None` means the node's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsSpec {
+    /// Linear-memory cap of one instance, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Wall-clock deadline of one request, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Largest request body, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<u64>,
+    /// Most instances running at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+}
+
+/// What a deploy asks for, besides the component bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySpec {
+    /// The sha256 of a component already stored; when set, no `component`
+    /// part is needed (and if one is sent, its hash must equal this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<Sha256Hex>,
+    /// Routes (`/prefix`, `host/prefix`, `*.domain/prefix`); at least one.
+    pub routes: Vec<String>,
+    /// Limits; unset ones take the node defaults.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// Values for `wedge:function/config`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// The guest's whole environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Outbound HTTP allow-list.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+}
+
+/// One stored version of a function: immutable once written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// The function's name.
+    pub function: String,
+    /// 1, 2, 3… per function, in deploy order.
+    pub version: u64,
+    /// sha256 of the component.
+    pub artifact: Sha256Hex,
+    /// Size of the component in bytes.
+    pub artifact_bytes: u64,
+    /// Routes, as given (validated).
+    pub routes: Vec<String>,
+    /// Limits.
+    pub limits: LimitsSpec,
+    /// Config values.
+    pub config: BTreeMap<String, String>,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Outbound allow-list.
+    pub allowed_outbound_hosts: Vec<String>,
+    /// When it was deployed, milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+}
+
+/// One function, as `wedge ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionSummary {
+    /// Name.
+    pub name: String,
+    /// The version being served.
+    pub active_version: u64,
+    /// The newest version number.
+    pub latest_version: u64,
+    /// Routes of the active version.
+    pub routes: Vec<String>,
+    /// Artifact of the active version.
+    pub artifact: Sha256Hex,
+    /// When the active version was made active, ms since the epoch.
+    pub updated_unix_ms: u64,
+}
+
+/// One function in detail, as `wedge info` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionInfo {
+    /// The summary line.
+    pub summary: FunctionSummary,
+    /// The active version in full.
+    pub active: VersionRecord,
+    /// Nodes that reported serving the active version.
+    pub serving_nodes: Vec<String>,
+    /// Nodes that reported failing to load it, with the reason.
+    pub failing_nodes: Vec<NodeFunctionError>,
+}
+
+/// `POST /v1/functions/{name}/rollback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The version to make active; `None` means the newest version older
+    /// than the active one.
+    #[serde(default)]
+    pub to: Option<u64>,
+}
+
+/// `DELETE /v1/functions/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Removed {
+    /// The function removed.
+    pub function: String,
+    /// How many versions went with it.
+    pub versions: u64,
+}
+
+/// What every node should serve: the active version of every function.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// Increases with every change to the store; 0 for an empty store.
+    pub revision: u64,
+    /// The active version of every function, by name.
+    pub functions: Vec<VersionRecord>,
+}
+
+/// A guest output line shipped from a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Position in the control plane's log of this function (assigned by the
+    /// control plane; nodes send 0).
+    #[serde(default)]
+    pub seq: u64,
+    /// When the line was written, ms since the epoch (node clock).
+    pub unix_ms: u64,
+    /// The node it ran on.
+    #[serde(default)]
+    pub node: String,
+    /// The function.
+    pub function: String,
+    /// The request's `x-request-id`.
+    pub request_id: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The line, without its newline.
+    pub line: String,
+}
+
+/// `GET /v1/functions/{name}/logs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogPage {
+    /// Lines with `seq > after`, oldest first.
+    pub lines: Vec<LogLine>,
+    /// Pass as `after` to get the lines that follow.
+    pub next: u64,
+}
+
+/// A function a node could not load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFunctionError {
+    /// The node.
+    #[serde(default)]
+    pub node: String,
+    /// The function.
+    pub function: String,
+    /// Its version.
+    pub version: u64,
+    /// Why.
+    pub error: String,
+}
+
+/// `POST /v1/nodes/{node}/report`: a node's applied state and new log lines.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// Where the node serves HTTP (`host:port`).
+    pub ingress: String,
+    /// The revision of desired state the node serves.
+    pub applied_revision: u64,
+    /// Functions (name, version) the node serves.
+    pub serving: Vec<(String, u64)>,
+    /// Functions of the applied revision it could not load.
+    pub errors: Vec<NodeFunctionError>,
+    /// Guest output since the last report (bounded by the node).
+    pub logs: Vec<LogLine>,
+}
+
+/// `GET /v1/nodes`: what the control plane last heard from each node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node's name.
+    pub node: String,
+    /// Where it serves HTTP.
+    pub ingress: String,
+    /// The revision it serves.
+    pub applied_revision: u64,
+    /// Functions it serves.
+    pub serving: Vec<(String, u64)>,
+    /// Functions it failed to load.
+    pub errors: Vec<NodeFunctionError>,
+    /// Milliseconds since its last report.
+    pub last_seen_ms_ago: u64,
+}

@@ -1,0 +1,13 @@
+//! `wedge-control`: the control plane of a wedge cluster.
+//!
+//! It owns the deploy API (HTTP/JSON under `/v1`, bearer-token auth), the
+//! durable [`store`] of artifacts and versions, validation of uploads before
+//! anything is stored, and the desired state that nodes follow (long-poll on
+//! `GET /v1/state`). It also keeps what nodes report: what they serve, what
+//! failed to load, and recent guest log lines for `wedge logs`.
+//!
+//! It must not run guest requests or know about node internals: nodes pull
+//! desired state and artifacts; the control plane never pushes.
+
+pub mod api;
+pub mod store;
