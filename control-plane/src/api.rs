@@ -241,3 +241,42 @@ pub struct NodeStatus {
     /// Milliseconds since its last report.
     pub last_seen_ms_ago: u64,
 }
+
+impl LimitsSpec {
+    /// The host limits these ask for; unset ones are the host defaults.
+    pub fn to_limits(&self) -> wedge_host::Limits {
+        let defaults = wedge_host::Limits::default();
+        wedge_host::Limits {
+            memory_bytes_max: self.memory_bytes.unwrap_or(defaults.memory_bytes_max),
+            timeout: self.timeout_ms.map_or(defaults.timeout, std::time::Duration::from_millis),
+            body_bytes_max: self.body_bytes.unwrap_or(defaults.body_bytes_max),
+            concurrency_max: self.concurrency.unwrap_or(defaults.concurrency_max),
+        }
+    }
+}
+
+impl DeploySpec {
+    /// What the host needs to load this as function `name` (routes aside).
+    pub fn function_spec(&self, name: &str) -> wedge_host::FunctionSpec {
+        wedge_host::FunctionSpec {
+            name: name.to_string(),
+            limits: self.limits.to_limits(),
+            config: self.config.clone(),
+            env: self.env.clone(),
+            allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+        }
+    }
+}
+
+impl VersionRecord {
+    /// What the host needs to load this version (routes aside).
+    pub fn function_spec(&self) -> wedge_host::FunctionSpec {
+        wedge_host::FunctionSpec {
+            name: self.function.clone(),
+            limits: self.limits.to_limits(),
+            config: self.config.clone(),
+            env: self.env.clone(),
+            allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+        }
+    }
+}
