@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{HostError, LoadError};
+use crate::guest_log::GuestLogSink;
 use crate::outbound::{AllowListEntry, OutboundPolicy};
 
 const MIB: u64 = 1024 * 1024;
@@ -28,6 +29,9 @@ pub struct HostConfig {
     /// Where compiled components are cached (by sha256 of the component and
     /// a hash of the engine settings). `None` disables the disk cache.
     pub cache_dir: Option<PathBuf>,
+    /// Where guest output lines go besides the process log; `None` keeps
+    /// them in the process log only.
+    pub log_sink: Option<GuestLogSink>,
 }
 
 impl Default for HostConfig {
@@ -37,6 +41,7 @@ impl Default for HostConfig {
             instance_memory_bytes_max: Limits::default().memory_bytes_max,
             epoch_tick: Duration::from_millis(10),
             cache_dir: None,
+            log_sink: None,
         }
     }
 }

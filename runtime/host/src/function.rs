@@ -22,6 +22,7 @@ use crate::compile::Compiled;
 use crate::config::{FunctionSpec, Limits};
 use crate::engine::EngineHandle;
 use crate::error::LoadError;
+use crate::guest_log::GuestLog;
 use crate::outbound::{OutboundHooks, OutboundPolicy};
 use crate::state::GuestState;
 
@@ -38,7 +39,7 @@ pub struct Function {
 struct FunctionInner {
     /// Keeps the engine's epoch ticker running for as long as any function
     /// can run: without it, deadlines would never fire.
-    _host: Arc<EngineHandle>,
+    host: Arc<EngineHandle>,
     name: Arc<str>,
     sha256: String,
     pre: ProxyPre<GuestState>,
@@ -104,7 +105,7 @@ impl Function {
         let concurrency = usize::try_from(spec.limits.concurrency_max).unwrap_or(usize::MAX);
         Ok(Self {
             inner: Arc::new(FunctionInner {
-                _host: Arc::clone(handle),
+                host: Arc::clone(handle),
                 name: spec.name.into(),
                 sha256: compiled.sha256,
                 pre,
@@ -255,8 +256,8 @@ impl Function {
     fn new_store(&self, deadline: Instant, request_id: Arc<str>) -> Store<GuestState> {
         let inner = &self.inner;
         let hooks = OutboundHooks::new(Arc::clone(&inner.name), Arc::clone(&inner.outbound));
-        let state =
-            GuestState::new(&inner.env, Arc::clone(&inner.config), hooks, inner.limits.memory_bytes_max, request_id);
+        let log = GuestLog::pair(Arc::clone(&inner.name), request_id, inner.host.config.log_sink.clone());
+        let state = GuestState::new(&inner.env, Arc::clone(&inner.config), hooks, inner.limits.memory_bytes_max, log);
         let mut store = Store::new(inner.pre.engine(), state);
         store.limiter(|state| &mut state.limiter);
         // Check the deadline on every epoch tick; until then, yield to the

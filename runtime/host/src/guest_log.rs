@@ -1,10 +1,14 @@
 //! Guest stdout and stderr, turned into log events tagged with the function
-//! and the request id. Writes never block the guest (a full pipe on the
+//! and the request id, and — when the host has a [`GuestLogSink`] — into
+//! [`GuestLogLine`]s for whoever ships them (a node sends them to the control
+//! plane for `wedge logs`). Writes never block the guest (a full pipe on the
 //! node's own stdout would otherwise stall a worker thread past any
-//! deadline), and each request may log a bounded number of bytes; beyond
-//! it, output is dropped and one warning says so.
+//! deadline; a full sink drops lines and counts them), and each request may
+//! log a bounded number of bytes; beyond it, output is dropped and one
+//! warning says so.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -17,10 +21,71 @@ const LINE_BYTES_MAX: usize = 4096;
 pub(crate) const REQUEST_LOG_BYTES_MAX: usize = 1 << 20;
 
 /// Which stream a line came from.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Stream {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
     Stdout,
+    /// Standard error.
     Stderr,
+}
+
+impl Stream {
+    /// `stdout` or `stderr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// One line a guest wrote.
+#[derive(Debug, Clone)]
+pub struct GuestLogLine {
+    /// When it was written, ms since the Unix epoch.
+    pub unix_ms: u64,
+    /// The function that wrote it.
+    pub function: Arc<str>,
+    /// The request's id.
+    pub request_id: Arc<str>,
+    /// Which stream.
+    pub stream: Stream,
+    /// The line without its newline (cut at 4 KiB, invalid UTF-8 replaced).
+    pub line: String,
+}
+
+/// A bounded queue that receives every guest output line of a host. When
+/// the reader falls behind, lines are dropped (never blocking a guest) and
+/// counted.
+#[derive(Clone)]
+pub struct GuestLogSink {
+    sender: tokio::sync::mpsc::Sender<GuestLogLine>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for GuestLogSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestLogSink").field("dropped", &self.dropped()).finish_non_exhaustive()
+    }
+}
+
+impl GuestLogSink {
+    /// A sink holding at most `capacity` unread lines, and its reader.
+    pub fn bounded(capacity: usize) -> (Self, tokio::sync::mpsc::Receiver<GuestLogLine>) {
+        let (sender, receiver) = tokio::sync::mpsc::channel(capacity.max(1));
+        (Self { sender, dropped: Arc::default() }, receiver)
+    }
+
+    /// Lines dropped so far because the reader was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn offer(&self, line: GuestLogLine) {
+        if self.sender.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The shared per-request state of both streams.
@@ -30,6 +95,7 @@ struct LogState {
     request_id: Arc<str>,
     budget_left: usize,
     warned: bool,
+    sink: Option<GuestLogSink>,
 }
 
 /// One stream of one request. Cheap to clone; clones share the budget.
@@ -42,11 +108,21 @@ pub(crate) struct GuestLog {
 
 impl GuestLog {
     /// The stdout and stderr of one request.
-    pub(crate) fn pair(function: Arc<str>, request_id: Arc<str>) -> (Self, Self) {
-        let state =
-            Arc::new(Mutex::new(LogState { function, request_id, budget_left: REQUEST_LOG_BYTES_MAX, warned: false }));
+    pub(crate) fn pair(function: Arc<str>, request_id: Arc<str>, sink: Option<GuestLogSink>) -> (Self, Self) {
+        let state = Arc::new(Mutex::new(LogState {
+            function,
+            request_id,
+            budget_left: REQUEST_LOG_BYTES_MAX,
+            warned: false,
+            sink,
+        }));
         let make = |stream| GuestLog { state: Arc::clone(&state), stream, line: Arc::default() };
         (make(Stream::Stdout), make(Stream::Stderr))
+    }
+
+    /// The id of the request this log belongs to.
+    pub(crate) fn request_id(&self) -> Arc<str> {
+        Arc::clone(&self.state.lock().unwrap_or_else(|p| p.into_inner()).request_id)
     }
 
     fn accept(&self, bytes: &[u8]) {
@@ -90,6 +166,17 @@ impl Drop for GuestLog {
 
 fn emit(state: &LogState, stream: Stream, line: &[u8]) {
     let text = String::from_utf8_lossy(line);
+    if let Some(sink) = &state.sink {
+        let unix_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        sink.offer(GuestLogLine {
+            unix_ms,
+            function: Arc::clone(&state.function),
+            request_id: Arc::clone(&state.request_id),
+            stream,
+            line: text.to_string(),
+        });
+    }
     match stream {
         Stream::Stdout => tracing::info!(target: "wedge::guest", function = %state.function,
             request_id = %state.request_id, stream = "stdout", "{text}"),
@@ -131,7 +218,7 @@ mod tests {
 
     #[test]
     fn budget_is_shared_and_enforced() {
-        let (out, err) = GuestLog::pair("f".into(), "r".into());
+        let (out, err) = GuestLog::pair("f".into(), "r".into(), None);
         out.accept(&vec![b'a'; REQUEST_LOG_BYTES_MAX - 10]);
         err.accept(&[b'b'; 100]);
         let state = out.state.lock().unwrap();
@@ -141,8 +228,29 @@ mod tests {
 
     #[test]
     fn long_lines_are_cut() {
-        let (out, _err) = GuestLog::pair("f".into(), "r".into());
+        let (out, _err) = GuestLog::pair("f".into(), "r".into(), None);
         out.accept(&vec![b'x'; LINE_BYTES_MAX * 2]);
         assert_eq!(out.line.lock().unwrap().len(), LINE_BYTES_MAX);
+    }
+}
+
+#[cfg(test)]
+mod sink_tests {
+    use super::*;
+
+    #[test]
+    fn lines_reach_the_sink_and_overflow_is_counted() {
+        let (sink, mut lines) = GuestLogSink::bounded(2);
+        let (out, err) = GuestLog::pair("f".into(), "r".into(), Some(sink.clone()));
+        out.accept(b"one\ntwo\n");
+        err.accept(b"three\n");
+        let first = lines.try_recv().unwrap();
+        assert_eq!(
+            (&*first.function, &*first.request_id, first.stream, first.line.as_str()),
+            ("f", "r", Stream::Stdout, "one")
+        );
+        assert_eq!(lines.try_recv().unwrap().line, "two");
+        assert!(lines.try_recv().is_err(), "the third line did not fit");
+        assert_eq!(sink.dropped(), 1);
     }
 }

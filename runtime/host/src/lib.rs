@@ -26,6 +26,7 @@ mod state;
 pub use config::{FunctionSpec, HostConfig, Limits, validate_name};
 pub use error::{HostError, LoadError};
 pub use function::{Function, Instantiated, ResponseBody, error_response};
+pub use guest_log::{GuestLogLine, GuestLogSink, Stream};
 pub use outbound::{AllowListEntry, Denied, OutboundPolicy};
 
 use std::sync::Arc;

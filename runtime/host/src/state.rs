@@ -54,12 +54,12 @@ impl GuestState {
         config: Arc<BTreeMap<String, String>>,
         hooks: OutboundHooks,
         memory_bytes_max: u64,
-        request_id: Arc<str>,
+        (stdout, stderr): (GuestLog, GuestLog),
     ) -> Self {
         // Deny by default: no preopened directories, no sockets, no name
         // lookups, no inherited environment or arguments. Standard output
         // and error become log events tagged with function and request id.
-        let (stdout, stderr) = GuestLog::pair(Arc::clone(&hooks.function), Arc::clone(&request_id));
+        let request_id = stdout.request_id();
         let wasi = WasiCtx::builder()
             .envs(env)
             .stdout(stdout)

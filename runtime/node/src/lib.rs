@@ -3,12 +3,18 @@
 //! It owns the node's configuration (the functions it serves, from a
 //! `functions.toml` or from the command line), loading each function into the
 //! [`wedge_host::Host`], building the [`wedge_router::RouteTable`], and running
-//! the [`wedge_router::Ingress`] until shutdown.
+//! the [`wedge_router::Ingress`] until shutdown. A node either serves a fixed
+//! set of functions ([`start`], for `wedge serve`) or follows a control plane
+//! ([`follow::FollowingNode`], for `wedge node`), keeping what it serves on its
+//! own disk ([`local_state`]).
 //!
 //! It must not parse command lines or read the environment: the `wedge`
 //! binary does that and hands over a [`NodeConfig`].
 
 pub mod config;
+pub mod control_client;
+pub mod follow;
+pub mod local_state;
 pub mod units;
 
 use std::net::SocketAddr;

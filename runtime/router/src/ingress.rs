@@ -4,8 +4,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, StatusCode, header};
@@ -79,19 +79,27 @@ impl RequestIds {
 /// The HTTP front door: route table plus server.
 pub struct Ingress {
     config: IngressConfig,
-    routes: Arc<RouteTable<Function>>,
+    /// Swapped whole when desired state changes; a request holds the table
+    /// it started with, so a swap never affects one in flight.
+    routes: RwLock<Arc<RouteTable<Function>>>,
     ids: RequestIds,
 }
 
 impl Ingress {
     /// An ingress serving `routes`.
     pub fn new(config: IngressConfig, routes: RouteTable<Function>) -> Arc<Self> {
-        Arc::new(Self { config, routes: Arc::new(routes), ids: RequestIds::new() })
+        Arc::new(Self { config, routes: RwLock::new(Arc::new(routes)), ids: RequestIds::new() })
     }
 
     /// The current route table.
     pub fn routes(&self) -> Arc<RouteTable<Function>> {
-        Arc::clone(&self.routes)
+        Arc::clone(&self.routes.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces the route table; requests that already looked up their
+    /// function finish with it.
+    pub fn set_routes(&self, routes: RouteTable<Function>) {
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
     }
 
     /// Serves connections from `listener` until `shutdown` completes, then
@@ -184,7 +192,7 @@ impl Ingress {
         }
         let path = request.uri().path().to_string();
         let method = request.method().clone();
-        let function = self.routes.lookup(host.as_deref(), &path).cloned();
+        let function = self.routes().lookup(host.as_deref(), &path).cloned();
         // Debug level: at the default level a request costs no span; the
         // events that matter (failures, guest output) carry the function
         // and request id themselves.

@@ -1,0 +1,124 @@
+//! The node's side of the control-plane API: long-poll desired state, fetch
+//! artifacts, send reports. Plain HTTP/1.1 over hyper with a bearer token;
+//! every call has a deadline and every answer a size bound.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use wedge_control::api::{COMPONENT_BYTES_MAX_DEFAULT, DesiredState, ErrorBody, NodeReport};
+
+/// Largest desired-state document accepted.
+const STATE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Slack on top of a long-poll's wait before the call is abandoned.
+const LONG_POLL_SLACK: Duration = Duration::from_secs(10);
+/// Deadline of calls that do not wait on purpose.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client of one control plane.
+#[derive(Clone)]
+pub struct ControlClient {
+    base: String,
+    authorization: String,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for ControlClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("ControlClient").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl ControlClient {
+    /// A client of the control plane at `url` (`http://host:port`).
+    pub fn new(url: &str, token: &str) -> anyhow::Result<Self> {
+        let uri: Uri = url.parse().with_context(|| format!("control plane URL {url:?} is not a URL"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => bail!("control plane URL {url:?}: scheme {other:?} is not supported (use http://)"),
+            None => bail!("control plane URL {url:?} needs a scheme, like http://{url}"),
+        }
+        if uri.authority().is_none() {
+            bail!("control plane URL {url:?} has no host");
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        let http = Client::builder(TokioExecutor::new()).build(connector);
+        Ok(Self { base: url.trim_end_matches('/').to_string(), authorization: format!("Bearer {token}"), http })
+    }
+
+    /// The control plane's URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// Desired state newer than `after`, or the current one after waiting
+    /// up to `wait` for a change.
+    pub async fn desired_state(&self, after: u64, wait: Duration) -> anyhow::Result<DesiredState> {
+        let path = format!("/v1/state?after={after}&wait_ms={}", wait.as_millis());
+        let body = self.call(Method::GET, &path, None, wait + LONG_POLL_SLACK, STATE_BYTES_MAX).await?;
+        serde_json::from_slice(&body).context("desired state from the control plane is not valid JSON")
+    }
+
+    /// The artifact's bytes (not yet verified: the caller checks the hash).
+    pub async fn artifact(&self, sha256: &str) -> anyhow::Result<Bytes> {
+        let limit = usize::try_from(COMPONENT_BYTES_MAX_DEFAULT * 2).unwrap_or(usize::MAX);
+        self.call(Method::GET, &format!("/v1/artifacts/{sha256}"), None, CALL_TIMEOUT * 4, limit).await
+    }
+
+    /// Sends what this node serves and its new guest log lines.
+    pub async fn report(&self, node: &str, report: &NodeReport) -> anyhow::Result<()> {
+        let body = Bytes::from(serde_json::to_vec(report)?);
+        self.call(Method::POST, &format!("/v1/nodes/{node}/report"), Some(body), CALL_TIMEOUT, 64 * 1024).await?;
+        Ok(())
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        timeout: Duration,
+        answer_bytes_max: usize,
+    ) -> anyhow::Result<Bytes> {
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(format!("{}{path}", self.base))
+            .header(header::AUTHORIZATION, &self.authorization);
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = request.body(Full::new(body.unwrap_or_default()))?;
+        let call = async {
+            let response = self.http.request(request).await?;
+            let status = response.status();
+            let bytes = Limited::new(response.into_body(), answer_bytes_max)
+                .collect()
+                .await
+                .map_err(|error| anyhow::anyhow!("reading the answer: {error}"))?
+                .to_bytes();
+            anyhow::Ok((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))?
+            .with_context(|| format!("{method} {}{path}", self.base))?;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned());
+        if status == StatusCode::UNAUTHORIZED {
+            bail!("{method} {}{path}: the control plane rejected the token (401): {message}", self.base);
+        }
+        bail!("{method} {}{path}: {status}: {message}", self.base)
+    }
+}
