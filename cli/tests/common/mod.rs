@@ -38,17 +38,29 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wedge-compiled")
 }
 
-/// A running `wedge serve`; killed when dropped.
+/// A running `wedge` process (`serve`, `control`, `node`); killed when
+/// dropped.
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub stderr: Arc<Mutex<String>>,
+    pub stdout: Arc<Mutex<String>>,
 }
 
 impl Server {
     /// Starts `wedge serve ARGS --listen 127.0.0.1:0` and waits until it
     /// prints its address.
     pub fn start(args: &[&str]) -> Server {
+        let cache = cache_dir();
+        let mut all = args.to_vec();
+        all.extend(["--listen", "127.0.0.1:0", "--cache-dir", cache.to_str().unwrap()]);
+        Server::spawn("serve", &all, "wedge serving on http://", &[])
+    }
+
+    /// Starts `wedge VERB ARGS` with `envs` (and no WEDGE_* variables of
+    /// the caller's) and waits until it prints `READY_PREFIX<addr>` on
+    /// stdout.
+    pub fn spawn(verb: &str, args: &[&str], ready_prefix: &str, envs: &[(&str, &str)]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wedge"));
         // The caller's WEDGE_* settings must not leak into the test.
         for (key, _) in std::env::vars_os() {
@@ -57,12 +69,10 @@ impl Server {
             }
         }
         let mut child = command
-            .arg("serve")
+            .arg(verb)
             .args(args)
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--cache-dir")
-            .arg(cache_dir())
             .env("WEDGE_LOG", "info")
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -83,23 +93,38 @@ impl Server {
         // the startup deadline.
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let (ready, announced) = std::sync::mpsc::channel();
+        let ready_prefix = ready_prefix.to_string();
+        let stdout_text = Arc::new(Mutex::new(String::new()));
+        let stdout_sink = Arc::clone(&stdout_text);
         std::thread::spawn(move || {
             let mut line = String::new();
             while stdout.read_line(&mut line).is_ok_and(|n| n > 0) {
-                if let Some(addr) = line.trim().strip_prefix("wedge serving on http://") {
+                stdout_sink.lock().unwrap().push_str(&line);
+                if let Some(addr) = line.trim().strip_prefix(ready_prefix.as_str()) {
                     let _ = ready.send(addr.parse::<SocketAddr>().unwrap());
                 }
                 line.clear();
             }
         });
         match announced.recv_timeout(Duration::from_secs(120)) {
-            Ok(addr) => Server { child, addr, stderr },
+            Ok(addr) => Server { child, addr, stderr, stdout: stdout_text },
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait().unwrap();
-                panic!("wedge did not start serving ({status}):\n{}", stderr.lock().unwrap());
+                panic!("wedge {verb} did not become ready ({status}):\n{}", stderr.lock().unwrap());
             }
         }
+    }
+
+    /// Everything printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Sends SIGKILL and waits for the process to end.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn url(&self, path: &str) -> String {
