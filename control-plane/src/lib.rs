@@ -8,6 +8,17 @@
 //!
 //! It must not run guest requests or know about node internals: nodes pull
 //! desired state and artifacts; the control plane never pushes.
+//!
+//! Start one with [`ControlPlane::open`] and [`ControlPlane::serve`].
 
 pub mod api;
+mod auth;
+pub mod config;
+mod reports;
+mod server;
 pub mod store;
+pub mod validate;
+
+pub use auth::{Token, TokenError, TokenOrigin};
+pub use config::{ConfigError, ControlConfig};
+pub use server::{ControlError, ControlPlane};

@@ -1,0 +1,320 @@
+//! What nodes tell the control plane, kept in memory only: the latest report
+//! of each node (what it serves, what failed to load, when it was heard
+//! from) and a ring buffer of recent guest log lines per function.
+//!
+//! Nothing here is durable: after a restart nodes report again within
+//! seconds, and old log lines are gone (as with `kubectl logs` of a replaced
+//! pod). Everything is bounded: nodes by count, log lines per function by
+//! count and bytes, one line by length. Time is passed in.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use crate::api::{LogLine, LogPage, NodeFunctionError, NodeReport, NodeStatus};
+
+/// Longest log line kept; longer ones are cut (at a character boundary) and
+/// marked with `…`.
+const LINE_BYTES_MAX: usize = 16 * 1024;
+
+/// Bookkeeping bytes counted per line on top of its strings.
+const LINE_OVERHEAD_BYTES: u64 = 64;
+
+/// Bounds of what is kept.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReportLimits {
+    pub(crate) nodes_max: usize,
+    pub(crate) lines_per_function: usize,
+    pub(crate) bytes_per_function: u64,
+}
+
+/// Latest node reports and recent log lines.
+pub(crate) struct Reports {
+    limits: ReportLimits,
+    inner: Mutex<Inner>,
+    /// The newest `seq` assigned; bumped after every append so that log
+    /// long-polls wake up (all of them: each re-checks its own function).
+    appended: watch::Sender<u64>,
+}
+
+struct Inner {
+    nodes: HashMap<String, NodeEntry>,
+    logs: HashMap<String, FunctionLog>,
+    /// The next `seq` to assign. Starts at the process start time in
+    /// microseconds-ish (`unix_ms * 1000`), so that a `wedge logs -f`
+    /// following across a control-plane restart keeps seeing new lines
+    /// (their `seq` is above what it saw before).
+    next_seq: u64,
+}
+
+struct NodeEntry {
+    /// The report without its log lines.
+    report: NodeReport,
+    seen: Instant,
+}
+
+#[derive(Default)]
+struct FunctionLog {
+    lines: VecDeque<LogLine>,
+    bytes: u64,
+}
+
+impl Reports {
+    pub(crate) fn new(limits: ReportLimits, start_unix_ms: u64) -> Self {
+        let next_seq = start_unix_ms.saturating_mul(1000).max(1);
+        Self {
+            limits,
+            inner: Mutex::new(Inner { nodes: HashMap::new(), logs: HashMap::new(), next_seq }),
+            appended: watch::Sender::new(next_seq - 1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent-enough data
+        // (bounded collections); keep serving.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps `report` as `node`'s latest and appends its log lines of the
+    /// functions in `known` (others are dropped: the function is gone).
+    pub(crate) fn record(&self, node: &str, mut report: NodeReport, known: &HashSet<String>, now: Instant) {
+        let lines = std::mem::take(&mut report.logs);
+        for error in &mut report.errors {
+            error.node = node.to_string();
+        }
+        let appended = {
+            let mut inner = self.lock();
+            if !inner.nodes.contains_key(node) && inner.nodes.len() >= self.limits.nodes_max {
+                let stalest = inner.nodes.iter().min_by_key(|(_, entry)| entry.seen).map(|(name, _)| name.clone());
+                if let Some(stalest) = stalest {
+                    tracing::warn!(node = %stalest, "too many nodes reporting; forgetting the one heard from least recently");
+                    inner.nodes.remove(&stalest);
+                }
+            }
+            inner.nodes.insert(node.to_string(), NodeEntry { report, seen: now });
+            let mut appended = false;
+            for mut line in lines {
+                if !known.contains(&line.function) {
+                    continue;
+                }
+                truncate_line(&mut line.line);
+                line.node = node.to_string();
+                line.seq = inner.next_seq;
+                inner.next_seq += 1;
+                let log = inner.logs.entry(line.function.clone()).or_default();
+                log.bytes += line_bytes(&line);
+                log.lines.push_back(line);
+                while log.lines.len() > self.limits.lines_per_function || log.bytes > self.limits.bytes_per_function {
+                    match log.lines.pop_front() {
+                        Some(old) => log.bytes -= line_bytes(&old),
+                        None => break,
+                    }
+                }
+                appended = true;
+            }
+            appended.then_some(inner.next_seq - 1)
+        };
+        if let Some(last) = appended {
+            self.appended.send_replace(last);
+        }
+    }
+
+    /// Forgets the log lines of a removed function.
+    pub(crate) fn forget_function(&self, function: &str) {
+        self.lock().logs.remove(function);
+    }
+
+    /// What every node last reported, by node name.
+    pub(crate) fn nodes(&self, now: Instant) -> Vec<NodeStatus> {
+        let inner = self.lock();
+        let mut nodes: Vec<NodeStatus> = inner
+            .nodes
+            .iter()
+            .map(|(name, entry)| NodeStatus {
+                node: name.clone(),
+                ingress: entry.report.ingress.clone(),
+                applied_revision: entry.report.applied_revision,
+                serving: entry.report.serving.clone(),
+                errors: entry.report.errors.clone(),
+                last_seen_ms_ago: u64::try_from(now.saturating_duration_since(entry.seen).as_millis())
+                    .unwrap_or(u64::MAX),
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        nodes
+    }
+
+    /// Nodes serving `function` at `version`, and nodes that failed to load
+    /// that version (with why), each sorted by node.
+    pub(crate) fn function_nodes(&self, function: &str, version: u64) -> (Vec<String>, Vec<NodeFunctionError>) {
+        let inner = self.lock();
+        let mut serving = Vec::new();
+        let mut failing = Vec::new();
+        for (name, entry) in &inner.nodes {
+            if entry.report.serving.iter().any(|(f, v)| f == function && *v == version) {
+                serving.push(name.clone());
+            }
+            failing
+                .extend(entry.report.errors.iter().filter(|e| e.function == function && e.version == version).cloned());
+        }
+        serving.sort();
+        failing.sort_by(|a, b| a.node.cmp(&b.node));
+        (serving, failing)
+    }
+
+    /// Up to `limit` lines of `function` with `seq > after`, oldest first.
+    /// With none, `next` is `after` itself.
+    pub(crate) fn logs(&self, function: &str, after: u64, limit: usize) -> LogPage {
+        let inner = self.lock();
+        let lines: Vec<LogLine> = inner
+            .logs
+            .get(function)
+            .map(|log| {
+                // Lines are in seq order: skip the old ones from the back.
+                let start = log.lines.partition_point(|line| line.seq <= after);
+                log.lines.range(start..).take(limit).cloned().collect()
+            })
+            .unwrap_or_default();
+        let next = lines.last().map_or(after, |line| line.seq);
+        LogPage { lines, next }
+    }
+
+    /// Whether `function` has lines with `seq > after`.
+    pub(crate) fn has_logs_after(&self, function: &str, after: u64) -> bool {
+        self.lock().logs.get(function).and_then(|log| log.lines.back()).is_some_and(|line| line.seq > after)
+    }
+
+    /// A receiver that changes whenever lines are appended.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+}
+
+fn line_bytes(line: &LogLine) -> u64 {
+    let strings = line.line.len() + line.request_id.len() + line.function.len() + line.node.len() + line.stream.len();
+    u64::try_from(strings).unwrap_or(u64::MAX).saturating_add(LINE_OVERHEAD_BYTES)
+}
+
+fn truncate_line(line: &mut String) {
+    if line.len() > LINE_BYTES_MAX {
+        let mut end = LINE_BYTES_MAX;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+        line.push('…');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    fn limits() -> ReportLimits {
+        ReportLimits { nodes_max: 2, lines_per_function: 3, bytes_per_function: 1 << 20 }
+    }
+
+    fn line(function: &str, text: &str) -> LogLine {
+        LogLine {
+            seq: 0,
+            unix_ms: 1,
+            node: String::new(),
+            function: function.into(),
+            request_id: "r".into(),
+            stream: "stdout".into(),
+            line: text.into(),
+        }
+    }
+
+    fn known(names: &[&str]) -> HashSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn lines_get_increasing_seq_and_the_oldest_go_first() {
+        let reports = Reports::new(limits(), 5);
+        let now = Instant::now();
+        let logs = ["a", "b", "c", "d"].map(|t| line("f", t)).to_vec();
+        reports.record("n1", NodeReport { logs, ..NodeReport::default() }, &known(&["f"]), now);
+        let page = reports.logs("f", 0, 100);
+        let texts: Vec<&str> = page.lines.iter().map(|l| l.line.as_str()).collect();
+        assert_eq!(texts, ["b", "c", "d"]);
+        assert!(page.lines.iter().all(|l| l.node == "n1"));
+        assert!(page.lines.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+        assert_eq!(page.next, page.lines[2].seq);
+        let rest = reports.logs("f", page.lines[0].seq, 1);
+        assert_eq!(rest.lines.len(), 1);
+        assert_eq!(rest.lines[0].line, "c");
+        assert!(reports.logs("f", page.next, 100).lines.is_empty());
+        assert_eq!(reports.logs("f", page.next, 100).next, page.next);
+        assert!(reports.has_logs_after("f", 0));
+        assert!(!reports.has_logs_after("f", page.next));
+    }
+
+    #[test]
+    fn lines_of_unknown_functions_are_dropped_and_long_lines_cut() {
+        let reports = Reports::new(limits(), 5);
+        let long = "é".repeat(LINE_BYTES_MAX);
+        let logs = vec![line("gone", "x"), line("f", &long)];
+        reports.record("n1", NodeReport { logs, ..NodeReport::default() }, &known(&["f"]), Instant::now());
+        assert!(reports.logs("gone", 0, 10).lines.is_empty());
+        let kept = &reports.logs("f", 0, 10).lines[0].line;
+        assert!(kept.len() <= LINE_BYTES_MAX + 3 && kept.ends_with('…'));
+    }
+
+    #[test]
+    fn bytes_bound_the_buffer() {
+        let reports =
+            Reports::new(ReportLimits { nodes_max: 2, lines_per_function: 1000, bytes_per_function: 3 * 1024 }, 5);
+        let logs = (0..10).map(|_| line("f", &"x".repeat(1000))).collect();
+        reports.record("n1", NodeReport { logs, ..NodeReport::default() }, &known(&["f"]), Instant::now());
+        assert_eq!(reports.logs("f", 0, 100).lines.len(), 2);
+    }
+
+    #[test]
+    fn nodes_are_bounded_and_serving_is_derived() {
+        let reports = Reports::new(limits(), 5);
+        let start = Instant::now();
+        let report = |version| NodeReport {
+            ingress: "127.0.0.1:1".into(),
+            serving: vec![("f".into(), version)],
+            errors: vec![NodeFunctionError {
+                node: String::new(),
+                function: "g".into(),
+                version: 1,
+                error: "bad".into(),
+            }],
+            ..NodeReport::default()
+        };
+        reports.record("n1", report(1), &known(&[]), start);
+        reports.record("n2", report(2), &known(&[]), start + Duration::from_secs(1));
+        reports.record("n3", report(1), &known(&[]), start + Duration::from_secs(2));
+        let nodes = reports.nodes(start + Duration::from_secs(3));
+        let names: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
+        assert_eq!(names, ["n2", "n3"], "n1 was heard from least recently");
+        assert_eq!(nodes[0].last_seen_ms_ago, 2000);
+        assert_eq!(reports.function_nodes("f", 1).0, ["n3"]);
+        assert_eq!(reports.function_nodes("f", 2).0, ["n2"]);
+        let failing = reports.function_nodes("g", 1).1;
+        assert_eq!(failing.len(), 2);
+        assert_eq!(failing[0].node, "n2");
+    }
+
+    #[tokio::test]
+    async fn appends_wake_subscribers() {
+        let reports = Reports::new(limits(), 5);
+        let mut rx = reports.subscribe();
+        let logs = vec![line("f", "x")];
+        reports.record("n1", NodeReport { logs, ..NodeReport::default() }, &known(&["f"]), Instant::now());
+        assert!(rx.has_changed().unwrap());
+        rx.mark_unchanged();
+        reports.record("n1", NodeReport::default(), &known(&["f"]), Instant::now());
+        assert!(!rx.has_changed().unwrap(), "a report without lines wakes nobody");
+    }
+}

@@ -1,0 +1,716 @@
+//! [`ControlPlane`]: opens the data directory (lock, token, store, compile
+//! engine) and serves the `/v1` API of [`crate::api`] with axum until told
+//! to stop.
+//!
+//! It owns the HTTP shell only: status codes, body limits, long-polls, and
+//! the order of checks in a deploy (everything is validated before the store
+//! is called, so a refused request changes nothing). What is stored and how
+//! is the [`Store`]'s business; what a valid upload is, is
+//! [`crate::validate`]'s; what nodes said, [`crate::reports`]'.
+//!
+//! Long-polls (`/v1/state`, `/v1/functions/{name}/logs`) wait only when
+//! asked (`wait_ms`, default 0, at most [`STATE_WAIT_MAX_MS`]) on a `watch`
+//! channel bumped after every change: no polling inside. On shutdown they
+//! answer at once, so a graceful stop does not wait for them.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::multipart::{MultipartError, MultipartRejection};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Multipart, Query, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, extract::Path as UrlPath};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::api::{
+    DeploySpec, DesiredState, ErrorBody, FunctionInfo, FunctionSummary, LogPage, NodeReport, NodeStatus, Removed,
+    RollbackRequest, STATE_WAIT_MAX_MS, VersionRecord,
+};
+use crate::auth::{Token, TokenError, TokenOrigin, require_token, resolve_token};
+use crate::config::{ConfigError, ControlConfig, REPORT_BYTES_MAX, SPEC_BYTES_MAX};
+use crate::reports::{ReportLimits, Reports};
+use crate::store::{NewVersion, SledStore, Store, StoreError};
+use crate::validate::{self, Compiler, ValidationError};
+
+/// Lines a logs page has when the request does not say.
+const LOG_PAGE_DEFAULT: usize = 1000;
+/// Most lines one logs page may have.
+const LOG_PAGE_MAX: usize = 10_000;
+/// Room in a deploy body for the multipart framing besides the two parts.
+const MULTIPART_OVERHEAD_BYTES: u64 = 64 * 1024;
+
+/// Why a control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// A setting cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The data directory could not be created or its lock file opened.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Another control plane has this data directory.
+    #[error("data directory {0} is in use by another wedge control plane (stop it, or use another --data-dir)")]
+    Locked(PathBuf),
+    /// The admin token could not be read or made.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The store could not be opened.
+    #[error("opening the store in {path}: {source}")]
+    Store {
+        /// The store's directory.
+        path: PathBuf,
+        /// What failed.
+        source: StoreError,
+    },
+    /// The wasm engine used to validate uploads could not be created.
+    #[error("creating the wasm engine: {0}")]
+    Engine(#[from] wedge_host::HostError),
+}
+
+/// A control plane with its data directory open and locked, ready to serve.
+pub struct ControlPlane {
+    shared: Arc<Shared>,
+    token: Token,
+    token_origin: TokenOrigin,
+    /// Held (with an exclusive lock) for as long as this control plane
+    /// lives: a second one on the same directory fails to start.
+    _lock: std::fs::File,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("data_dir", &self.shared.config.data_dir)
+            .field("token_origin", &self.token_origin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every handler shares.
+struct Shared {
+    config: ControlConfig,
+    store: Arc<dyn Store>,
+    compiler: Compiler,
+    reports: Reports,
+    /// The store's revision, bumped after every successful mutation; state
+    /// long-polls wait on it.
+    revision: watch::Sender<u64>,
+    /// Becomes `true` when shutdown starts; long-polls answer at once.
+    shutdown: watch::Sender<bool>,
+    /// Deploys reading their upload; each may hold a whole component.
+    uploads: Arc<Semaphore>,
+}
+
+impl ControlPlane {
+    /// Validates `config`, creates and locks the data directory, resolves
+    /// the admin token, opens the store in `<data_dir>/store` and creates
+    /// the engine that validates uploads. Blocks (disk I/O).
+    pub fn open(config: ControlConfig) -> Result<Self, ControlError> {
+        config.validate()?;
+        let lock = lock_data_dir(&config.data_dir)?;
+        let (token, token_origin) = resolve_token(&config.data_dir, config.token.as_deref())?;
+        let store_dir = config.data_dir.join("store");
+        let store = SledStore::open(&store_dir).map_err(|source| ControlError::Store { path: store_dir, source })?;
+        let compiler = Compiler::new(config.instance_memory_bytes_max, config.compiles_max, config.compile_timeout)?;
+        let reports = Reports::new(
+            ReportLimits {
+                nodes_max: config.nodes_max,
+                lines_per_function: config.log_lines_per_function,
+                bytes_per_function: config.log_bytes_per_function,
+            },
+            now_unix_ms(),
+        );
+        let store: Arc<dyn Store> = Arc::new(store);
+        let shared = Shared {
+            revision: watch::Sender::new(store.revision()),
+            shutdown: watch::Sender::new(false),
+            uploads: Arc::new(Semaphore::new(config.deploys_in_flight_max)),
+            config,
+            store,
+            compiler,
+            reports,
+        };
+        Ok(Self { shared: Arc::new(shared), token, token_origin, _lock: lock })
+    }
+
+    /// The admin token every `/v1` request must carry.
+    pub fn token(&self) -> &Token {
+        &self.token
+    }
+
+    /// Where the token came from; when [`TokenOrigin::Generated`], show it
+    /// to the operator (once).
+    pub fn token_origin(&self) -> &TokenOrigin {
+        &self.token_origin
+    }
+
+    /// The revision of the store now.
+    pub fn revision(&self) -> u64 {
+        self.shared.store.revision()
+    }
+
+    /// The HTTP application: `/healthz` and the `/v1` API.
+    pub fn router(&self) -> Router {
+        router(Arc::clone(&self.shared), self.token.clone())
+    }
+
+    /// Serves the API on `listener` until `shutdown` completes, then stops
+    /// accepting, answers pending long-polls at once and waits for requests
+    /// in flight (a deploy in flight still finishes and is stored).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = self.router();
+        let stopping = self.shared.shutdown.clone();
+        let signal = async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        };
+        axum::serve(listener, app).with_graceful_shutdown(signal).await
+    }
+}
+
+/// Creates `dir` (mode 0700) and takes an exclusive lock on `dir/lock`.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ControlError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let io = |source| ControlError::DataDir { path: dir.to_path_buf(), source };
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+    let file =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock")).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ControlError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(io(source)),
+    }
+}
+
+fn router(shared: Arc<Shared>, token: Token) -> Router {
+    let deploy_body_max = shared.config.component_bytes_max.saturating_add(SPEC_BYTES_MAX + MULTIPART_OVERHEAD_BYTES);
+    let v1 = Router::new()
+        .route("/functions", get(list_functions))
+        .route("/functions/{name}", get(function_info).delete(remove))
+        .route(
+            "/functions/{name}/versions",
+            get(versions).post(deploy).layer(DefaultBodyLimit::max(to_usize(deploy_body_max))),
+        )
+        .route("/functions/{name}/rollback", post(rollback))
+        .route("/functions/{name}/logs", get(logs))
+        .route("/artifacts/{sha256}", get(artifact).head(artifact_head))
+        .route("/state", get(state))
+        .route("/nodes", get(nodes))
+        .route("/nodes/{node}/report", post(report).layer(DefaultBodyLimit::max(to_usize(REPORT_BYTES_MAX))))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(token, require_token))
+        .with_state(shared);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .layer(middleware::from_fn(log_requests))
+}
+
+fn to_usize(bytes: u64) -> usize {
+    usize::try_from(bytes).unwrap_or(usize::MAX)
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// An error answer: a status and one line for a person, as [`ErrorBody`].
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        let message = message.into();
+        tracing::error!(error = %message, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(ErrorBody { error: self.message })).into_response();
+        let headers = response.headers_mut();
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        let message = error.to_string();
+        match error {
+            StoreError::NoSuchFunction(_) | StoreError::NoSuchVersion { .. } | StoreError::NoSuchArtifact(_) => {
+                Self::not_found(message)
+            }
+            StoreError::NothingToRollBackTo(_) | StoreError::RouteTaken { .. } => {
+                Self::new(StatusCode::CONFLICT, message)
+            }
+            StoreError::Invalid(_) => Self::bad_request(message),
+            StoreError::Corrupt(_) | StoreError::Io(_) => Self::internal(message),
+        }
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(error: ValidationError) -> Self {
+        let message = error.to_string();
+        match error {
+            ValidationError::Invalid(_) => Self::bad_request(message),
+            ValidationError::Timeout(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, message),
+            ValidationError::Internal(_) => Self::internal(message),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::new(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::too_large("the request body is larger than allowed")
+        } else {
+            Self::new(rejection.status(), rejection.body_text())
+        }
+    }
+}
+
+/// Runs a store call on the blocking pool (store calls do disk I/O and
+/// flush). A mutation runs to the end even if the client goes away.
+async fn blocking<T, F>(shared: &Arc<Shared>, call: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+{
+    let store = Arc::clone(&shared.store);
+    tokio::task::spawn_blocking(move || call(store.as_ref()))
+        .await
+        .map_err(|error| ApiError::internal(format!("store call failed: {error}")))?
+        .map_err(ApiError::from)
+}
+
+impl Shared {
+    /// Publishes the store's new revision to state long-polls.
+    fn changed(&self) {
+        let now = self.store.revision();
+        self.revision.send_if_modified(|published| {
+            let newer = now > *published;
+            if newer {
+                *published = now;
+            }
+            newer
+        });
+    }
+
+    /// Waits until `ready` or `wait` passed or shutdown started.
+    async fn long_poll<T>(&self, mut changes: watch::Receiver<T>, wait: Duration, ready: impl Fn() -> bool) {
+        let mut stopping = self.shutdown.subscribe();
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        while !ready() {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = stopping.wait_for(|stopping| *stopping) => return,
+                () = &mut deadline => return,
+            }
+        }
+    }
+}
+
+/// Logs each request once it is answered: method, path, status, latency.
+/// Never headers (the token) or bodies. Polls and reports that succeed log
+/// at debug, everything else at info.
+async fn log_requests(request: Request, next: Next) -> Response {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let routine = (method == http::Method::GET || method == http::Method::HEAD || path.ends_with("/report"))
+        && response.status().is_success();
+    if routine {
+        tracing::debug!(id, %method, %path, status, latency_ms, "request");
+    } else {
+        tracing::info!(id, %method, %path, status, latency_ms, "request");
+    }
+    response
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(format!("no such endpoint: {} {}", request.method(), request.uri().path()))
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    wedge_host::validate_name(name).map_err(|error| ApiError::bad_request(error.to_string()))
+}
+
+fn no_such_function(name: &str) -> ApiError {
+    ApiError::not_found(StoreError::NoSuchFunction(name.to_string()).to_string())
+}
+
+async fn list_functions(State(shared): State<Arc<Shared>>) -> Result<Json<Vec<FunctionSummary>>, ApiError> {
+    blocking(&shared, |store| store.functions()).await.map(Json)
+}
+
+async fn function_info(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<FunctionInfo>, ApiError> {
+    check_name(&name)?;
+    let lookup = name.clone();
+    let (summary, active) =
+        blocking(&shared, move |store| store.function(&lookup)).await?.ok_or_else(|| no_such_function(&name))?;
+    let (serving_nodes, failing_nodes) = shared.reports.function_nodes(&name, summary.active_version);
+    Ok(Json(FunctionInfo { summary, active, serving_nodes, failing_nodes }))
+}
+
+async fn versions(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<Vec<VersionRecord>>, ApiError> {
+    check_name(&name)?;
+    let lookup = name.clone();
+    let versions = blocking(&shared, move |store| store.versions(&lookup)).await?;
+    if versions.is_empty() {
+        return Err(no_such_function(&name));
+    }
+    Ok(Json(versions))
+}
+
+/// The parts of a deploy, read and checked for size.
+struct Upload {
+    spec: Bytes,
+    component: Option<Component>,
+}
+
+struct Component {
+    bytes: Bytes,
+    sha256: String,
+}
+
+async fn deploy(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<(StatusCode, Json<VersionRecord>), ApiError> {
+    check_name(&name)?;
+    let component_max = shared.config.component_bytes_max;
+    let body_max = component_max.saturating_add(SPEC_BYTES_MAX + MULTIPART_OVERHEAD_BYTES);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > body_max) {
+        return Err(too_large_component(component_max));
+    }
+    let Ok(_upload_turn) = Arc::clone(&shared.uploads).try_acquire_owned() else {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many deploys in progress; try again"));
+    };
+    let mut multipart = multipart.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+    let upload = read_upload(&mut multipart, component_max).await?;
+
+    let spec: DeploySpec = serde_json::from_slice(&upload.spec)
+        .map_err(|error| ApiError::bad_request(format!("part `spec` is not a valid deploy spec: {error}")))?;
+    validate::check_routes(&spec.routes)?;
+    let function = validate::function_spec(&name, &spec);
+    validate::check_spec(&function, shared.compiler.instance_memory_bytes_max())?;
+    if let Some(artifact) = &spec.artifact {
+        validate::check_artifact_hash(artifact)?;
+    }
+    let artifact = match (&spec.artifact, &upload.component) {
+        (Some(named), Some(component)) if *named != component.sha256 => {
+            return Err(ApiError::bad_request(format!(
+                "the component's sha256 is {}, but spec.artifact says {named}",
+                component.sha256
+            )));
+        }
+        (_, Some(component)) => component.sha256.clone(),
+        (Some(named), None) => named.clone(),
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "send the component (part `component`) or name a stored one in spec.artifact",
+            ));
+        }
+    };
+    let lookup = artifact.clone();
+    let stored = blocking(&shared, move |store| store.has_artifact(&lookup)).await?;
+    match (&upload.component, stored) {
+        // Stored artifacts compiled when they were first stored.
+        (_, true) => {}
+        (None, false) => return Err(StoreError::NoSuchArtifact(artifact).into()),
+        (Some(component), false) => shared.compiler.check(function, component.bytes.clone()).await?,
+    }
+
+    let new = NewVersion {
+        function: name,
+        artifact,
+        component: upload.component.map(|component| Vec::from(component.bytes)),
+        spec,
+        now_unix_ms: now_unix_ms(),
+    };
+    let record = blocking(&shared, move |store| store.deploy(new)).await?;
+    shared.changed();
+    tracing::info!(
+        function = %record.function,
+        version = record.version,
+        artifact = %&record.artifact[..12],
+        "deployed"
+    );
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+fn too_large_component(component_max: u64) -> ApiError {
+    ApiError::too_large(format!(
+        "the component is larger than the largest this control plane accepts ({component_max} bytes; \
+         see `wedge control --max-component-size`)"
+    ))
+}
+
+fn multipart_error(error: MultipartError, component_max: u64) -> ApiError {
+    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        too_large_component(component_max)
+    } else {
+        ApiError::new(error.status(), format!("reading the upload: {}", error.body_text()))
+    }
+}
+
+/// Reads the parts `spec` (at most [`SPEC_BYTES_MAX`]) and `component` (at
+/// most `component_max`, hashed as it streams in), failing as soon as one
+/// is too large.
+async fn read_upload(multipart: &mut Multipart, component_max: u64) -> Result<Upload, ApiError> {
+    let mut spec: Option<Bytes> = None;
+    let mut component: Option<Component> = None;
+    while let Some(mut field) = multipart.next_field().await.map_err(|e| multipart_error(e, component_max))? {
+        let part = field.name().unwrap_or_default().to_string();
+        let (limit, is_spec) = match part.as_str() {
+            "spec" if spec.is_none() => (SPEC_BYTES_MAX, true),
+            "component" if component.is_none() => (component_max, false),
+            "spec" | "component" => return Err(ApiError::bad_request(format!("part `{part}` is given twice"))),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "unexpected part {part:?}: a deploy has the parts `spec` and `component`"
+                )));
+            }
+        };
+        let mut hasher = Sha256::new();
+        let mut bytes = BytesMut::new();
+        while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, component_max))? {
+            if u64::try_from(bytes.len() + chunk.len()).unwrap_or(u64::MAX) > limit {
+                return Err(if is_spec {
+                    ApiError::too_large(format!("part `spec` is larger than {SPEC_BYTES_MAX} bytes"))
+                } else {
+                    too_large_component(component_max)
+                });
+            }
+            if !is_spec {
+                hasher.update(&chunk);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if is_spec {
+            spec = Some(bytes.freeze());
+        } else {
+            component = Some(Component { bytes: bytes.freeze(), sha256: hex::encode(hasher.finalize()) });
+        }
+    }
+    let spec = spec.ok_or_else(|| ApiError::bad_request("missing part `spec` (the deploy spec, JSON)"))?;
+    Ok(Upload { spec, component })
+}
+
+async fn rollback(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<VersionRecord>, ApiError> {
+    check_name(&name)?;
+    let body = body?;
+    let request: RollbackRequest = if body.trim_ascii().is_empty() {
+        RollbackRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|error| ApiError::bad_request(format!("not a rollback request: {error}")))?
+    };
+    let record = blocking(&shared, move |store| store.rollback(&name, request.to)).await?;
+    shared.changed();
+    tracing::info!(function = %record.function, version = record.version, "rolled back");
+    Ok(Json(record))
+}
+
+async fn remove(State(shared): State<Arc<Shared>>, UrlPath(name): UrlPath<String>) -> Result<Json<Removed>, ApiError> {
+    check_name(&name)?;
+    let function = name.clone();
+    let versions = blocking(&shared, move |store| store.remove(&function)).await?;
+    shared.changed();
+    shared.reports.forget_function(&name);
+    tracing::info!(function = %name, versions, "removed");
+    Ok(Json(Removed { function: name, versions }))
+}
+
+async fn artifact(State(shared): State<Arc<Shared>>, UrlPath(sha256): UrlPath<String>) -> Result<Response, ApiError> {
+    validate::check_artifact_hash(&sha256)?;
+    let lookup = sha256.clone();
+    let bytes = blocking(&shared, move |store| store.artifact(&lookup))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("artifact {sha256} is not stored")))?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/wasm"))], bytes).into_response())
+}
+
+async fn artifact_head(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(sha256): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    validate::check_artifact_hash(&sha256)?;
+    let lookup = sha256.clone();
+    if blocking(&shared, move |store| store.has_artifact(&lookup)).await? {
+        Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/wasm"))]).into_response())
+    } else {
+        Err(ApiError::not_found(format!("artifact {sha256} is not stored")))
+    }
+}
+
+/// `?after=&wait_ms=` of `/v1/state`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateQuery {
+    after: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+async fn state(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<StateQuery>, QueryRejection>,
+) -> Result<Json<DesiredState>, ApiError> {
+    let Query(StateQuery { after, wait_ms }) = query?;
+    if let Some(after) = after {
+        let wait = Duration::from_millis(wait_ms.unwrap_or(0).min(STATE_WAIT_MAX_MS));
+        let changes = shared.revision.subscribe();
+        let published = shared.revision.clone();
+        shared.long_poll(changes, wait, || *published.borrow() > after).await;
+    }
+    blocking(&shared, |store| store.desired_state()).await.map(Json)
+}
+
+/// `?after=&wait_ms=&limit=` of `/v1/functions/{name}/logs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    after: Option<u64>,
+    wait_ms: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn logs(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Json<LogPage>, ApiError> {
+    check_name(&name)?;
+    let Query(LogsQuery { after, wait_ms, limit }) = query?;
+    let lookup = name.clone();
+    if blocking(&shared, move |store| store.function(&lookup)).await?.is_none() {
+        return Err(no_such_function(&name));
+    }
+    let after = after.unwrap_or(0);
+    let limit = limit.unwrap_or(LOG_PAGE_DEFAULT).clamp(1, LOG_PAGE_MAX);
+    let wait = Duration::from_millis(wait_ms.unwrap_or(0).min(STATE_WAIT_MAX_MS));
+    // Subscribe before the first check so an append in between is seen.
+    let appends = shared.reports.subscribe();
+    shared.long_poll(appends, wait, || shared.reports.has_logs_after(&name, after)).await;
+    Ok(Json(shared.reports.logs(&name, after, limit)))
+}
+
+/// Node names: 1–253 of `A-Z a-z 0-9 . _ -` (host names, pod names).
+fn check_node_name(node: &str) -> Result<(), ApiError> {
+    let ok = !node.is_empty()
+        && node.len() <= 253
+        && node.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!("node name {node:?}: use 1-253 characters of A-Z, a-z, 0-9, '.', '_', '-'")))
+    }
+}
+
+async fn report(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(node): UrlPath<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    check_node_name(&node)?;
+    let body = body?;
+    let report: NodeReport =
+        serde_json::from_slice(&body).map_err(|error| ApiError::bad_request(format!("not a node report: {error}")))?;
+    let known: HashSet<String> = if report.logs.is_empty() {
+        HashSet::new()
+    } else {
+        blocking(&shared, |store| store.functions()).await?.into_iter().map(|f| f.name).collect()
+    };
+    shared.reports.record(&node, report, &known, Instant::now());
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn nodes(State(shared): State<Arc<Shared>>) -> Json<Vec<NodeStatus>> {
+    Json(shared.reports.nodes(Instant::now()))
+}

@@ -1,0 +1,261 @@
+//! Checks a deploy passes before anything is stored: the name, the routes,
+//! the spec (limits, environment, outbound hosts) and — for a component not
+//! stored yet — that it compiles and links against the http-handler world on
+//! an engine configured like the nodes' engines.
+//!
+//! Compiling is the expensive part: it runs on the blocking pool, at most
+//! `compiles_max` at once, within `compile_timeout` (waiting for a turn
+//! included).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use wedge_host::{AllowListEntry, FunctionSpec, Host, HostConfig, HostError, Limits};
+use wedge_router::Route;
+
+use crate::api::DeploySpec;
+
+const MIB: u64 = 1024 * 1024;
+/// Longest request deadline a function may ask for (as the host allows).
+const TIMEOUT_MAX: Duration = Duration::from_secs(24 * 3600);
+/// Most routes one function may have.
+pub const ROUTES_MAX: usize = 100;
+
+/// Why a deploy is refused before it reaches the store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// The request is wrong (400): the text says what to fix.
+    #[error("{0}")]
+    Invalid(String),
+    /// Compiling did not finish in time (503: the control plane is busy or
+    /// the component is huge).
+    #[error("compiling the component did not finish within {0:?}; try again later")]
+    Timeout(Duration),
+    /// The compile task failed (a bug in the host; 500).
+    #[error("compiling the component failed unexpectedly: {0}")]
+    Internal(String),
+}
+
+/// The host-side description of the function a deploy asks for: limits the
+/// spec leaves unset take [`Limits::default`], as on the nodes.
+pub fn function_spec(name: &str, spec: &DeploySpec) -> FunctionSpec {
+    let defaults = Limits::default();
+    let limits = Limits {
+        memory_bytes_max: spec.limits.memory_bytes.unwrap_or(defaults.memory_bytes_max),
+        timeout: spec.limits.timeout_ms.map_or(defaults.timeout, Duration::from_millis),
+        body_bytes_max: spec.limits.body_bytes.unwrap_or(defaults.body_bytes_max),
+        concurrency_max: spec.limits.concurrency.unwrap_or(defaults.concurrency_max),
+    };
+    FunctionSpec {
+        name: name.to_string(),
+        limits,
+        config: spec.config.clone(),
+        env: spec.env.clone(),
+        allowed_outbound_hosts: spec.allowed_outbound_hosts.clone(),
+    }
+}
+
+/// At least one route, at most [`ROUTES_MAX`], each parses, no two the
+/// same (after parsing: `/api` and `/api/` are the same route).
+pub fn check_routes(routes: &[String]) -> Result<(), ValidationError> {
+    if routes.is_empty() {
+        return Err(ValidationError::Invalid("a function needs at least one route, like /hello".into()));
+    }
+    if routes.len() > ROUTES_MAX {
+        return Err(ValidationError::Invalid(format!("at most {ROUTES_MAX} routes per function")));
+    }
+    let mut seen = HashSet::new();
+    for text in routes {
+        let route = Route::parse(text).map_err(|error| ValidationError::Invalid(error.to_string()))?;
+        if !seen.insert(route) {
+            return Err(ValidationError::Invalid(format!("route {text:?} is given twice")));
+        }
+    }
+    Ok(())
+}
+
+/// A lowercase hex sha256.
+pub fn check_artifact_hash(hash: &str) -> Result<(), ValidationError> {
+    if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(())
+    } else {
+        Err(ValidationError::Invalid(format!("artifact {hash:?} is not a sha256 (64 lowercase hex characters)")))
+    }
+}
+
+/// The spec checks `Host::load` makes, without compiling: used when the
+/// component is already stored (it compiled when it was first stored).
+///
+/// `wedge_host` keeps its own check private, so this mirrors it; the test
+/// `spec_checks_agree_with_the_host` keeps the two in step.
+pub fn check_spec(spec: &FunctionSpec, instance_memory_bytes_max: u64) -> Result<(), ValidationError> {
+    wedge_host::validate_name(&spec.name).map_err(|error| ValidationError::Invalid(error.to_string()))?;
+    let invalid = |reason: String| Err(ValidationError::Invalid(format!("function {:?}: {reason}", spec.name)));
+    let limits = &spec.limits;
+    if limits.memory_bytes_max < MIB {
+        return invalid("memory limit must be at least 1 MiB".into());
+    }
+    if limits.memory_bytes_max > instance_memory_bytes_max {
+        return invalid(format!(
+            "memory limit {} MiB is above this node's per-instance maximum of {} MiB",
+            limits.memory_bytes_max / MIB,
+            instance_memory_bytes_max / MIB
+        ));
+    }
+    if limits.timeout.is_zero() || limits.timeout > TIMEOUT_MAX {
+        return invalid("timeout must be greater than zero and at most 24h".into());
+    }
+    if limits.concurrency_max == 0 {
+        return invalid("max concurrency must be at least 1".into());
+    }
+    for (key, value) in &spec.env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+            return invalid(format!("environment variable {key:?} is not a valid name"));
+        }
+    }
+    for entry in &spec.allowed_outbound_hosts {
+        AllowListEntry::parse(entry)
+            .map_err(|reason| ValidationError::Invalid(format!("function {:?}: {reason}", spec.name)))?;
+    }
+    Ok(())
+}
+
+/// Compiles uploaded components to prove they load, a bounded number at a
+/// time.
+#[derive(Clone)]
+pub struct Compiler {
+    host: Host,
+    turns: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+impl Compiler {
+    /// An engine with the nodes' settings but few instance slots (it only
+    /// compiles and links, never runs a guest) and no disk cache.
+    pub fn new(instance_memory_bytes_max: u64, compiles_max: usize, timeout: Duration) -> Result<Self, HostError> {
+        let host = Host::new(HostConfig { instances_max: 2, instance_memory_bytes_max, ..HostConfig::default() })?;
+        Ok(Self { host, turns: Arc::new(Semaphore::new(compiles_max)), timeout })
+    }
+
+    /// The per-instance memory maximum the engine allows.
+    pub fn instance_memory_bytes_max(&self) -> u64 {
+        self.host.config().instance_memory_bytes_max
+    }
+
+    /// Loads `wasm` as `spec` describes (compile, link, prepare) and throws
+    /// the result away. A compile that outlives the timeout keeps its turn
+    /// until it finishes, so at most `compiles_max` ever run at once.
+    pub async fn check(&self, spec: FunctionSpec, wasm: Bytes) -> Result<(), ValidationError> {
+        let work = async {
+            let turn = Arc::clone(&self.turns)
+                .acquire_owned()
+                .await
+                .map_err(|_| ValidationError::Internal("the compiler is shut down".into()))?;
+            let host = self.host.clone();
+            let task = tokio::task::spawn_blocking(move || {
+                let result = host.load(spec, &wasm).map(drop);
+                drop(turn);
+                result
+            });
+            match task.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(ValidationError::Invalid(one_line(&error.to_string()))),
+                Err(error) => Err(ValidationError::Internal(error.to_string())),
+            }
+        };
+        tokio::time::timeout(self.timeout, work).await.unwrap_or(Err(ValidationError::Timeout(self.timeout)))
+    }
+}
+
+/// Error texts from wasmtime can span lines; an API error is one line.
+fn one_line(text: &str) -> String {
+    text.split('\n').map(str::trim).filter(|part| !part.is_empty()).collect::<Vec<_>>().join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::api::LimitsSpec;
+
+    #[test]
+    fn routes_are_checked() {
+        let routes = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(check_routes(&routes(&["/a", "example.com/b"])).is_ok());
+        assert!(check_routes(&routes(&[])).is_err());
+        assert!(check_routes(&routes(&["no spaces/ x"])).is_err());
+        let twice = check_routes(&routes(&["/api", "/api/"])).unwrap_err().to_string();
+        assert!(twice.contains("twice"), "{twice}");
+    }
+
+    #[test]
+    fn artifact_hashes_are_lowercase_hex() {
+        assert!(check_artifact_hash(&"ab".repeat(32)).is_ok());
+        assert!(check_artifact_hash(&"AB".repeat(32)).is_err());
+        assert!(check_artifact_hash("abc").is_err());
+        assert!(check_artifact_hash(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn limits_map_with_host_defaults() {
+        let spec = DeploySpec {
+            limits: LimitsSpec { timeout_ms: Some(1500), concurrency: Some(3), ..LimitsSpec::default() },
+            ..DeploySpec::default()
+        };
+        let function = function_spec("f", &spec);
+        assert_eq!(function.limits.timeout, Duration::from_millis(1500));
+        assert_eq!(function.limits.concurrency_max, 3);
+        assert_eq!(function.limits.memory_bytes_max, Limits::default().memory_bytes_max);
+        assert_eq!(function.limits.body_bytes_max, Limits::default().body_bytes_max);
+    }
+
+    #[test]
+    fn multi_line_errors_become_one_line() {
+        assert_eq!(one_line("a\n  b\n\nc"), "a; b; c");
+    }
+
+    /// `check_spec` mirrors the host's private spec check: for a range of
+    /// good and bad specs both must agree (with a real component, when
+    /// `cargo xtask guests` has built one).
+    #[tokio::test]
+    async fn spec_checks_agree_with_the_host() {
+        let wasm_dir = std::env::var_os("WEDGE_WASM_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm"));
+        let Ok(wasm) = std::fs::read(wasm_dir.join("hello.wasm")) else {
+            eprintln!("skipped: hello.wasm not built (cargo xtask guests)");
+            return;
+        };
+        let compiler = Compiler::new(128 * MIB, 1, Duration::from_secs(120)).unwrap();
+        let base = function_spec("f", &DeploySpec::default());
+        let mut cases = vec![base.clone()];
+        let mut case = |edit: &dyn Fn(&mut FunctionSpec)| {
+            let mut spec = base.clone();
+            edit(&mut spec);
+            cases.push(spec);
+        };
+        case(&|s| s.name = "Bad_Name".into());
+        case(&|s| s.limits.memory_bytes_max = MIB - 1);
+        case(&|s| s.limits.memory_bytes_max = 129 * MIB);
+        case(&|s| s.limits.memory_bytes_max = 64 * MIB);
+        case(&|s| s.limits.timeout = Duration::ZERO);
+        case(&|s| s.limits.timeout = TIMEOUT_MAX + Duration::from_secs(1));
+        case(&|s| s.limits.concurrency_max = 0);
+        case(&|s| _ = s.env.insert("A=B".into(), "x".into()));
+        case(&|s| _ = s.env.insert("OK".into(), "x".into()));
+        case(&|s| s.allowed_outbound_hosts = vec!["http://".into()]);
+        case(&|s| s.allowed_outbound_hosts = vec!["api.example.com".into(), "*.example.com".into()]);
+        let mut refused = 0;
+        for spec in cases {
+            let ours = check_spec(&spec, 128 * MIB);
+            let host = compiler.check(spec.clone(), Bytes::from(wasm.clone())).await;
+            assert_eq!(ours.is_ok(), host.is_ok(), "{spec:?}: ours {ours:?}, host {host:?}");
+            refused += usize::from(ours.is_err());
+        }
+        assert_eq!(refused, 8);
+    }
+}
