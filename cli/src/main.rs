@@ -1,8 +1,12 @@
 //! `wedge`: one binary for every verb. `main` only parses, sets up logging,
 //! runs the verb and turns an error into one clear line and exit code 1.
 
+mod client;
 mod commands;
 mod logging;
+mod manifest;
+mod output;
+mod profile;
 
 use clap::Parser;
 

@@ -1,6 +1,14 @@
 //! The verbs of `wedge`, one file each; each has a `run(self)`.
 
 mod serve;
+// The deployer's verbs: clients of the control plane.
+mod deploy;
+mod info;
+mod logs;
+mod ls;
+mod rm;
+mod rollback;
+mod versions;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +57,129 @@ impl Command {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
             Command::Serve(args) => args.run(),
+            Command::Deploy(args) => args.run(),
+            Command::Ls(args) => args.run(),
+            Command::Info(args) => args.run(),
+            Command::Versions(args) => args.run(),
+            Command::Rollback(args) => args.run(),
+            Command::Rm(args) => args.run(),
+            Command::Logs(args) => args.run(),
         }
     }
+
+    /// Deploy a component to the control plane as a new version of a function.
+    ///
+    /// The component's sha256 is checked first: one the control plane already
+    /// stores is not uploaded again. Without a component file, every
+    /// [[function]] of ./wedge.toml (or --manifest FILE) is deployed; all of
+    /// them are checked before anything is sent.
+    ///
+    /// Examples:
+    ///
+    ///   wedge deploy target/wasm/hello.wasm                 # name hello, route /hello
+    ///
+    ///   wedge deploy json_api.wasm --name api --route /api --route api.example.com/
+    ///
+    ///   wedge deploy slow.wasm --timeout 5s --memory 64MiB --set greeting=hi --env RUST_LOG=debug
+    ///
+    ///   wedge deploy                                        # every function of ./wedge.toml
+    ///
+    ///   wedge deploy --manifest staging.toml -o json
+    ///
+    /// wedge.toml (the schema of `wedge serve --config`; unknown keys are
+    /// errors; component paths are relative to the file):
+    ///
+    ///   [[function]]
+    ///   name = "hello"                    # default: the file stem
+    ///   component = "target/wasm/hello.wasm"
+    ///   routes = ["/hello"]               # default: /<name>
+    ///   allowed_outbound_hosts = ["api.example.com"]
+    ///   [function.limits]                 # memory, timeout, max_body, max_concurrency
+    ///   timeout = "5s"
+    ///   [function.config]                 # read with config::get
+    ///   greeting = "hi"
+    ///   [function.env]
+    ///   RUST_LOG = "info"
+    ///
+    /// Connection: --control URL and --token, or WEDGE_CONTROL and
+    /// WEDGE_TOKEN, or a profile in ~/.config/wedge/config.toml:
+    ///
+    ///   [profile.default]
+    ///   control = "http://127.0.0.1:7070"
+    ///   token = "..."
+    #[command(verbatim_doc_comment)]
+    Deploy(deploy::DeployArgs),
+
+    /// List deployed functions: active version, artifact, routes.
+    ///
+    /// Examples:
+    ///
+    ///   wedge ls
+    ///
+    ///   wedge ls -o json | jq -r '.[].name'
+    ///
+    ///   wedge ls --profile staging
+    #[command(verbatim_doc_comment)]
+    Ls(ls::LsArgs),
+
+    /// Show one function: routes, artifact, limits, config, serving nodes.
+    ///
+    /// Environment values are not printed (they may be secrets); -o json
+    /// shows everything.
+    ///
+    /// Examples:
+    ///
+    ///   wedge info hello
+    ///
+    ///   wedge info hello -o json
+    #[command(verbatim_doc_comment)]
+    Info(info::InfoArgs),
+
+    /// List every stored version of a function; * marks the active one.
+    ///
+    /// Examples:
+    ///
+    ///   wedge versions hello
+    ///
+    ///   wedge versions hello -o json
+    #[command(verbatim_doc_comment)]
+    Versions(versions::VersionsArgs),
+
+    /// Make an older version active again: no rebuild, no upload.
+    ///
+    /// Examples:
+    ///
+    ///   wedge rollback hello                 # the version before the active one
+    ///
+    ///   wedge rollback hello --to 3
+    #[command(verbatim_doc_comment)]
+    Rollback(rollback::RollbackArgs),
+
+    /// Remove a function and all its versions; its routes stop being served.
+    ///
+    /// Asks first when stdin is a terminal; in scripts (stdin not a
+    /// terminal), pass --yes.
+    ///
+    /// Examples:
+    ///
+    ///   wedge rm hello
+    ///
+    ///   wedge rm hello --yes
+    #[command(verbatim_doc_comment)]
+    Rm(rm::RmArgs),
+
+    /// Print a function's log lines: time, node, request id, stream, line.
+    ///
+    /// Shows the most recent --lines (default 100); with -f, keeps printing
+    /// new lines until Ctrl-C. -o json prints one JSON object per line.
+    ///
+    /// Examples:
+    ///
+    ///   wedge logs hello
+    ///
+    ///   wedge logs hello -f
+    ///
+    ///   wedge logs hello -n 1000 -o json | jq -r .line
+    #[command(verbatim_doc_comment)]
+    Logs(logs::LogsArgs),
 }

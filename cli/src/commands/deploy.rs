@@ -1,0 +1,289 @@
+//! `wedge deploy`: make a new version of one function from a component
+//! file and flags, or of every function of a `wedge.toml` manifest (schema
+//! in [`crate::manifest`]).
+//!
+//! Every entry is checked and every component hashed before anything is
+//! sent, so a bad manifest or a missing file deploys nothing. For each
+//! function the component's sha256 is asked for first (`HEAD
+//! /v1/artifacts/{sha}`): a stored one is not uploaded again, the new
+//! version just names it. Otherwise the file is streamed in a multipart body
+//! behind a progress bar (shown only when stderr is a terminal).
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+use wedge_control::api::VersionRecord;
+use wedge_node::config::{FunctionConfig, LimitsConfig};
+use wedge_node::units::{parse_bytes, parse_duration};
+
+use crate::client::{Client, ComponentPart, Reply, function_name};
+use crate::manifest::{self, DEFAULT_MANIFEST, Deployment};
+use crate::output::{OutputArgs, human_bytes, print_json, short_sha};
+use crate::profile::ConnectionArgs;
+
+/// Arguments of `wedge deploy` (its help text is on `Command::Deploy`).
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The component to deploy. Without it, every function of ./wedge.toml
+    /// (or --manifest).
+    #[arg(value_name = "COMPONENT.wasm")]
+    component: Option<PathBuf>,
+
+    /// A manifest to deploy every [[function]] of [default: ./wedge.toml].
+    #[arg(long, value_name = "FILE", conflicts_with = "component")]
+    manifest: Option<PathBuf>,
+
+    /// Function name [default: the file stem, lowercased, `_` -> `-`].
+    #[arg(long, value_parser = function_name, value_name = "NAME")]
+    name: Option<String>,
+
+    /// Route: `/prefix`, `host/prefix` or `*.domain/prefix`; repeat for
+    /// several [default: /<name>].
+    #[arg(long = "route", value_name = "[HOST]/PREFIX")]
+    routes: Vec<String>,
+
+    /// An environment variable for the function (it sees no others).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    env: Vec<(String, String)>,
+
+    /// A configuration value the function reads with `config::get`.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    config_values: Vec<(String, String)>,
+
+    /// A host the function may call over HTTP (`api.example.com`,
+    /// `*.example.com`, `127.0.0.1:9000`). None by default.
+    #[arg(long = "allow-outbound", value_name = "HOST")]
+    allowed_outbound_hosts: Vec<String>,
+
+    /// Linear-memory cap per instance, e.g. 64MiB [default: the node's].
+    #[arg(long, value_parser = parse_bytes_arg, value_name = "SIZE")]
+    memory: Option<String>,
+
+    /// Deadline per request, e.g. 5s [default: the node's].
+    #[arg(long, value_parser = parse_duration_arg, value_name = "DURATION")]
+    timeout: Option<String>,
+
+    /// Largest request body, e.g. 10MiB [default: the node's].
+    #[arg(long, value_parser = parse_bytes_arg, value_name = "SIZE")]
+    max_body: Option<String>,
+
+    /// Most concurrent instances per node [default: the node's].
+    #[arg(long, value_name = "N")]
+    max_concurrency: Option<u32>,
+
+    #[command(flatten)]
+    connection: ConnectionArgs,
+
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+fn parse_duration_arg(text: &str) -> Result<String, String> {
+    parse_duration(text).map(|_| text.to_string())
+}
+
+fn parse_bytes_arg(text: &str) -> Result<String, String> {
+    parse_bytes(text).map(|_| text.to_string())
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+/// A deployment whose component has been hashed.
+struct Prepared {
+    deployment: Deployment,
+    sha256: String,
+    bytes: u64,
+}
+
+impl DeployArgs {
+    /// Deploys, printing one line per new version.
+    pub fn run(self) -> anyhow::Result<()> {
+        let (deployments, from_manifest) = self.deployments()?;
+        let prepared = deployments.into_iter().map(prepare).collect::<anyhow::Result<Vec<_>>>()?;
+        let client = Client::new(&self.connection.resolve()?);
+        let mut answers = Vec::with_capacity(prepared.len());
+        for item in prepared {
+            let name = item.deployment.name.clone();
+            let reply = deploy_one(&client, item).with_context(|| format!("deploying {name}"))?;
+            if !self.output.json() {
+                println!("{}", deployed_line(&reply.value));
+            }
+            answers.push(reply.raw);
+        }
+        if self.output.json() {
+            // An array for a manifest; one object for one component.
+            if from_manifest {
+                print_json(&serde_json::Value::Array(answers))?;
+            } else if let Some(answer) = answers.pop() {
+                print_json(&answer)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What to deploy, checked; and whether it came from a manifest.
+    fn deployments(&self) -> anyhow::Result<(Vec<Deployment>, bool)> {
+        if let Some(component) = &self.component {
+            let function = FunctionConfig {
+                name: self.name.clone(),
+                component: component.clone(),
+                routes: self.routes.clone(),
+                limits: LimitsConfig {
+                    memory: self.memory.clone(),
+                    timeout: self.timeout.clone(),
+                    max_body: self.max_body.clone(),
+                    max_concurrency: self.max_concurrency,
+                },
+                config: self.config_values.iter().cloned().collect::<BTreeMap<_, _>>(),
+                env: self.env.iter().cloned().collect(),
+                allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+            };
+            return Ok((manifest::plan(&[function])?, false));
+        }
+        let flags_given = self.name.is_some()
+            || !self.routes.is_empty()
+            || !self.env.is_empty()
+            || !self.config_values.is_empty()
+            || !self.allowed_outbound_hosts.is_empty()
+            || self.memory.is_some()
+            || self.timeout.is_some()
+            || self.max_body.is_some()
+            || self.max_concurrency.is_some();
+        if flags_given {
+            bail!(
+                "--name, --route, --env, --set, --allow-outbound and limits apply to a component named on the \
+                 command line; for a manifest, put them in the file"
+            );
+        }
+        let path = self.manifest.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_MANIFEST));
+        if self.manifest.is_none() && !path.exists() {
+            bail!(
+                "nothing to deploy: name a component file, or write ./{DEFAULT_MANIFEST} (see `wedge deploy --help`)"
+            );
+        }
+        Ok((manifest::load(&path)?, true))
+    }
+}
+
+/// Hashes the component and notes its size.
+fn prepare(deployment: Deployment) -> anyhow::Result<Prepared> {
+    let path = &deployment.component;
+    let (sha256, bytes) = hash_file(path)?;
+    Ok(Prepared { deployment, sha256, bytes })
+}
+
+/// The sha256 (lowercase hex) and length of a file, read in chunks.
+fn hash_file(path: &Path) -> anyhow::Result<(String, u64)> {
+    let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if !file.metadata().with_context(|| format!("{}: cannot read", path.display()))?.is_file() {
+        bail!("{}: not a file", path.display());
+    }
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 64 << 10];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buffer).with_context(|| format!("{}: cannot read", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        bytes += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), bytes))
+}
+
+/// Deploys one function: by reference when the control plane already has
+/// the component, else with an upload.
+fn deploy_one(client: &Client, item: Prepared) -> anyhow::Result<Reply<VersionRecord>> {
+    let Prepared { deployment, sha256, bytes } = item;
+    let mut spec = deployment.spec;
+    // Always name the artifact: on an upload the control plane checks the
+    // bytes it got hash to it (a file changed since hashing is refused).
+    spec.artifact = Some(sha256.clone());
+    if client.artifact_stored(&sha256)? {
+        eprintln!("{}: component {} is already stored; not uploading it", deployment.name, short_sha(&sha256));
+        return client.deploy(&deployment.name, &spec, None);
+    }
+    let path = &deployment.component;
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let filename = path.file_name().map_or_else(|| "component.wasm".into(), |n| n.to_string_lossy().into_owned());
+    let bar = progress_bar(bytes, &filename);
+    let part = ComponentPart { filename, reader: Box::new(bar.wrap_read(file)), len: bytes };
+    let result = client.deploy(&deployment.name, &spec, Some(part));
+    bar.finish_and_clear();
+    result
+}
+
+/// A byte progress bar on stderr, or a hidden one when stderr is not a
+/// terminal.
+fn progress_bar(bytes: u64, filename: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let style =
+        ProgressStyle::with_template("uploading {msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {eta}")
+            .map(|style| style.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    ProgressBar::new(bytes).with_style(style).with_message(filename.to_string())
+}
+
+/// `deployed hello version 3 (sha256 1a2b3c4d5e6f, 1.2 MiB) routes /hello`.
+pub fn deployed_line(record: &VersionRecord) -> String {
+    format!(
+        "deployed {} version {} (sha256 {}, {}) routes {}",
+        record.function,
+        record.version,
+        short_sha(&record.artifact),
+        human_bytes(record.artifact_bytes),
+        record.routes.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn hashes_files_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.wasm");
+        std::fs::write(&path, vec![7u8; 200_000]).unwrap();
+        let (sha, bytes) = hash_file(&path).unwrap();
+        assert_eq!(bytes, 200_000);
+        assert_eq!(sha, hex::encode(Sha256::digest(vec![7u8; 200_000])));
+        assert!(hash_file(dir.path()).is_err());
+        assert!(hash_file(&dir.path().join("missing.wasm")).unwrap_err().to_string().contains("cannot read"));
+    }
+
+    #[test]
+    fn the_success_line() {
+        let record = VersionRecord {
+            function: "hello".into(),
+            version: 3,
+            artifact: "1a2b3c4d5e6f7a8b".into(),
+            artifact_bytes: 1_258_291,
+            routes: vec!["/hello".into(), "api.example.com/hello".into()],
+            limits: Default::default(),
+            config: Default::default(),
+            env: Default::default(),
+            allowed_outbound_hosts: Vec::new(),
+            created_unix_ms: 0,
+        };
+        assert_eq!(
+            deployed_line(&record),
+            "deployed hello version 3 (sha256 1a2b3c4d5e6f, 1.2 MiB) routes /hello, api.example.com/hello"
+        );
+    }
+}
