@@ -65,6 +65,12 @@ pub enum StoreError {
         /// The function that has it.
         owner: String,
     },
+    /// The call's own input is inconsistent: component bytes whose sha256
+    /// is not `artifact`, or a route that does not parse. Nothing was
+    /// stored. Callers check these first; this is the store refusing to
+    /// record a lie, not a fault of the stored data.
+    #[error("invalid input: {0}")]
+    Invalid(String),
     /// Stored data failed to decode or verify: a bug or disk corruption.
     #[error("store corrupt: {0}")]
     Corrupt(String),
