@@ -474,7 +474,7 @@ async fn deploy(
     let spec: DeploySpec = serde_json::from_slice(&upload.spec)
         .map_err(|error| ApiError::bad_request(format!("part `spec` is not a valid deploy spec: {error}")))?;
     validate::check_routes(&spec.routes)?;
-    let function = validate::function_spec(&name, &spec);
+    let function = spec.function_spec(&name);
     validate::check_spec(&function, shared.compiler.instance_memory_bytes_max())?;
     if let Some(artifact) = &spec.artifact {
         validate::check_artifact_hash(artifact)?;

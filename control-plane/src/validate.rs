@@ -13,10 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
-use wedge_host::{AllowListEntry, FunctionSpec, Host, HostConfig, HostError, Limits};
+use wedge_host::{AllowListEntry, FunctionSpec, Host, HostConfig, HostError};
 use wedge_router::Route;
-
-use crate::api::DeploySpec;
 
 const MIB: u64 = 1024 * 1024;
 /// Longest request deadline a function may ask for (as the host allows).
@@ -37,25 +35,6 @@ pub enum ValidationError {
     /// The compile task failed (a bug in the host; 500).
     #[error("compiling the component failed unexpectedly: {0}")]
     Internal(String),
-}
-
-/// The host-side description of the function a deploy asks for: limits the
-/// spec leaves unset take [`Limits::default`], as on the nodes.
-pub fn function_spec(name: &str, spec: &DeploySpec) -> FunctionSpec {
-    let defaults = Limits::default();
-    let limits = Limits {
-        memory_bytes_max: spec.limits.memory_bytes.unwrap_or(defaults.memory_bytes_max),
-        timeout: spec.limits.timeout_ms.map_or(defaults.timeout, Duration::from_millis),
-        body_bytes_max: spec.limits.body_bytes.unwrap_or(defaults.body_bytes_max),
-        concurrency_max: spec.limits.concurrency.unwrap_or(defaults.concurrency_max),
-    };
-    FunctionSpec {
-        name: name.to_string(),
-        limits,
-        config: spec.config.clone(),
-        env: spec.env.clone(),
-        allowed_outbound_hosts: spec.allowed_outbound_hosts.clone(),
-    }
 }
 
 /// At least one route, at most [`ROUTES_MAX`], each parses, no two the
@@ -180,7 +159,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::api::LimitsSpec;
+    use crate::api::DeploySpec;
 
     #[test]
     fn routes_are_checked() {
@@ -201,19 +180,6 @@ mod tests {
     }
 
     #[test]
-    fn limits_map_with_host_defaults() {
-        let spec = DeploySpec {
-            limits: LimitsSpec { timeout_ms: Some(1500), concurrency: Some(3), ..LimitsSpec::default() },
-            ..DeploySpec::default()
-        };
-        let function = function_spec("f", &spec);
-        assert_eq!(function.limits.timeout, Duration::from_millis(1500));
-        assert_eq!(function.limits.concurrency_max, 3);
-        assert_eq!(function.limits.memory_bytes_max, Limits::default().memory_bytes_max);
-        assert_eq!(function.limits.body_bytes_max, Limits::default().body_bytes_max);
-    }
-
-    #[test]
     fn multi_line_errors_become_one_line() {
         assert_eq!(one_line("a\n  b\n\nc"), "a; b; c");
     }
@@ -231,7 +197,7 @@ mod tests {
             return;
         };
         let compiler = Compiler::new(128 * MIB, 1, Duration::from_secs(120)).unwrap();
-        let base = function_spec("f", &DeploySpec::default());
+        let base = DeploySpec::default().function_spec("f");
         let mut cases = vec![base.clone()];
         let mut case = |edit: &dyn Fn(&mut FunctionSpec)| {
             let mut spec = base.clone();
