@@ -184,18 +184,31 @@ mod tests {
         assert_eq!(one_line("a\n  b\n\nc"), "a; b; c");
     }
 
+    #[tokio::test]
+    async fn a_compile_past_its_timeout_is_refused_as_busy() {
+        let Some(wasm) = hello_wasm() else { return };
+        let compiler = Compiler::new(128 * MIB, 1, Duration::from_micros(1)).unwrap();
+        let result = compiler.check(DeploySpec::default().function_spec("f"), Bytes::from(wasm)).await;
+        assert!(matches!(result, Err(ValidationError::Timeout(_))), "{result:?}");
+    }
+
+    fn hello_wasm() -> Option<Vec<u8>> {
+        let wasm_dir = std::env::var_os("WEDGE_WASM_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm"));
+        let wasm = std::fs::read(wasm_dir.join("hello.wasm")).ok();
+        if wasm.is_none() {
+            eprintln!("skipped: hello.wasm not built (cargo xtask guests)");
+        }
+        wasm
+    }
+
     /// `check_spec` mirrors the host's private spec check: for a range of
     /// good and bad specs both must agree (with a real component, when
     /// `cargo xtask guests` has built one).
     #[tokio::test]
     async fn spec_checks_agree_with_the_host() {
-        let wasm_dir = std::env::var_os("WEDGE_WASM_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm"));
-        let Ok(wasm) = std::fs::read(wasm_dir.join("hello.wasm")) else {
-            eprintln!("skipped: hello.wasm not built (cargo xtask guests)");
-            return;
-        };
+        let Some(wasm) = hello_wasm() else { return };
         let compiler = Compiler::new(128 * MIB, 1, Duration::from_secs(120)).unwrap();
         let base = DeploySpec::default().function_spec("f");
         let mut cases = vec![base.clone()];
