@@ -1,0 +1,87 @@
+//! `wedge control`: run the control plane (deploy API, store, desired state
+//! for nodes) until SIGTERM or Ctrl-C, then stop accepting and finish the
+//! requests in flight.
+//!
+//! This file only layers flags and `WEDGE_*` environment over the
+//! defaults and prints what an operator needs: the admin token when it was
+//! just generated, then one readiness line.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use wedge_control::{ControlConfig, ControlPlane, TokenOrigin};
+use wedge_node::units::parse_bytes;
+
+/// Arguments of `wedge control` (its help text is on `Command::Control`).
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// Where the store, the admin token (`token`) and the lock live
+    /// [default: $XDG_DATA_HOME/wedge/control or ~/.local/share/wedge/control].
+    #[arg(long, env = "WEDGE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Address the API listens on.
+    #[arg(long, env = "WEDGE_CONTROL_LISTEN", default_value = "127.0.0.1:7070", value_name = "ADDR")]
+    listen: SocketAddr,
+
+    /// The admin token clients and nodes must send. Without it, the one in
+    /// DIR/token is used, or a new one is generated and saved there.
+    #[arg(long, env = "WEDGE_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// Largest component a deploy may upload; beyond it, 413.
+    #[arg(long, default_value = "50MiB", value_parser = parse_bytes, value_name = "SIZE")]
+    max_component_size: u64,
+}
+
+impl ControlArgs {
+    /// Runs the control plane until SIGTERM or Ctrl-C.
+    pub fn run(self) -> anyhow::Result<()> {
+        let data_dir = match self.data_dir {
+            Some(dir) => dir,
+            None => default_data_dir().context("no --data-dir given and neither XDG_DATA_HOME nor HOME is set")?,
+        };
+        let mut config = ControlConfig::new(data_dir);
+        config.listen = self.listen;
+        config.token = self.token;
+        config.component_bytes_max = self.max_component_size;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("wedge-control")
+            .build()
+            .context("starting the async runtime")?;
+        runtime.block_on(async move {
+            // Watch for SIGTERM before announcing readiness, so a supervisor
+            // that stops us right away still gets a graceful stop.
+            let shutdown = crate::shutdown::shutdown_signal()?;
+            let data_dir = config.data_dir.clone();
+            let listen = config.listen;
+            let control = tokio::task::spawn_blocking(move || ControlPlane::open(config))
+                .await
+                .context("opening the control plane")??;
+            let listener =
+                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            let local_addr = listener.local_addr()?;
+            let mut stdout = std::io::stdout().lock();
+            if let TokenOrigin::Generated(_) = control.token_origin() {
+                writeln!(stdout, "admin token (saved in {}/token): {}", data_dir.display(), control.token().expose())?;
+            }
+            writeln!(stdout, "wedge control listening on http://{local_addr}")?;
+            stdout.flush()?;
+            drop(stdout);
+            tracing::info!(addr = %local_addr, data_dir = %data_dir.display(), revision = control.revision(), "control plane ready");
+            control.serve(listener, shutdown).await.context("serving the API")
+        })
+    }
+}
+
+fn default_data_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local").join("share")))?;
+    Some(base.join("wedge").join("control"))
+}
