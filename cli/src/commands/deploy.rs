@@ -230,10 +230,11 @@ fn progress_bar(bytes: u64, filename: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let style =
-        ProgressStyle::with_template("uploading {msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {eta}")
-            .map(|style| style.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(
+        "uploading {msg} [{bar:25}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
+    )
+    .map(|style| style.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
     ProgressBar::new(bytes).with_style(style).with_message(filename.to_string())
 }
 
