@@ -7,6 +7,7 @@ mod logging;
 mod manifest;
 mod output;
 mod profile;
+mod shutdown;
 
 use clap::Parser;
 

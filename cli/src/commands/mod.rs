@@ -1,5 +1,7 @@
 //! The verbs of `wedge`, one file each; each has a `run(self)`.
 
+mod control;
+mod node;
 mod serve;
 // The deployer's verbs: clients of the control plane.
 mod deploy;
@@ -50,22 +52,42 @@ pub enum Command {
     /// command line; functions from --config take theirs from the file.
     #[command(verbatim_doc_comment)]
     Serve(serve::ServeArgs),
-}
 
-impl Command {
-    /// Runs the verb.
-    pub fn run(self) -> anyhow::Result<()> {
-        match self {
-            Command::Serve(args) => args.run(),
-            Command::Deploy(args) => args.run(),
-            Command::Ls(args) => args.run(),
-            Command::Info(args) => args.run(),
-            Command::Versions(args) => args.run(),
-            Command::Rollback(args) => args.run(),
-            Command::Rm(args) => args.run(),
-            Command::Logs(args) => args.run(),
-        }
-    }
+    /// Run a worker node that serves what a control plane deploys.
+    ///
+    /// The node long-polls the control plane's desired state, fetches each
+    /// component by sha256, verifies and compiles it, and swaps its routes
+    /// in one step. It keeps what it serves in --data-dir: restarted while
+    /// the control plane is down, it serves everything it served before.
+    ///
+    /// Examples:
+    ///
+    ///   wedge node --control http://127.0.0.1:7070 --token "$TOKEN"
+    ///
+    ///   WEDGE_TOKEN=... wedge node --name edge-1 --listen 0.0.0.0:8080 --data-dir /var/lib/wedge/node
+    #[command(verbatim_doc_comment)]
+    Node(node::NodeArgs),
+
+    /// Run the control plane: the deploy API that `wedge deploy` talks to and
+    /// the desired state that `wedge node` follows.
+    ///
+    /// Every upload is validated (a component of a supported world that
+    /// compiles) before anything is stored; what it acknowledged survives a
+    /// restart. Every /v1 request needs `Authorization: Bearer <token>`:
+    /// without --token, the token in DIR/token is used, or one is generated,
+    /// saved there (mode 0600) and printed once.
+    ///
+    /// Examples:
+    ///
+    ///   wedge control                                       # 127.0.0.1:7070, ~/.local/share/wedge/control
+    ///
+    ///   wedge control --listen 0.0.0.0:7070 --data-dir /var/lib/wedge/control
+    ///
+    ///   WEDGE_TOKEN=s3cret wedge control --max-component-size 100MiB
+    ///
+    ///   curl -H "Authorization: Bearer $(cat ~/.local/share/wedge/control/token)" localhost:7070/v1/functions
+    #[command(verbatim_doc_comment)]
+    Control(control::ControlArgs),
 
     /// Deploy a component to the control plane as a new version of a function.
     ///
@@ -182,4 +204,22 @@ impl Command {
     ///   wedge logs hello -n 1000 -o json | jq -r .line
     #[command(verbatim_doc_comment)]
     Logs(logs::LogsArgs),
+}
+
+impl Command {
+    /// Runs the verb.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self {
+            Command::Serve(args) => args.run(),
+            Command::Deploy(args) => args.run(),
+            Command::Ls(args) => args.run(),
+            Command::Info(args) => args.run(),
+            Command::Versions(args) => args.run(),
+            Command::Rollback(args) => args.run(),
+            Command::Rm(args) => args.run(),
+            Command::Logs(args) => args.run(),
+            Command::Node(args) => args.run(),
+            Command::Control(args) => args.run(),
+        }
+    }
 }

@@ -99,7 +99,7 @@ impl ServeArgs {
         runtime.block_on(async move {
             // Watch for SIGTERM before announcing readiness, so a supervisor
             // that stops us right away still gets a graceful drain.
-            let shutdown = shutdown_signal()?;
+            let shutdown = crate::shutdown::shutdown_signal()?;
             let (node, listener) = wedge_node::start(&config).await?;
             println!("wedge serving on http://{}", node.local_addr);
             for (route, function) in node.ingress.routes().routes() {
@@ -171,19 +171,4 @@ fn default_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
     Some(base.join("wedge").join("compiled"))
-}
-
-/// Installs the SIGTERM and Ctrl-C handlers now; the returned future
-/// completes when either arrives.
-fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("watching SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-        tracing::info!("shutting down");
-    })
 }

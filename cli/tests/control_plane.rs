@@ -1,0 +1,292 @@
+//! The whole deploy path with real processes: a `wedge control`, one or two
+//! `wedge node`s following it, and the `wedge` CLI verbs a deployer runs;
+//! requests go to the nodes over real HTTP. Also: what survives restarts of
+//! the control plane and of a node while the control plane is down.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{Server, get, send, wasm};
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// A control plane on a fresh data dir.
+fn start_control(data_dir: &Path) -> Server {
+    Server::spawn(
+        "control",
+        &["--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+        "wedge control listening on http://",
+        &[("WEDGE_TOKEN", TOKEN)],
+    )
+}
+
+/// A control plane again on `data_dir`, on the same address as before.
+fn restart_control(data_dir: &Path, addr: std::net::SocketAddr) -> Server {
+    let listen = addr.to_string();
+    Server::spawn(
+        "control",
+        &["--data-dir", data_dir.to_str().unwrap(), "--listen", &listen],
+        "wedge control listening on http://",
+        &[("WEDGE_TOKEN", TOKEN)],
+    )
+}
+
+fn start_node(name: &str, control: &Server, data_dir: &Path) -> Server {
+    let control_url = format!("http://{}", control.addr);
+    start_node_at(name, &control_url, data_dir)
+}
+
+fn start_node_at(name: &str, control_url: &str, data_dir: &Path) -> Server {
+    Server::spawn(
+        "node",
+        &[
+            "--name",
+            name,
+            "--control",
+            control_url,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "wedge node serving on http://",
+        &[("WEDGE_TOKEN", TOKEN)],
+    )
+}
+
+/// Runs a CLI verb against `control` with the right token and an empty
+/// config dir (so no profile of the user's is read).
+fn wedge(control: &Server, args: &[&str]) -> Output {
+    wedge_with_token(control, TOKEN, args)
+}
+
+fn wedge_with_token(control: &Server, token: &str, args: &[&str]) -> Output {
+    let config_home = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wedge"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("WEDGE_") {
+            command.env_remove(&key);
+        }
+    }
+    command
+        .args(args)
+        .env("WEDGE_CONTROL", format!("http://{}", control.addr))
+        .env("WEDGE_TOKEN", token)
+        .env("XDG_CONFIG_HOME", config_home.path())
+        .output()
+        .unwrap()
+}
+
+/// Runs a verb that must succeed; returns its stdout.
+fn ok(control: &Server, args: &[&str]) -> String {
+    let output = wedge(control, args);
+    assert!(
+        output.status.success(),
+        "wedge {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Polls `url` until it answers `status` with `body` (or, for bodies
+/// `None`, any body), for at most 20 s; returns how long it took.
+fn wait_for(url: &str, status: u16, body: Option<&str>) -> Duration {
+    let started = Instant::now();
+    loop {
+        let reply = get(url);
+        if reply.status == status && body.is_none_or(|b| reply.body == b) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{url} still answers {} {:?}, waiting for {status} {body:?}",
+            reply.status,
+            reply.body
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn functions_json(control: &Server) -> serde_json::Value {
+    serde_json::from_str(&ok(control, &["ls", "--output", "json"])).unwrap()
+}
+
+#[test]
+fn deploy_update_rollback_remove_as_a_user_would() {
+    let dirs = tempfile::tempdir().unwrap();
+    let control = start_control(&dirs.path().join("control"));
+    let node = start_node("edge-1", &control, &dirs.path().join("node"));
+    let hello = wasm("hello");
+    let hello = hello.to_str().unwrap();
+    let url = node.url("/app");
+
+    assert_eq!(get(&url).status, 404, "nothing deployed yet");
+    ok(&control, &["deploy", hello, "--name", "app", "--route", "/app", "--set", "greeting=one"]);
+    wait_for(&url, 200, Some("one\n"));
+
+    // A new version with the same component: no upload, new config.
+    ok(&control, &["deploy", hello, "--name", "app", "--route", "/app", "--set", "greeting=two"]);
+    wait_for(&url, 200, Some("two\n"));
+
+    // A new version with another component.
+    let echo = wasm("echo");
+    ok(&control, &["deploy", echo.to_str().unwrap(), "--name", "app", "--route", "/app"]);
+    let started = Instant::now();
+    loop {
+        let reply = send("POST", &url, &[], b"echoed");
+        if reply.body == "echoed" {
+            assert_eq!(reply.header("x-echo-method"), Some("POST"));
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "echo never served: {reply:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let versions: serde_json::Value =
+        serde_json::from_str(&ok(&control, &["versions", "app", "--output", "json"])).unwrap();
+    assert_eq!(versions.as_array().unwrap().len(), 3, "{versions}");
+
+    ok(&control, &["rollback", "app"]);
+    wait_for(&url, 200, Some("two\n"));
+    ok(&control, &["rollback", "app", "--to", "1"]);
+    wait_for(&url, 200, Some("one\n"));
+
+    // Guest output reaches `wedge logs` with the request id.
+    let reply = send("GET", &url, &[("x-request-id", "req-logs-1")], b"");
+    assert_eq!(reply.status, 200);
+    let started = Instant::now();
+    loop {
+        let logs = ok(&control, &["logs", "app"]);
+        if logs.contains("req-logs-1") && logs.contains("greeted GET /app") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the log line never arrived:\n{logs}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // `wedge info` knows the node serves it.
+    let info: serde_json::Value = serde_json::from_str(&ok(&control, &["info", "app", "--output", "json"])).unwrap();
+    assert_eq!(info["summary"]["active_version"], 1, "{info}");
+    let started = Instant::now();
+    while !ok(&control, &["info", "app", "--output", "json"]).contains("edge-1") {
+        assert!(started.elapsed() < Duration::from_secs(20), "edge-1 never reported serving app");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    ok(&control, &["rm", "app", "--yes"]);
+    wait_for(&url, 404, None);
+    assert_eq!(functions_json(&control), serde_json::json!([]));
+}
+
+#[test]
+fn bad_token_and_bad_wasm_change_nothing() {
+    let dirs = tempfile::tempdir().unwrap();
+    let control = start_control(&dirs.path().join("control"));
+    let hello = wasm("hello");
+    ok(&control, &["deploy", hello.to_str().unwrap(), "--name", "keep", "--route", "/keep"]);
+    let before = functions_json(&control);
+
+    let output = wedge_with_token(&control, "wrong-token", &["deploy", hello.to_str().unwrap(), "--name", "intruder"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+
+    let garbage = dirs.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm\x01\0\0\0 not really").unwrap();
+    let output = wedge(&control, &["deploy", garbage.to_str().unwrap(), "--name", "garbage"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("400"), "{stderr}");
+
+    // A component of the wrong world (a command, not an HTTP handler).
+    let command = wasm("guest-command");
+    let output = wedge(&control, &["deploy", command.to_str().unwrap(), "--name", "command"]);
+    assert!(!output.status.success());
+
+    // A route another function serves.
+    let output = wedge(&control, &["deploy", hello.to_str().unwrap(), "--name", "thief", "--route", "/keep"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("409") && stderr.contains("keep"), "{stderr}");
+
+    assert_eq!(functions_json(&control), before);
+}
+
+#[test]
+fn control_plane_restart_keeps_everything_and_nodes_catch_up() {
+    let dirs = tempfile::tempdir().unwrap();
+    let control_dir = dirs.path().join("control");
+    let mut control = start_control(&control_dir);
+    let node = start_node("edge-1", &control, &dirs.path().join("node"));
+    let hello = wasm("hello");
+    let hello = hello.to_str().unwrap();
+    ok(&control, &["deploy", hello, "--name", "a", "--route", "/a", "--set", "greeting=a1"]);
+    ok(&control, &["deploy", hello, "--name", "a", "--route", "/a", "--set", "greeting=a2"]);
+    ok(&control, &["deploy", hello, "--name", "b", "--route", "/b", "--set", "greeting=b1"]);
+    wait_for(&node.url("/a"), 200, Some("a2\n"));
+    wait_for(&node.url("/b"), 200, Some("b1\n"));
+    let functions = functions_json(&control);
+    let versions_a = ok(&control, &["versions", "a", "--output", "json"]);
+
+    // Killed without warning: what it acknowledged is on disk.
+    let addr = control.addr;
+    control.kill();
+    // The node keeps serving while the control plane is away.
+    assert_eq!(get(&node.url("/a")).body, "a2\n");
+
+    let control = restart_control(&control_dir, addr);
+    assert_eq!(functions_json(&control), functions);
+    assert_eq!(ok(&control, &["versions", "a", "--output", "json"]), versions_a);
+
+    // The node follows the restarted control plane.
+    ok(&control, &["deploy", hello, "--name", "b", "--route", "/b", "--set", "greeting=b2"]);
+    wait_for(&node.url("/b"), 200, Some("b2\n"));
+}
+
+#[test]
+fn a_node_restarted_while_the_control_plane_is_down_serves_what_it_served() {
+    let dirs = tempfile::tempdir().unwrap();
+    let control_dir = dirs.path().join("control");
+    let node_dir = dirs.path().join("node");
+    let mut control = start_control(&control_dir);
+    let mut node = start_node("edge-1", &control, &node_dir);
+    let hello = wasm("hello");
+    let echo = wasm("echo");
+    ok(&control, &["deploy", hello.to_str().unwrap(), "--name", "hello", "--route", "/hello"]);
+    ok(&control, &["deploy", echo.to_str().unwrap(), "--name", "echo", "--route", "/echo"]);
+    wait_for(&node.url("/hello"), 200, Some("Hello, wedge!\n"));
+    wait_for(&node.url("/echo"), 200, None);
+
+    let addr = control.addr;
+    control.kill();
+    node.kill();
+    let node = start_node_at("edge-1", &format!("http://{addr}"), &node_dir);
+    // Serving at once, before any contact with the control plane.
+    assert_eq!(get(&node.url("/hello")).body, "Hello, wedge!\n");
+    assert_eq!(send("POST", &node.url("/echo"), &[], b"still here").body, "still here");
+
+    // When the control plane returns, the node follows it again.
+    let control = restart_control(&control_dir, addr);
+    ok(&control, &["rm", "echo", "--yes"]);
+    wait_for(&node.url("/echo"), 404, None);
+    assert_eq!(get(&node.url("/hello")).status, 200);
+}
+
+#[test]
+fn two_nodes_serve_every_deploy() {
+    let dirs = tempfile::tempdir().unwrap();
+    let control = start_control(&dirs.path().join("control"));
+    let first = start_node("edge-1", &control, &dirs.path().join("node-1"));
+    let second = start_node("edge-2", &control, &dirs.path().join("node-2"));
+    let hello = wasm("hello");
+    ok(&control, &["deploy", hello.to_str().unwrap(), "--name", "hello", "--route", "/hello"]);
+    wait_for(&first.url("/hello"), 200, Some("Hello, wedge!\n"));
+    wait_for(&second.url("/hello"), 200, Some("Hello, wedge!\n"));
+}
