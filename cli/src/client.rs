@@ -263,6 +263,16 @@ impl ClientError {
     }
 }
 
+impl ClientError {
+    /// True when the control plane closed the connection while this side
+    /// was still sending: what an HTTP/1 server does when it refuses an
+    /// upload before reading all of it (a component above its size limit).
+    pub fn is_cut_off(&self) -> bool {
+        let closed = [std::io::ErrorKind::BrokenPipe.to_string(), std::io::ErrorKind::ConnectionReset.to_string()];
+        matches!(self, Self::Lost { cause, .. } if closed.contains(cause))
+    }
+}
+
 /// Clap value parser of a function name argument: names are DNS labels,
 /// checked before they go into a URL path.
 pub fn function_name(text: &str) -> Result<String, String> {
@@ -280,10 +290,12 @@ fn transport_cause(transport: &ureq::Transport) -> String {
     while let Some(error) = source {
         if let Some(io) = error.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind as K;
+            // OS errors briefly by kind (`connection refused`); our own
+            // (a component file that shrank) by their message.
             return match io.kind() {
                 K::WouldBlock | K::TimedOut => TIMED_OUT.to_string(),
-                K::Other => io.to_string(),
-                kind => kind.to_string(),
+                kind if io.raw_os_error().is_some() => kind.to_string(),
+                _ => io.to_string(),
             };
         }
         innermost = Some(error);

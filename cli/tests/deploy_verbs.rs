@@ -27,14 +27,16 @@ struct Control {
 
 impl Control {
     fn start() -> Control {
+        Control::start_with(&[])
+    }
+
+    /// Starts `wedge control` with `extra` flags.
+    fn start_with(extra: &[&str]) -> Control {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let server = Server::spawn(
-            "control",
-            &["--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0", "--token", TOKEN],
-            "wedge control listening on http://",
-            &[],
-        );
+        let mut args = vec!["--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0", "--token", TOKEN];
+        args.extend_from_slice(extra);
+        let server = Server::spawn("control", &args, "wedge control listening on http://", &[]);
         std::fs::create_dir_all(dir.path().join("config")).unwrap();
         Control { server, dir }
     }
@@ -288,6 +290,24 @@ fn bad_token_missing_token_and_unreachable_control_plane_fail_in_one_line() {
             .ends_with(&format!("cannot reach the control plane at http://{closed}: connection refused")),
         "{down:#?}"
     );
+}
+
+#[test]
+fn an_oversized_component_is_refused_in_one_line() {
+    let control = Control::start_with(&["--max-component-size", "1MiB"]);
+    let dir = tempfile::tempdir().unwrap();
+    // Just above the limit (the control plane answers 413) and far above it
+    // (it may close the connection before this side has sent everything):
+    // either way one line that names the limit, and nothing deployed.
+    for (name, size) in [("near", (1 << 20) + 1000), ("far", 30 << 20)] {
+        let path = dir.path().join(format!("{name}.wasm"));
+        let mut bytes = b"\0asm\x0d\0\x01\0".to_vec();
+        bytes.resize(size, 7);
+        std::fs::write(&path, bytes).unwrap();
+        let refused = control.wedge(&["deploy", path.to_str().unwrap()]);
+        assert!(refused.one_line_failure().contains("max-component-size"), "{refused:#?}");
+    }
+    assert_eq!(control.wedge(&["ls", "-o", "json"]).ok().json(), serde_json::json!([]));
 }
 
 #[test]

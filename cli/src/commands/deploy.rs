@@ -21,7 +21,7 @@ use wedge_control::api::VersionRecord;
 use wedge_node::config::{FunctionConfig, LimitsConfig};
 use wedge_node::units::{parse_bytes, parse_duration};
 
-use crate::client::{Client, ComponentPart, Reply, function_name};
+use crate::client::{Client, ClientError, ComponentPart, Reply, function_name};
 use crate::manifest::{self, DEFAULT_MANIFEST, Deployment};
 use crate::output::{OutputArgs, human_bytes, print_json, short_sha};
 use crate::profile::ConnectionArgs;
@@ -221,7 +221,15 @@ fn deploy_one(client: &Client, item: Prepared) -> anyhow::Result<Reply<VersionRe
     let part = ComponentPart { filename, reader: Box::new(bar.wrap_read(file)), len: bytes };
     let result = client.deploy(&deployment.name, &spec, Some(part));
     bar.finish_and_clear();
-    result
+    result.map_err(|error| match error.downcast_ref::<ClientError>() {
+        // The answer saying why is lost with the connection; say the likely reason.
+        Some(cut) if cut.is_cut_off() => anyhow::anyhow!(
+            "{cut} during the upload of {}; a control plane closes the connection like this when it refuses \
+             a component above its --max-component-size (default 50 MiB)",
+            human_bytes(bytes)
+        ),
+        _ => error,
+    })
 }
 
 /// A byte progress bar on stderr, or a hidden one when stderr is not a
