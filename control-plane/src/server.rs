@@ -477,7 +477,7 @@ async fn deploy(
         .map_err(|error| ApiError::bad_request(format!("part `spec` is not a valid deploy spec: {error}")))?;
     validate::check_routes(&spec.routes)?;
     let function = spec.function_spec(&name);
-    validate::check_spec(&function, shared.compiler.instance_memory_bytes_max())?;
+    shared.compiler.check_spec(&function)?;
     if let Some(artifact) = &spec.artifact {
         validate::check_artifact_hash(artifact)?;
     }

@@ -115,7 +115,9 @@ impl FunctionSpec {
         }
     }
 
-    pub(crate) fn validate(&self, host: &HostConfig) -> Result<(), LoadError> {
+    /// Checks the spec is one `host` can serve (name, limits within the
+    /// host's, environment names, outbound allow-list), without compiling.
+    pub fn validate(&self, host: &HostConfig) -> Result<(), LoadError> {
         validate_name(&self.name)?;
         let limits = &self.limits;
         let invalid = |reason: String| Err(LoadError::InvalidSpec { name: self.name.clone(), reason });
