@@ -81,7 +81,7 @@ fn request_from_wasi(request: IncomingRequest) -> Result<Request, &'static str> 
 /// Sends the response head, then streams the body. A body that fails midway
 /// is abandoned (the `outgoing-body` is dropped unfinished) so the host and
 /// the client see an incomplete response rather than a truncated "complete"
-/// one; the error is logged to stderr.
+/// one; the error is logged to stderr (unless the peer simply went away).
 fn write_response(response_out: ResponseOutparam, response: Response) {
     let (parts, body) = response.into_parts();
     let length = body.len().filter(|&n| n > 0);
@@ -109,6 +109,10 @@ fn write_response(response_out: ResponseOutparam, response: Response) {
                 eprintln!("wedge-sdk: finishing the response body failed: {e:?}");
             }
         }
+        // The client went away, or — with a Content-Length — the host has
+        // every byte and closed the stream before the final flush: neither is
+        // the function's fault, and logging it would fill `wedge logs`.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => drop(outgoing_body),
         Err(e) => {
             eprintln!("wedge-sdk: writing the response body failed: {e}");
             drop(outgoing_body);
