@@ -5,6 +5,7 @@
 //! mean little on their own). Reports go to `<target>/bench/<bench>.{md,json}`.
 //! `cargo xtask bench` with no subcommand lists the benches.
 
+mod deploy;
 mod serve;
 mod wrk;
 
@@ -28,6 +29,7 @@ pub struct Args {
 #[derive(Subcommand)]
 enum Bench {
     Serve(serve::Args),
+    Deploy(deploy::Args),
     Instantiate(InstantiateArgs),
 }
 
@@ -52,6 +54,7 @@ pub fn run(args: Args) -> Result<()> {
             Ok(())
         }
         Some(Bench::Serve(args)) => serve::run(args),
+        Some(Bench::Deploy(args)) => deploy::run(args),
         Some(Bench::Instantiate(args)) => instantiate(args),
     }
 }
