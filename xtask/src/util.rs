@@ -204,6 +204,21 @@ pub fn fmt_duration(d: Duration) -> String {
     }
 }
 
+/// The last 20 lines of a log file (empty when it cannot be read).
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// The short commit hash of the workspace, `+dirty` when the tree has
+/// changes: which code a bench report measured.
+pub fn commit_name(ws: &Workspace) -> String {
+    let git = |args: &[&str]| output(Command::new("git").current_dir(&ws.root).args(args)).unwrap_or_default();
+    let hash = git(&["rev-parse", "--short", "HEAD"]).trim().to_owned();
+    if git(&["status", "--porcelain"]).trim().is_empty() { hash } else { format!("{hash}+dirty") }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -144,7 +144,9 @@ impl Proc {
     /// A note on how the process ended, if it did.
     fn exit_note(&mut self) -> Option<String> {
         match self.child.try_wait() {
-            Ok(Some(status)) => Some(format!("{} exited ({status}); its output:\n{}", self.name, tail(&self.log))),
+            Ok(Some(status)) => {
+                Some(format!("{} exited ({status}); its output:\n{}", self.name, util::log_tail(&self.log)))
+            }
             _ => None,
         }
     }
@@ -438,7 +440,7 @@ pub fn run(args: Args) -> Result<()> {
     let report = Report {
         bench: "deploy",
         unix_time: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        commit: commit(&ws),
+        commit: util::commit_name(&ws),
         cpus: thread::available_parallelism().map_or(0, |n| n.get()),
         wedge_version,
         rounds: args.rounds,
@@ -533,13 +535,17 @@ fn run_timed(mut cmd: Command, log: &Path) -> Result<(Instant, Instant)> {
             // The waiter owns the child: stop it by its id, then let the waiter reap it.
             let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
             let _ = waiter.join();
-            bail!("`{shown}` did not finish within {}s; its output:\n{}", DEPLOY_DEADLINE.as_secs(), tail(log));
+            bail!(
+                "`{shown}` did not finish within {}s; its output:\n{}",
+                DEPLOY_DEADLINE.as_secs(),
+                util::log_tail(log)
+            );
         }
     };
     let _ = waiter.join();
     let status = status.with_context(|| format!("waiting for `{shown}`"))?;
     if !status.success() {
-        bail!("`{shown}` failed ({status}); its output:\n{}", tail(log));
+        bail!("`{shown}` failed ({status}); its output:\n{}", util::log_tail(log));
     }
     Ok((started, exited))
 }
@@ -667,10 +673,14 @@ fn spawn_ready(mut cmd: Command, name: &str, ready: &'static str, log: &Path) ->
     match rx.recv_timeout(START_DEADLINE) {
         Ok(url) => Ok((proc, url)),
         Err(RecvTimeoutError::Timeout) => {
-            bail!("`{shown}` did not print {ready:?} within {}s; its output:\n{}", START_DEADLINE.as_secs(), tail(log))
+            bail!(
+                "`{shown}` did not print {ready:?} within {}s; its output:\n{}",
+                START_DEADLINE.as_secs(),
+                util::log_tail(log)
+            )
         }
         Err(RecvTimeoutError::Disconnected) => {
-            bail!("`{shown}` closed its stdout before printing {ready:?}; its output:\n{}", tail(log))
+            bail!("`{shown}` closed its stdout before printing {ready:?}; its output:\n{}", util::log_tail(log))
         }
     }
 }
@@ -717,20 +727,6 @@ fn leb128(out: &mut Vec<u8>, mut value: u64) {
         }
         out.push(byte | 0x80);
     }
-}
-
-/// The last lines of a log file.
-fn tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-/// The short commit hash, `+dirty` when the tree has changes.
-fn commit(ws: &Workspace) -> String {
-    let git = |args: &[&str]| util::output(Command::new("git").current_dir(&ws.root).args(args)).unwrap_or_default();
-    let hash = git(&["rev-parse", "--short", "HEAD"]).trim().to_owned();
-    if git(&["status", "--porcelain"]).trim().is_empty() { hash } else { format!("{hash}+dirty") }
 }
 
 /// Milliseconds for people: `0.42 ms`, `12.3 ms`, `850 ms`, `1.24 s`.

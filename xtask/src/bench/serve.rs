@@ -251,7 +251,7 @@ pub fn run(mut args: Args) -> Result<()> {
         bench: "serve",
         guest: args.guest.clone(),
         unix_time: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        commit: commit(&ws),
+        commit: util::commit_name(&ws),
         cpus: thread::available_parallelism().map_or(0, |n| n.get()),
         load_generator: wrk::version(),
         load,
@@ -385,7 +385,11 @@ fn start(recipe: &Recipe, expected: &str, log_dir: &Path) -> Result<Server> {
     let started = Instant::now();
     loop {
         if let Some(status) = server.child.try_wait()? {
-            bail!("{} exited ({status}) before answering; its output:\n{}", system.label(), tail(&server.log));
+            bail!(
+                "{} exited ({status}) before answering; its output:\n{}",
+                system.label(),
+                util::log_tail(&server.log)
+            );
         }
         match get(&server.url) {
             Ok((headers, body)) if body == expected => {
@@ -410,7 +414,7 @@ fn start(recipe: &Recipe, expected: &str, log_dir: &Path) -> Result<Server> {
                         system.label(),
                         server.url,
                         START_DEADLINE.as_secs(),
-                        tail(&server.log)
+                        util::log_tail(&server.log)
                     )
                 });
             }
@@ -435,20 +439,6 @@ fn get(url: &str) -> Result<(Vec<String>, String)> {
 fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("could not find a free port")?;
     Ok(listener.local_addr()?.port())
-}
-
-/// The last lines of a log file.
-fn tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-/// `git describe`-like commit name, `+dirty` when the tree has changes.
-fn commit(ws: &Workspace) -> String {
-    let git = |args: &[&str]| util::output(Command::new("git").current_dir(&ws.root).args(args)).unwrap_or_default();
-    let hash = git(&["rev-parse", "--short", "HEAD"]).trim().to_owned();
-    if git(&["status", "--porcelain"]).trim().is_empty() { hash } else { format!("{hash}+dirty") }
 }
 
 /// The median of each metric on its own.
