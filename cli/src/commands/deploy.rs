@@ -19,8 +19,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use wedge_control::api::VersionRecord;
 use wedge_node::config::{FunctionConfig, LimitsConfig};
-use wedge_node::units::{parse_bytes, parse_duration};
 
+use super::values;
 use crate::client::{Client, ClientError, ComponentPart, Reply, function_name};
 use crate::manifest::{self, DEFAULT_MANIFEST, Deployment};
 use crate::output::{OutputArgs, human_bytes, print_json, short_sha};
@@ -48,11 +48,11 @@ pub struct DeployArgs {
     routes: Vec<String>,
 
     /// An environment variable for the function (it sees no others).
-    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = values::pair)]
     env: Vec<(String, String)>,
 
     /// A configuration value the function reads with `config::get`.
-    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = values::pair)]
     config_values: Vec<(String, String)>,
 
     /// A host the function may call over HTTP (`api.example.com`,
@@ -61,15 +61,15 @@ pub struct DeployArgs {
     allowed_outbound_hosts: Vec<String>,
 
     /// Linear-memory cap per instance, e.g. 64MiB [default: the node's].
-    #[arg(long, value_parser = parse_bytes_arg, value_name = "SIZE")]
+    #[arg(long, value_parser = values::bytes, value_name = "SIZE")]
     memory: Option<String>,
 
     /// Deadline per request, e.g. 5s [default: the node's].
-    #[arg(long, value_parser = parse_duration_arg, value_name = "DURATION")]
+    #[arg(long, value_parser = values::duration, value_name = "DURATION")]
     timeout: Option<String>,
 
     /// Largest request body, e.g. 10MiB [default: the node's].
-    #[arg(long, value_parser = parse_bytes_arg, value_name = "SIZE")]
+    #[arg(long, value_parser = values::bytes, value_name = "SIZE")]
     max_body: Option<String>,
 
     /// Most concurrent instances per node [default: the node's].
@@ -81,21 +81,6 @@ pub struct DeployArgs {
 
     #[command(flatten)]
     output: OutputArgs,
-}
-
-fn parse_duration_arg(text: &str) -> Result<String, String> {
-    parse_duration(text).map(|_| text.to_string())
-}
-
-fn parse_bytes_arg(text: &str) -> Result<String, String> {
-    parse_bytes(text).map(|_| text.to_string())
-}
-
-fn parse_pair(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
-        _ => Err(format!("{text:?} is not KEY=VALUE")),
-    }
 }
 
 /// A deployment whose component has been hashed.

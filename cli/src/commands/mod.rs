@@ -3,6 +3,7 @@
 mod control;
 mod node;
 mod serve;
+mod values;
 // The deployer's verbs: clients of the control plane.
 mod deploy;
 mod info;

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Args;
 use wedge_node::config::LimitsConfig;
-use wedge_node::units::{parse_bytes, parse_duration};
 use wedge_node::{FunctionConfig, FunctionsFile, NodeConfig};
+
+use super::values;
 
 /// Arguments of `wedge serve` (its help text is on `Command::Serve`).
 #[derive(Debug, Args)]
@@ -35,15 +36,15 @@ pub struct ServeArgs {
     config: Option<PathBuf>,
 
     /// Deadline per request, wall clock, host calls included (default 30s).
-    #[arg(long, value_parser = parse_duration_arg, value_name = "DURATION")]
+    #[arg(long, value_parser = values::duration, value_name = "DURATION")]
     timeout: Option<String>,
 
     /// Linear-memory cap per instance (default 128MiB).
-    #[arg(long, value_parser = parse_bytes_arg, value_name = "SIZE")]
+    #[arg(long, value_parser = values::bytes, value_name = "SIZE")]
     memory: Option<String>,
 
     /// Largest request body; beyond it, 413 (default 10MiB).
-    #[arg(long, value_parser = parse_bytes_arg, value_name = "SIZE")]
+    #[arg(long, value_parser = values::bytes, value_name = "SIZE")]
     max_body: Option<String>,
 
     /// Most concurrent instances per function; beyond it, 503 (default 100).
@@ -51,11 +52,11 @@ pub struct ServeArgs {
     max_concurrency: Option<u32>,
 
     /// A configuration value the function reads with `config::get`.
-    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = values::pair)]
     config_values: Vec<(String, String)>,
 
     /// An environment variable for the function (it sees no others).
-    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = values::pair)]
     env: Vec<(String, String)>,
 
     /// A host the function may call over HTTP: `api.example.com`,
@@ -70,21 +71,6 @@ pub struct ServeArgs {
     /// Compile in memory only; write nothing to disk.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
-}
-
-fn parse_duration_arg(text: &str) -> Result<String, String> {
-    parse_duration(text).map(|_| text.to_string())
-}
-
-fn parse_bytes_arg(text: &str) -> Result<String, String> {
-    parse_bytes(text).map(|_| text.to_string())
-}
-
-fn parse_pair(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
-        _ => Err(format!("{text:?} is not KEY=VALUE")),
-    }
 }
 
 impl ServeArgs {
