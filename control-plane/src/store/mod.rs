@@ -4,8 +4,9 @@
 //!
 //! [`Store`] is the seam for a replicated store later (Raft): the server
 //! only talks to the trait. Every mutating call returns only once its effect
-//! is durable, and is atomic: after a crash it happened entirely or not at
-//! all. Every mutation bumps the store's revision, which nodes follow.
+//! is durable (on disk: it survives power loss, not only a killed process),
+//! and is atomic: after a crash it happened entirely or not at all. Every
+//! mutation bumps the store's revision, which nodes follow.
 //!
 //! The store checks what needs the stored data to check (route collisions,
 //! versions that exist) under its own write lock, so two racing deploys
