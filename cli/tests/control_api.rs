@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 const TOKEN: &str = "test-token-0123456789";
+const NODE_TOKEN: &str = "test-node-token-9876543210";
+const NODE_ONLY: &str = "this token may only be used by nodes (state, artifacts, reports)";
 const READY: &str = "wedge control listening on http://";
 const BOUNDARY: &str = "wedge-test-boundary-5f2c9a";
 
@@ -129,7 +131,10 @@ fn healthz_needs_no_token_and_v1_needs_the_right_one() {
     assert_eq!(json_of(&right), json!([]));
 
     let before = snapshot(&server);
-    let refused = deploy_as(&server, "wrong", "hello", &json!({"routes": ["/hello"]}), Some(&wasm("hello")));
+    // A small upload: a 401 is answered without reading the body, and an
+    // upload larger than the socket buffers would then meet a closed
+    // connection instead of the answer (`wedge deploy` asks HEAD first).
+    let refused = deploy_as(&server, "wrong", "hello", &json!({"routes": ["/hello"]}), Some(b"\0asm small"));
     assert_eq!(refused.status, 401, "{refused:?}");
     let refused = call(&server, "DELETE", "/v1/functions/hello", Some("wrong"), b"");
     assert_eq!(refused.status, 401, "{refused:?}");
@@ -581,7 +586,148 @@ fn control_help_has_examples() {
     let output = Command::new(env!("CARGO_BIN_EXE_wedge")).args(["control", "--help"]).output().unwrap();
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
-    for needle in ["Examples:", "--data-dir", "--listen", "--token", "--max-component-size", "WEDGE_TOKEN"] {
+    for needle in [
+        "Examples:",
+        "--data-dir",
+        "--listen",
+        "--token",
+        "--node-token",
+        "WEDGE_NODE_TOKEN",
+        "--node-stale-after",
+        "--max-component-size",
+        "WEDGE_TOKEN",
+    ] {
         assert!(text.contains(needle), "missing {needle}:\n{text}");
     }
+}
+
+#[test]
+fn the_node_token_reads_state_and_artifacts_and_reports_but_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = control(dir.path(), &["--token", TOKEN, "--node-token", NODE_TOKEN]);
+    let hello = wasm("hello");
+    let artifact = sha256(&hello);
+    assert_eq!(deploy(&server, "hello", &json!({"routes": ["/hello"]}), Some(&hello)).status, 201);
+    let node = |method: &str, path: &str, body: &[u8]| call(&server, method, path, Some(NODE_TOKEN), body);
+
+    // What a following node does.
+    let state = node("GET", "/v1/state", b"");
+    assert_eq!(state.status, 200, "{state:?}");
+    let revision = json_of(&state)["revision"].as_u64().unwrap();
+    assert_eq!(json_of(&state)["functions"][0]["artifact"], artifact);
+    let polled = node("GET", &format!("/v1/state?after={}&wait_ms=10000", revision - 1), b"");
+    assert_eq!(json_of(&polled)["revision"].as_u64().unwrap(), revision, "{polled:?}");
+    let url = server.url(&format!("/v1/artifacts/{artifact}"));
+    let response = common::agent().get(&url).set("Authorization", &format!("Bearer {NODE_TOKEN}")).call().unwrap();
+    let mut bytes = Vec::new();
+    response.into_reader().read_to_end(&mut bytes).unwrap();
+    assert!(bytes == hello, "artifact bytes differ");
+    assert_eq!(node("HEAD", &format!("/v1/artifacts/{artifact}"), b"").status, 200);
+    assert_eq!(node("GET", &format!("/v1/artifacts/{}", "0".repeat(64)), b"").status, 404);
+    let body = json!({"ingress": "127.0.0.1:8080", "applied_revision": revision, "serving": [["hello", 1]],
+        "errors": [], "logs": [log_line("hello", "from the node")]});
+    let reported = node("POST", "/v1/nodes/edge-1/report", body.to_string().as_bytes());
+    assert_eq!(reported.status, 204, "{reported:?}");
+    assert_eq!(json_of(&get(&server, "/v1/functions/hello"))["serving_nodes"], json!(["edge-1"]));
+
+    // Everything else is 403 with one clear line, and changes nothing.
+    let before = snapshot(&server);
+    let versions_before = json_of(&get(&server, "/v1/functions/hello/versions"));
+    let refused = [
+        deploy_as(&server, NODE_TOKEN, "hello", &json!({"routes": ["/hello"]}), Some(&hello)),
+        deploy_as(&server, NODE_TOKEN, "intruder", &json!({"routes": ["/x"], "artifact": artifact}), None),
+        node("POST", "/v1/functions/hello/rollback", b"{}"),
+        node("DELETE", "/v1/functions/hello", b""),
+        node("GET", "/v1/functions", b""),
+        node("GET", "/v1/functions/hello", b""),
+        node("GET", "/v1/functions/hello/versions", b""),
+        node("GET", "/v1/functions/hello/logs", b""),
+        node("GET", "/v1/nodes", b""),
+        node("GET", "/v1/nodes/edge-1/report", b""),
+        node("POST", "/v1/state", b""),
+        node("GET", "/v1/nope", b""),
+    ];
+    for reply in &refused {
+        assert_eq!(reply.status, 403, "{reply:?}");
+        assert_eq!(error_of(reply), NODE_ONLY, "{reply:?}");
+        assert_eq!(reply.header("www-authenticate"), None, "a 403 is not a request for credentials");
+    }
+    assert_eq!(snapshot(&server), before, "a refused call changed something");
+    assert_eq!(json_of(&get(&server, "/v1/functions/hello/versions")), versions_before);
+    assert_eq!(get(&server, "/v1/functions/hello").status, 200, "the refused delete deleted");
+
+    // The admin token still does everything; a wrong token is still 401.
+    assert_eq!(get(&server, "/v1/nodes").status, 200);
+    assert_eq!(call(&server, "GET", "/v1/state", Some("test-node-token-9876543211"), b"").status, 401);
+    assert_eq!(call(&server, "GET", "/v1/state", None, b"").status, 401);
+
+    let stderr = server.stderr();
+    assert!(!stderr.contains(TOKEN) && !stderr.contains(NODE_TOKEN), "a token was logged:\n{stderr}");
+}
+
+#[test]
+fn the_node_token_is_generated_once_saved_private_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = control(dir.path(), &[]);
+    let stdout = first.stdout();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    let admin_prefix = format!("admin token (saved in {}/token): ", dir.path().display());
+    let node_prefix = format!("node token (saved in {}/node-token): ", dir.path().display());
+    let admin = lines[0].strip_prefix(admin_prefix.as_str()).unwrap_or_else(|| panic!("{stdout}"));
+    let node = lines[1].strip_prefix(node_prefix.as_str()).unwrap_or_else(|| panic!("{stdout}")).to_string();
+    assert!(lines[2].starts_with(READY), "the readiness line is last:\n{stdout}");
+    assert_eq!(node.len(), 64);
+    assert_ne!(node, admin);
+    let path = dir.path().join("node-token");
+    assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), node);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert_eq!(call(&first, "GET", "/v1/state", Some(&node), b"").status, 200);
+    assert_eq!(call(&first, "GET", "/v1/functions", Some(&node), b"").status, 403);
+    assert!(!first.stderr().contains(&node), "the node token was logged");
+
+    let mut first = first;
+    first.terminate();
+    assert!(first.child.wait().unwrap().success());
+
+    // Restarted: read from the file, not printed again, still the node token.
+    let second = control(dir.path(), &[]);
+    assert!(!second.stdout().contains("node token"), "printed again:\n{}", second.stdout());
+    assert_eq!(call(&second, "GET", "/v1/state", Some(&node), b"").status, 200);
+    assert_eq!(call(&second, "GET", "/v1/functions", Some(&node), b"").status, 403);
+    drop(second);
+
+    // A given node token wins over the saved one, which then is refused.
+    let third = control(dir.path(), &["--node-token", NODE_TOKEN]);
+    assert!(!third.stdout().contains("node token"), "{}", third.stdout());
+    assert_eq!(call(&third, "GET", "/v1/state", Some(NODE_TOKEN), b"").status, 200);
+    assert_eq!(call(&third, "GET", "/v1/state", Some(&node), b"").status, 401);
+}
+
+#[test]
+fn a_node_token_equal_to_the_admin_token_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let base = ["control", "--data-dir", data_dir, "--listen", "127.0.0.1:0"];
+    let refused = |output: std::process::Output| {
+        assert!(!output.status.success());
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(!stdout.contains(READY), "it started:\n{stdout}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(errors[0].contains("node token must differ from the admin token"), "{stderr}");
+        assert!(!stderr.contains(TOKEN), "the token was printed:\n{stderr}");
+    };
+    // Both given.
+    refused(wedge_with_deadline(&[&base[..], &["--token", TOKEN, "--node-token", TOKEN]].concat()));
+    assert!(!dir.path().join("node-token").exists());
+    // Given as the node token, equal to the admin token saved in the directory.
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    refused(wedge_with_deadline(&[&base[..], &["--node-token", TOKEN]].concat()));
+    assert!(!dir.path().join("node-token").exists());
 }

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use common::{Server, get, send, wasm};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
+/// What the nodes hold: it may read state and artifacts and report, nothing
+/// more; the whole deploy path below works with it.
+const NODE_TOKEN: &str = "test-node-token-fedcba9876543210";
 
 /// A control plane on a fresh data dir.
 fn start_control(data_dir: &Path) -> Server {
@@ -21,7 +24,7 @@ fn start_control(data_dir: &Path) -> Server {
         "control",
         &["--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"],
         "wedge control listening on http://",
-        &[("WEDGE_TOKEN", TOKEN)],
+        &[("WEDGE_TOKEN", TOKEN), ("WEDGE_NODE_TOKEN", NODE_TOKEN)],
     )
 }
 
@@ -32,7 +35,7 @@ fn restart_control(data_dir: &Path, addr: std::net::SocketAddr) -> Server {
         "control",
         &["--data-dir", data_dir.to_str().unwrap(), "--listen", &listen],
         "wedge control listening on http://",
-        &[("WEDGE_TOKEN", TOKEN)],
+        &[("WEDGE_TOKEN", TOKEN), ("WEDGE_NODE_TOKEN", NODE_TOKEN)],
     )
 }
 
@@ -55,7 +58,7 @@ fn start_node_at(name: &str, control_url: &str, data_dir: &Path) -> Server {
             "127.0.0.1:0",
         ],
         "wedge node serving on http://",
-        &[("WEDGE_TOKEN", TOKEN)],
+        &[("WEDGE_TOKEN", NODE_TOKEN)],
     )
 }
 
@@ -197,6 +200,16 @@ fn bad_token_and_bad_wasm_change_nothing() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("401"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+
+    // The nodes' token cannot deploy either; a component not stored yet is
+    // uploaded, and the answer still reaches the deployer.
+    let echo = wasm("echo");
+    let output = wedge_with_token(&control, NODE_TOKEN, &["deploy", echo.to_str().unwrap(), "--name", "intruder"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|line| line.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    assert!(errors[0].contains("403") && errors[0].contains("only be used by nodes"), "{stderr}");
 
     let garbage = dirs.path().join("garbage.wasm");
     std::fs::write(&garbage, b"\0asm\x01\0\0\0 not really").unwrap();

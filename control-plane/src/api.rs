@@ -17,7 +17,10 @@
 //! | `GET /v1/functions/{name}/logs?after=SEQ&wait_ms=MS&limit=N` | – | [`LogPage`] |
 //!
 //! Every `/v1` request needs `Authorization: Bearer <token>`; without the
-//! right one the answer is 401 and nothing changes. Errors are
+//! right one the answer is 401 and nothing changes. The admin token may
+//! call everything; the node token only `GET /v1/state`,
+//! `GET`/`HEAD /v1/artifacts/{sha256}` and `POST /v1/nodes/{node}/report`,
+//! anything else with it is 403 and changes nothing. Errors are
 //! [`ErrorBody`] JSON with a 4xx/5xx status.
 
 use std::collections::BTreeMap;
@@ -131,9 +134,11 @@ pub struct FunctionInfo {
     pub summary: FunctionSummary,
     /// The active version in full.
     pub active: VersionRecord,
-    /// Nodes that reported serving the active version.
+    /// Nodes that reported serving the active version, counting only nodes
+    /// heard from recently (`ControlConfig::node_stale_after`).
     pub serving_nodes: Vec<String>,
-    /// Nodes that reported failing to load it, with the reason.
+    /// Nodes that reported failing to load it, with the reason; recently
+    /// heard-from nodes only, as for `serving_nodes`.
     pub failing_nodes: Vec<NodeFunctionError>,
 }
 
@@ -238,7 +243,8 @@ pub struct NodeStatus {
     pub serving: Vec<(String, u64)>,
     /// Functions it failed to load.
     pub errors: Vec<NodeFunctionError>,
-    /// Milliseconds since its last report.
+    /// Milliseconds since its last report. Nodes that stopped reporting stay
+    /// listed (with a growing value) but no longer count as serving.
     pub last_seen_ms_ago: u64,
 }
 

@@ -25,12 +25,18 @@ pub struct ControlConfig {
     /// Where the API listens (the binary binds it; the library serves on
     /// whatever listener it is given).
     pub listen: SocketAddr,
-    /// Directory of the store (`store/`), the admin token file (`token`) and
-    /// the lock file that keeps a second control plane out (`lock`).
+    /// Directory of the store (`store/`), the admin and node token files
+    /// (`token`, `node-token`) and the lock file that keeps a second control
+    /// plane out (`lock`).
     pub data_dir: PathBuf,
-    /// The admin token. `None`: read `<data_dir>/token`, or generate one and
-    /// save it there.
+    /// The admin token: may call everything. `None`: read
+    /// `<data_dir>/token`, or generate one and save it there.
     pub token: Option<String>,
+    /// The node token: may only read desired state and artifacts and send
+    /// node reports, so that edge nodes hold no credential that can deploy.
+    /// `None`: read `<data_dir>/node-token`, or generate one and save it
+    /// there. Must differ from the admin token.
+    pub node_token: Option<String>,
     /// Largest component a deploy may upload.
     pub component_bytes_max: u64,
     /// Longest a deploy may wait for and spend compiling its component
@@ -47,6 +53,11 @@ pub struct ControlConfig {
     /// Nodes whose last report is kept; beyond it the one heard from least
     /// recently is forgotten.
     pub nodes_max: usize,
+    /// A node whose last report is older than this is not counted as serving
+    /// (or failing) a function in `GET /v1/functions/{name}`; `GET /v1/nodes`
+    /// still lists it, with how long ago it was heard from. Nodes report at
+    /// least every second, so this is several missed reports.
+    pub node_stale_after: Duration,
     /// Guest log lines kept per function (the oldest go first).
     pub log_lines_per_function: usize,
     /// Guest log bytes kept per function (the oldest lines go first).
@@ -61,12 +72,14 @@ impl ControlConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             data_dir: data_dir.into(),
             token: None,
+            node_token: None,
             component_bytes_max: COMPONENT_BYTES_MAX_DEFAULT,
             compile_timeout: Duration::from_secs(60),
             compiles_max: 2,
             deploys_in_flight_max: 4,
             instance_memory_bytes_max: wedge_host::HostConfig::default().instance_memory_bytes_max,
             nodes_max: 10_000,
+            node_stale_after: Duration::from_secs(10),
             log_lines_per_function: 10_000,
             log_bytes_per_function: 4 * MIB,
         }
@@ -79,7 +92,13 @@ impl ControlConfig {
             return invalid("the data directory must not be empty".into());
         }
         if let Some(token) = &self.token {
-            validate_token(token).map_err(ConfigError)?;
+            validate_token("admin token", token).map_err(ConfigError)?;
+        }
+        if let Some(node_token) = &self.node_token {
+            validate_token("node token", node_token).map_err(ConfigError)?;
+            if self.token.as_ref() == Some(node_token) {
+                return invalid(SAME_TOKENS.into());
+            }
         }
         if self.component_bytes_max < KIB {
             return invalid("the largest component size must be at least 1 KiB".into());
@@ -96,6 +115,9 @@ impl ControlConfig {
         if self.instance_memory_bytes_max < MIB {
             return invalid("the per-instance memory maximum must be at least 1 MiB".into());
         }
+        if self.node_stale_after < Duration::from_secs(1) {
+            return invalid("the node staleness bound must be at least 1 s (nodes report every second)".into());
+        }
         if self.nodes_max == 0 || self.log_lines_per_function == 0 || self.log_bytes_per_function < KIB {
             return invalid("nodes, log lines and log bytes kept must be at least 1 (log bytes 1 KiB)".into());
         }
@@ -103,13 +125,18 @@ impl ControlConfig {
     }
 }
 
+/// Why a control plane refuses an admin and a node token that are equal.
+pub(crate) const SAME_TOKENS: &str =
+    "the node token must differ from the admin token (nodes must not hold a token that can deploy)";
+
 /// A token must fit in an HTTP header unchanged: visible ASCII, no spaces.
-pub(crate) fn validate_token(token: &str) -> Result<(), String> {
+/// `what` names it in the message (`admin token`, `node token`).
+pub(crate) fn validate_token(what: &str, token: &str) -> Result<(), String> {
     if token.is_empty() {
-        return Err("the admin token must not be empty".into());
+        return Err(format!("the {what} must not be empty"));
     }
     if token.len() > 1024 || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("the admin token must be at most 1024 visible ASCII characters (no spaces)".into());
+        return Err(format!("the {what} must be at most 1024 visible ASCII characters (no spaces)"));
     }
     Ok(())
 }
@@ -139,5 +166,23 @@ mod tests {
         let mut config = ControlConfig::new("");
         config.compile_timeout = Duration::ZERO;
         assert!(config.validate().is_err_and(|e| e.0.contains("data directory")));
+        let mut config = ControlConfig::new("/tmp/x");
+        config.node_token = Some(String::new());
+        assert!(config.validate().is_err_and(|e| e.0.contains("node token")));
+        let mut config = ControlConfig::new("/tmp/x");
+        config.node_stale_after = Duration::from_millis(500);
+        assert!(config.validate().is_err_and(|e| e.0.contains("staleness")));
+    }
+
+    #[test]
+    fn the_node_token_must_differ_from_the_admin_token() {
+        let mut config = ControlConfig::new("/tmp/x");
+        config.token = Some("same-token".into());
+        config.node_token = Some("same-token".into());
+        assert_eq!(config.validate(), Err(ConfigError(SAME_TOKENS.into())));
+        config.node_token = Some("other-token".into());
+        assert_eq!(config.validate(), Ok(()));
+        config.token = None;
+        assert_eq!(config.validate(), Ok(()), "a token from the data directory is compared when the plane opens");
     }
 }

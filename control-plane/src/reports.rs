@@ -6,10 +6,15 @@
 //! seconds, and old log lines are gone (as with `kubectl logs` of a replaced
 //! pod). Everything is bounded: nodes by count, log lines per function by
 //! count and bytes, one line by length. Time is passed in.
+//!
+//! A node counts as serving (or failing) a function only while its last
+//! report is younger than [`ReportLimits::stale_after`]: a node that
+//! stopped reporting an hour ago is not "serving". [`Reports::nodes`] still
+//! lists stale nodes, with how long ago they were heard from.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -22,12 +27,18 @@ const LINE_BYTES_MAX: usize = 16 * 1024;
 /// Bookkeeping bytes counted per line on top of its strings.
 const LINE_OVERHEAD_BYTES: u64 = 64;
 
-/// Bounds of what is kept.
+/// Bounds of what is kept, and how old a report may be and still count.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ReportLimits {
+    /// Nodes whose last report is kept.
     pub(crate) nodes_max: usize,
+    /// Log lines kept per function.
     pub(crate) lines_per_function: usize,
+    /// Log bytes kept per function.
     pub(crate) bytes_per_function: u64,
+    /// A node whose last report is this old or older does not count in
+    /// [`Reports::function_nodes`].
+    pub(crate) stale_after: Duration,
 }
 
 /// Latest node reports and recent log lines.
@@ -147,12 +158,21 @@ impl Reports {
     }
 
     /// Nodes serving `function` at `version`, and nodes that failed to load
-    /// that version (with why), each sorted by node.
-    pub(crate) fn function_nodes(&self, function: &str, version: u64) -> (Vec<String>, Vec<NodeFunctionError>) {
+    /// that version (with why), each sorted by node. Only nodes heard from
+    /// within [`ReportLimits::stale_after`] before `now` count: one that
+    /// stopped reporting serves nothing as far as anyone knows.
+    pub(crate) fn function_nodes(
+        &self,
+        function: &str,
+        version: u64,
+        now: Instant,
+    ) -> (Vec<String>, Vec<NodeFunctionError>) {
         let inner = self.lock();
         let mut serving = Vec::new();
         let mut failing = Vec::new();
-        for (name, entry) in &inner.nodes {
+        let fresh =
+            inner.nodes.iter().filter(|(_, entry)| now.saturating_duration_since(entry.seen) < self.limits.stale_after);
+        for (name, entry) in fresh {
             if entry.report.serving.iter().any(|(f, v)| f == function && *v == version) {
                 serving.push(name.clone());
             }
@@ -212,12 +232,12 @@ fn truncate_line(line: &mut String) {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::time::Duration;
-
     use super::*;
 
+    const STALE_AFTER: Duration = Duration::from_secs(10);
+
     fn limits() -> ReportLimits {
-        ReportLimits { nodes_max: 2, lines_per_function: 3, bytes_per_function: 1 << 20 }
+        ReportLimits { nodes_max: 2, lines_per_function: 3, bytes_per_function: 1 << 20, stale_after: STALE_AFTER }
     }
 
     fn line(function: &str, text: &str) -> LogLine {
@@ -271,7 +291,7 @@ mod tests {
     #[test]
     fn bytes_bound_the_buffer() {
         let reports =
-            Reports::new(ReportLimits { nodes_max: 2, lines_per_function: 1000, bytes_per_function: 3 * 1024 }, 5);
+            Reports::new(ReportLimits { lines_per_function: 1000, bytes_per_function: 3 * 1024, ..limits() }, 5);
         let logs = (0..10).map(|_| line("f", &"x".repeat(1000))).collect();
         reports.record("n1", NodeReport { logs, ..NodeReport::default() }, &known(&["f"]), Instant::now());
         assert_eq!(reports.logs("f", 0, 100).lines.len(), 2);
@@ -299,11 +319,56 @@ mod tests {
         let names: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
         assert_eq!(names, ["n2", "n3"], "n1 was heard from least recently");
         assert_eq!(nodes[0].last_seen_ms_ago, 2000);
-        assert_eq!(reports.function_nodes("f", 1).0, ["n3"]);
-        assert_eq!(reports.function_nodes("f", 2).0, ["n2"]);
-        let failing = reports.function_nodes("g", 1).1;
+        let now = start + Duration::from_secs(3);
+        assert_eq!(reports.function_nodes("f", 1, now).0, ["n3"]);
+        assert_eq!(reports.function_nodes("f", 2, now).0, ["n2"]);
+        let failing = reports.function_nodes("g", 1, now).1;
         assert_eq!(failing.len(), 2);
         assert_eq!(failing[0].node, "n2");
+    }
+
+    #[test]
+    fn nodes_that_stopped_reporting_are_not_serving_but_still_listed() {
+        let reports = Reports::new(ReportLimits { nodes_max: 10, ..limits() }, 5);
+        let start = Instant::now();
+        let report = || NodeReport {
+            ingress: "127.0.0.1:1".into(),
+            serving: vec![("f".into(), 1)],
+            errors: vec![NodeFunctionError {
+                node: String::new(),
+                function: "f".into(),
+                version: 1,
+                error: "bad".into(),
+            }],
+            ..NodeReport::default()
+        };
+        reports.record("quiet", report(), &known(&[]), start);
+        reports.record("chatty", report(), &known(&[]), start + Duration::from_secs(5));
+
+        // Both heard from within the bound.
+        let (serving, failing) = reports.function_nodes("f", 1, start + Duration::from_secs(9));
+        assert_eq!(serving, ["chatty", "quiet"]);
+        assert_eq!(failing.len(), 2);
+
+        // Exactly the bound after its last report: `quiet` is stale.
+        let at_bound = start + STALE_AFTER;
+        let (serving, failing) = reports.function_nodes("f", 1, at_bound);
+        assert_eq!(serving, ["chatty"]);
+        assert_eq!(failing.iter().map(|e| e.node.as_str()).collect::<Vec<_>>(), ["chatty"]);
+
+        // An hour later neither counts, but both are still listed.
+        let later = start + Duration::from_secs(3600);
+        assert_eq!(reports.function_nodes("f", 1, later), (vec![], vec![]));
+        let listed = reports.nodes(later);
+        assert_eq!(listed.iter().map(|n| n.node.as_str()).collect::<Vec<_>>(), ["chatty", "quiet"]);
+        assert_eq!(listed[1].last_seen_ms_ago, 3_600_000);
+
+        // A new report makes it count again.
+        reports.record("quiet", report(), &known(&[]), later);
+        assert_eq!(reports.function_nodes("f", 1, later).0, ["quiet"]);
+
+        // A `now` before the report (clock read earlier by another thread) is not stale.
+        assert_eq!(reports.function_nodes("f", 1, later - Duration::from_secs(1)).0, ["quiet"]);
     }
 
     #[tokio::test]

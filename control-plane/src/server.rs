@@ -1,12 +1,13 @@
-//! [`ControlPlane`]: opens the data directory (lock, token, store, compile
-//! engine) and serves the `/v1` API of [`crate::api`] with axum until told
-//! to stop.
+//! [`ControlPlane`]: opens the data directory (lock, admin and node tokens,
+//! store, compile engine) and serves the `/v1` API of [`crate::api`] with
+//! axum until told to stop.
 //!
 //! It owns the HTTP shell only: status codes, body limits, long-polls, and
 //! the order of checks in a deploy (everything is validated before the store
 //! is called, so a refused request changes nothing). What is stored and how
 //! is the [`Store`]'s business; what a valid upload is, is
-//! [`crate::validate`]'s; what nodes said, [`crate::reports`]'.
+//! [`crate::validate`]'s; what nodes said, [`crate::reports`]'; which token
+//! may call what, [`crate::auth`]'s.
 //!
 //! Long-polls (`/v1/state`, `/v1/functions/{name}/logs`) wait only when
 //! asked (`wait_ms`, default 0, at most [`STATE_WAIT_MAX_MS`]) on a `watch`
@@ -39,8 +40,8 @@ use crate::api::{
     DeploySpec, DesiredState, ErrorBody, FunctionInfo, FunctionSummary, LogPage, NodeReport, NodeStatus, Removed,
     RollbackRequest, STATE_WAIT_MAX_MS, VersionRecord,
 };
-use crate::auth::{Token, TokenError, TokenOrigin, require_token, resolve_token};
-use crate::config::{ConfigError, ControlConfig, REPORT_BYTES_MAX, SPEC_BYTES_MAX};
+use crate::auth::{Role, Token, TokenError, TokenOrigin, Tokens, constant_time_eq, require_token, resolve_token};
+use crate::config::{ConfigError, ControlConfig, REPORT_BYTES_MAX, SAME_TOKENS, SPEC_BYTES_MAX};
 use crate::reports::{ReportLimits, Reports};
 use crate::store::{NewVersion, SledStore, Store, StoreError};
 use crate::validate::{self, Compiler, ValidationError};
@@ -69,7 +70,7 @@ pub enum ControlError {
     /// Another control plane has this data directory.
     #[error("data directory {0} is in use by another wedge control plane (stop it, or use another --data-dir)")]
     Locked(PathBuf),
-    /// The admin token could not be read or made.
+    /// The admin or node token could not be read or made.
     #[error(transparent)]
     Token(#[from] TokenError),
     /// The store could not be opened.
@@ -88,8 +89,9 @@ pub enum ControlError {
 /// A control plane with its data directory open and locked, ready to serve.
 pub struct ControlPlane {
     shared: Arc<Shared>,
-    token: Token,
+    tokens: Tokens,
     token_origin: TokenOrigin,
+    node_token_origin: TokenOrigin,
     /// Held (with an exclusive lock) for as long as this control plane
     /// lives: a second one on the same directory fails to start.
     _lock: std::fs::File,
@@ -100,6 +102,7 @@ impl std::fmt::Debug for ControlPlane {
         f.debug_struct("ControlPlane")
             .field("data_dir", &self.shared.config.data_dir)
             .field("token_origin", &self.token_origin)
+            .field("node_token_origin", &self.node_token_origin)
             .finish_non_exhaustive()
     }
 }
@@ -121,23 +124,32 @@ struct Shared {
 
 impl ControlPlane {
     /// Validates `config`, creates and locks the data directory, resolves
-    /// the admin token, opens the store in `<data_dir>/store` and creates
-    /// the engine that validates uploads. Blocks (disk I/O).
+    /// the admin and node tokens (refusing equal ones), opens the store in
+    /// `<data_dir>/store` and creates the engine that validates uploads.
+    /// Blocks (disk I/O).
     pub fn open(config: ControlConfig) -> Result<Self, ControlError> {
         config.validate()?;
         let lock = lock_data_dir(&config.data_dir)?;
-        let (token, token_origin) = resolve_token(&config.data_dir, config.token.as_deref())?;
+        let (admin, token_origin) = resolve_token(&config.data_dir, Role::Admin, config.token.as_deref())?;
+        let (node, node_token_origin) = resolve_token(&config.data_dir, Role::Node, config.node_token.as_deref())?;
+        // Given ones were compared by `validate`; this catches a given one
+        // equal to one read from the data directory, or two equal files.
+        if constant_time_eq(admin.expose().as_bytes(), node.expose().as_bytes()) {
+            return Err(ConfigError(SAME_TOKENS.into()).into());
+        }
         let store_dir = config.data_dir.join("store");
         let store = SledStore::open(&store_dir).map_err(|source| ControlError::Store { path: store_dir, source })?;
         let compiler = Compiler::new(config.instance_memory_bytes_max, config.compiles_max, config.compile_timeout)?;
         let reports = Reports::new(
             ReportLimits {
                 nodes_max: config.nodes_max,
+                stale_after: config.node_stale_after,
                 lines_per_function: config.log_lines_per_function,
                 bytes_per_function: config.log_bytes_per_function,
             },
             now_unix_ms(),
         );
+        let refused_body_bytes_max = deploy_body_bytes_max(&config);
         let store: Arc<dyn Store> = Arc::new(store);
         let shared = Shared {
             revision: watch::Sender::new(store.revision()),
@@ -148,18 +160,31 @@ impl ControlPlane {
             compiler,
             reports,
         };
-        Ok(Self { shared: Arc::new(shared), token, token_origin, _lock: lock })
+        let tokens = Tokens { admin, node, refused_body_bytes_max };
+        Ok(Self { shared: Arc::new(shared), tokens, token_origin, node_token_origin, _lock: lock })
     }
 
-    /// The admin token every `/v1` request must carry.
+    /// The admin token: it may call every `/v1` endpoint.
     pub fn token(&self) -> &Token {
-        &self.token
+        &self.tokens.admin
     }
 
-    /// Where the token came from; when [`TokenOrigin::Generated`], show it
-    /// to the operator (once).
+    /// Where the admin token came from; when [`TokenOrigin::Generated`],
+    /// show it to the operator (once).
     pub fn token_origin(&self) -> &TokenOrigin {
         &self.token_origin
+    }
+
+    /// The node token: it may only read desired state and artifacts and
+    /// send node reports; give it to `wedge node`.
+    pub fn node_token(&self) -> &Token {
+        &self.tokens.node
+    }
+
+    /// Where the node token came from; when [`TokenOrigin::Generated`],
+    /// show it to the operator (once).
+    pub fn node_token_origin(&self) -> &TokenOrigin {
+        &self.node_token_origin
     }
 
     /// The revision of the store now.
@@ -169,7 +194,7 @@ impl ControlPlane {
 
     /// The HTTP application: `/healthz` and the `/v1` API.
     pub fn router(&self) -> Router {
-        router(Arc::clone(&self.shared), self.token.clone())
+        router(Arc::clone(&self.shared), self.tokens.clone())
     }
 
     /// Serves the API on `listener` until `shutdown` completes, then stops
@@ -204,8 +229,13 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ControlError> {
     }
 }
 
-fn router(shared: Arc<Shared>, token: Token) -> Router {
-    let deploy_body_max = shared.config.component_bytes_max.saturating_add(SPEC_BYTES_MAX + MULTIPART_OVERHEAD_BYTES);
+/// The largest body a deploy may send: the largest body of any endpoint.
+fn deploy_body_bytes_max(config: &ControlConfig) -> u64 {
+    config.component_bytes_max.saturating_add(SPEC_BYTES_MAX + MULTIPART_OVERHEAD_BYTES)
+}
+
+fn router(shared: Arc<Shared>, tokens: Tokens) -> Router {
+    let deploy_body_max = deploy_body_bytes_max(&shared.config);
     let v1 = Router::new()
         .route("/functions", get(list_functions))
         .route("/functions/{name}", get(function_info).delete(remove))
@@ -222,7 +252,7 @@ fn router(shared: Arc<Shared>, token: Token) -> Router {
         .route("/nodes", get(nodes))
         .route("/nodes/{node}/report", post(report).layer(DefaultBodyLimit::max(to_usize(REPORT_BYTES_MAX))))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(token, require_token))
+        .layer(middleware::from_fn_with_state(tokens, require_token))
         .with_state(shared);
     Router::new()
         .route("/healthz", get(healthz))
@@ -261,6 +291,10 @@ impl ApiError {
 
     pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
     }
 
     fn too_large(message: impl Into<String>) -> Self {
@@ -423,7 +457,7 @@ async fn function_info(
     let lookup = name.clone();
     let (summary, active) =
         blocking(&shared, move |store| store.function(&lookup)).await?.ok_or_else(|| no_such_function(&name))?;
-    let (serving_nodes, failing_nodes) = shared.reports.function_nodes(&name, summary.active_version);
+    let (serving_nodes, failing_nodes) = shared.reports.function_nodes(&name, summary.active_version, Instant::now());
     Ok(Json(FunctionInfo { summary, active, serving_nodes, failing_nodes }))
 }
 
@@ -459,7 +493,7 @@ async fn deploy(
 ) -> Result<(StatusCode, Json<VersionRecord>), ApiError> {
     check_name(&name)?;
     let component_max = shared.config.component_bytes_max;
-    let body_max = component_max.saturating_add(SPEC_BYTES_MAX + MULTIPART_OVERHEAD_BYTES);
+    let body_max = deploy_body_bytes_max(&shared.config);
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())

@@ -3,8 +3,8 @@
 //! requests in flight.
 //!
 //! This file only layers flags and `WEDGE_*` environment over the
-//! defaults and prints what an operator needs: the admin token when it was
-//! just generated, then one readiness line.
+//! defaults and prints what an operator needs: the admin and node tokens
+//! when they were just generated, then one readiness line (always last).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -13,12 +13,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use wedge_control::{ControlConfig, ControlPlane, TokenOrigin};
-use wedge_node::units::parse_bytes;
+use wedge_node::units::{parse_bytes, parse_duration};
 
 /// Arguments of `wedge control` (its help text is on `Command::Control`).
 #[derive(Debug, Args)]
 pub struct ControlArgs {
-    /// Where the store, the admin token (`token`) and the lock live
+    /// Where the store, the admin token (`token`), the node token
+    /// (`node-token`) and the lock live
     /// [default: $XDG_DATA_HOME/wedge/control or ~/.local/share/wedge/control].
     #[arg(long, env = "WEDGE_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -27,14 +28,27 @@ pub struct ControlArgs {
     #[arg(long, env = "WEDGE_CONTROL_LISTEN", default_value = "127.0.0.1:7070", value_name = "ADDR")]
     listen: SocketAddr,
 
-    /// The admin token clients and nodes must send. Without it, the one in
-    /// DIR/token is used, or a new one is generated and saved there.
+    /// The admin token: may call everything (deploy, rollback, rm, logs).
+    /// Give it to deployers. Without it, the one in DIR/token is used, or a
+    /// new one is generated and saved there.
     #[arg(long, env = "WEDGE_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     token: Option<String>,
+
+    /// The node token: may only read desired state and artifacts and send
+    /// reports. Give it to `wedge node`. Without it, the one in
+    /// DIR/node-token is used, or a new one is generated and saved there.
+    /// Must differ from the admin token.
+    #[arg(long, env = "WEDGE_NODE_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    node_token: Option<String>,
 
     /// Largest component a deploy may upload; beyond it, 413.
     #[arg(long, default_value = "50MiB", value_parser = parse_bytes, value_name = "SIZE")]
     max_component_size: u64,
+
+    /// A node not heard from for this long no longer counts as serving a
+    /// function (`wedge info`); `GET /v1/nodes` still lists it.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    node_stale_after: std::time::Duration,
 }
 
 impl ControlArgs {
@@ -47,6 +61,8 @@ impl ControlArgs {
         let mut config = ControlConfig::new(data_dir);
         config.listen = self.listen;
         config.token = self.token;
+        config.node_token = self.node_token;
+        config.node_stale_after = self.node_stale_after;
         config.component_bytes_max = self.max_component_size;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -68,6 +84,10 @@ impl ControlArgs {
             let mut stdout = std::io::stdout().lock();
             if let TokenOrigin::Generated(_) = control.token_origin() {
                 writeln!(stdout, "admin token (saved in {}/token): {}", data_dir.display(), control.token().expose())?;
+            }
+            if let TokenOrigin::Generated(_) = control.node_token_origin() {
+                let token = control.node_token().expose();
+                writeln!(stdout, "node token (saved in {}/node-token): {token}", data_dir.display())?;
             }
             writeln!(stdout, "wedge control listening on http://{local_addr}")?;
             stdout.flush()?;

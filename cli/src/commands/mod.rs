@@ -61,9 +61,14 @@ pub enum Command {
     /// in one step. It keeps what it serves in --data-dir: restarted while
     /// the control plane is down, it serves everything it served before.
     ///
+    /// Give it the control plane's node token (printed once by `wedge
+    /// control`, kept in the file node-token of its --data-dir): with it a
+    /// node can read desired state and artifacts and report, but not deploy,
+    /// roll back or delete.
+    ///
     /// Examples:
     ///
-    ///   wedge node --control http://127.0.0.1:7070 --token "$TOKEN"
+    ///   wedge node --control http://127.0.0.1:7070 --token "$NODE_TOKEN"
     ///
     ///   WEDGE_TOKEN=... wedge node --name edge-1 --listen 0.0.0.0:8080 --data-dir /var/lib/wedge/node
     #[command(verbatim_doc_comment)]
@@ -74,9 +79,19 @@ pub enum Command {
     ///
     /// Every upload is validated (a component of a supported world that
     /// compiles) before anything is stored; what it acknowledged survives a
-    /// restart. Every /v1 request needs `Authorization: Bearer <token>`:
-    /// without --token, the token in DIR/token is used, or one is generated,
-    /// saved there (mode 0600) and printed once.
+    /// restart. Every /v1 request needs `Authorization: Bearer <token>`,
+    /// with one of two tokens:
+    ///
+    ///   admin token  may do everything; give it to deployers
+    ///                (--token or WEDGE_TOKEN, else DIR/token)
+    ///   node token   may only read desired state and artifacts, and report;
+    ///                give it to `wedge node` (--node-token or WEDGE_NODE_TOKEN,
+    ///                else DIR/node-token)
+    ///
+    /// A token not given is read from its file, or generated, saved there
+    /// (mode 0600) and printed once. The two must differ. `wedge info`
+    /// counts a node as serving only while it keeps reporting
+    /// (--node-stale-after).
     ///
     /// Examples:
     ///
@@ -84,7 +99,7 @@ pub enum Command {
     ///
     ///   wedge control --listen 0.0.0.0:7070 --data-dir /var/lib/wedge/control
     ///
-    ///   WEDGE_TOKEN=s3cret wedge control --max-component-size 100MiB
+    ///   WEDGE_TOKEN=s3cret WEDGE_NODE_TOKEN=n0de wedge control --max-component-size 100MiB
     ///
     ///   curl -H "Authorization: Bearer $(cat ~/.local/share/wedge/control/token)" localhost:7070/v1/functions
     #[command(verbatim_doc_comment)]

@@ -16,7 +16,11 @@ pub struct NodeArgs {
     #[arg(long, env = "WEDGE_CONTROL", value_name = "URL", default_value = "http://127.0.0.1:7070")]
     control: String,
 
-    /// The control plane's token.
+    /// The control plane's node token (`wedge control` prints it once and
+    /// keeps it in the file node-token of its data directory). It lets the
+    /// node only read desired state and artifacts and send reports; the
+    /// admin token works too, but gives this machine the power to deploy and
+    /// delete.
     #[arg(long, env = "WEDGE_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     token: String,
 
