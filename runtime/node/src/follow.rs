@@ -4,8 +4,8 @@
 //! Three tasks, each owning its part:
 //! - the **follower** long-polls `GET /v1/state`, and for each new revision
 //!   fetches missing artifacts by hash, verifies them, compiles them (the
-//!   host caches compiled code on disk), swaps the ingress's route table in
-//!   one step, and saves what it now serves to the data directory;
+//!   host caches compiled code on disk), saves what it is about to serve to
+//!   the data directory, then swaps the ingress's route table in one step;
 //! - the **reporter** tells the control plane what this node serves, what
 //!   failed to load, and ships guest output lines (for `wedge logs`);
 //! - the **ingress** serves HTTP throughout; a swap never touches a request
@@ -15,7 +15,7 @@
 //! time from its own disk ([`LocalState`]), so a restart while the control
 //! plane is down serves everything it served before (static stability).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -240,16 +240,27 @@ impl Applier {
                 }
             }
         }
-        self.ingress.set_routes(table);
-        self.loaded = next;
         let served = DesiredState {
             revision: desired.revision,
-            functions: self.loaded.values().map(|(record, _)| record.clone()).collect(),
+            functions: next.values().map(|(record, _)| record.clone()).collect(),
         };
-        if let Err(error) = self.save(&served) {
-            tracing::warn!(
+        // Saved before it is served: whatever a client has seen this node
+        // serve, a restart without the control plane serves too.
+        let (local, to_save) = (self.local.clone(), served.clone());
+        match tokio::task::spawn_blocking(move || local.save_state(&to_save)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(
                 "cannot save the served state (a restart without the control plane would serve an older one): {error:#}"
-            );
+            ),
+            Err(error) => tracing::warn!("saving the served state failed: {error}"),
+        }
+        self.ingress.set_routes(table);
+        self.loaded = next;
+        // Only now may the artifacts of what is no longer served go.
+        let (local, keep) = (self.local.clone(), served.functions.iter().map(|r| r.artifact.clone()).collect());
+        let removed = tokio::task::spawn_blocking(move || local.remove_artifacts_except(&keep)).await;
+        if let Ok(Err(error)) = removed {
+            tracing::warn!("cannot remove artifacts no longer served: {error:#}");
         }
         *self.serving.lock().unwrap_or_else(|p| p.into_inner()) = Serving {
             revision: desired.revision,
@@ -262,12 +273,6 @@ impl Applier {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "applied desired state"
         );
-    }
-
-    fn save(&self, served: &DesiredState) -> anyhow::Result<()> {
-        self.local.save_state(served)?;
-        let keep: BTreeSet<String> = served.functions.iter().map(|r| r.artifact.clone()).collect();
-        self.local.remove_artifacts_except(&keep)
     }
 
     async fn load(&self, record: &VersionRecord, client: Option<&ControlClient>) -> anyhow::Result<Function> {
