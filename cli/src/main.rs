@@ -3,11 +3,11 @@
 
 mod client;
 mod commands;
+mod daemon;
 mod logging;
 mod manifest;
 mod output;
 mod profile;
-mod shutdown;
 
 use clap::Parser;
 

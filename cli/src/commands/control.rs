@@ -64,15 +64,11 @@ impl ControlArgs {
         config.node_token = self.node_token;
         config.node_stale_after = self.node_stale_after;
         config.component_bytes_max = self.max_component_size;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name("wedge-control")
-            .build()
-            .context("starting the async runtime")?;
+        let runtime = crate::daemon::runtime("wedge-control")?;
         runtime.block_on(async move {
             // Watch for SIGTERM before announcing readiness, so a supervisor
             // that stops us right away still gets a graceful stop.
-            let shutdown = crate::shutdown::shutdown_signal()?;
+            let shutdown = crate::daemon::shutdown_signal()?;
             let data_dir = config.data_dir.clone();
             let listen = config.listen;
             let control = tokio::task::spawn_blocking(move || ControlPlane::open(config))

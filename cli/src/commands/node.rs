@@ -47,13 +47,9 @@ impl NodeArgs {
         };
         let name = self.name.unwrap_or_else(default_node_name);
         let config = FollowerConfig::new(name, self.listen, data_dir, self.control, self.token);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name("wedge-worker")
-            .build()
-            .context("starting the async runtime")?;
+        let runtime = crate::daemon::runtime("wedge-worker")?;
         runtime.block_on(async move {
-            let shutdown = crate::shutdown::shutdown_signal()?;
+            let shutdown = crate::daemon::shutdown_signal()?;
             let node = FollowingNode::start(config).await?;
             println!("wedge node serving on http://{}", node.local_addr);
             node.run(shutdown).await;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use wedge_node::config::LimitsConfig;
 use wedge_node::{FunctionConfig, FunctionsFile, NodeConfig};
@@ -77,15 +77,11 @@ impl ServeArgs {
     /// Runs the server until SIGTERM or Ctrl-C.
     pub fn run(self) -> anyhow::Result<()> {
         let config = self.node_config()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name("wedge-worker")
-            .build()
-            .context("starting the async runtime")?;
+        let runtime = crate::daemon::runtime("wedge-worker")?;
         runtime.block_on(async move {
             // Watch for SIGTERM before announcing readiness, so a supervisor
             // that stops us right away still gets a graceful drain.
-            let shutdown = crate::shutdown::shutdown_signal()?;
+            let shutdown = crate::daemon::shutdown_signal()?;
             let (node, listener) = wedge_node::start(&config).await?;
             println!("wedge serving on http://{}", node.local_addr);
             for (route, function) in node.ingress.routes().routes() {
