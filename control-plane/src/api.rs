@@ -164,6 +164,12 @@ pub struct Removed {
 /// What every node should serve: the active version of every function.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredState {
+    /// Which store this state comes from: a random id made once when the
+    /// store is created. Revisions of different stores are unrelated, so a
+    /// node that sees the id change knows the control plane's data is not
+    /// the data it followed (a new or wrong data directory).
+    #[serde(default)]
+    pub store_id: String,
     /// Increases with every change to the store; 0 for an empty store.
     pub revision: u64,
     /// The active version of every function, by name.

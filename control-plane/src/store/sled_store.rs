@@ -927,7 +927,7 @@ impl Store for SledStore {
             .into_iter()
             .map(|(name, record)| self.active_record(&name, &record))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(DesiredState { revision: self.stored_revision()?, functions })
+        Ok(DesiredState { store_id: String::new(), revision: self.stored_revision()?, functions })
     }
 
     fn revision(&self) -> u64 {

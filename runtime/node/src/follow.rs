@@ -241,6 +241,7 @@ impl Applier {
             }
         }
         let served = DesiredState {
+            store_id: String::new(),
             revision: desired.revision,
             functions: next.values().map(|(record, _)| record.clone()).collect(),
         };

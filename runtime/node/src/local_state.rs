@@ -148,7 +148,7 @@ mod tests {
         assert!(local.load_state().unwrap().is_none());
         let sha = sha256_hex(b"abc");
         local.write_artifact(&sha, b"abc").unwrap();
-        let state = DesiredState { revision: 7, functions: vec![record("hello", &sha)] };
+        let state = DesiredState { store_id: String::new(), revision: 7, functions: vec![record("hello", &sha)] };
         local.save_state(&state).unwrap();
 
         let reopened = LocalState::open(dir.path()).unwrap();
