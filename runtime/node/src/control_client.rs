@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use wedge_control::api::{COMPONENT_BYTES_MAX_DEFAULT, DesiredState, ErrorBody, NodeReport};
+use wedge_control::api::{DesiredState, ErrorBody, NodeReport};
 
 /// Largest desired-state document accepted.
 const STATE_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -67,10 +67,13 @@ impl ControlClient {
         serde_json::from_slice(&body).context("desired state from the control plane is not valid JSON")
     }
 
-    /// The artifact's bytes (not yet verified: the caller checks the hash).
-    pub async fn artifact(&self, sha256: &str) -> anyhow::Result<Bytes> {
-        let limit = usize::try_from(COMPONENT_BYTES_MAX_DEFAULT * 2).unwrap_or(usize::MAX);
-        self.call(Method::GET, &format!("/v1/artifacts/{sha256}"), None, CALL_TIMEOUT * 4, limit).await
+    /// The artifact's bytes, exactly `bytes` of them (the hash is the
+    /// caller's to check).
+    pub async fn artifact(&self, sha256: &str, bytes: u64) -> anyhow::Result<Bytes> {
+        let limit = usize::try_from(bytes).context("artifact too large for this machine")?;
+        let body = self.call(Method::GET, &format!("/v1/artifacts/{sha256}"), None, CALL_TIMEOUT * 4, limit).await?;
+        anyhow::ensure!(body.len() == limit, "artifact {sha256}: got {} bytes, expected {bytes}", body.len());
+        Ok(body)
     }
 
     /// Sends what this node serves and its new guest log lines.

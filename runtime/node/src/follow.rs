@@ -15,7 +15,7 @@
 //! time from its own disk ([`LocalState`]), so a restart while the control
 //! plane is down serves everything it served before (static stability).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -35,15 +35,20 @@ use crate::local_state::{LocalState, sha256_hex};
 const LOG_LINES_BUFFERED_MAX: usize = 10_000;
 /// Most guest lines sent in one report.
 const LOG_LINES_PER_REPORT_MAX: usize = 2_000;
+/// Most bytes of guest lines (as JSON) in one report, well under the
+/// control plane's report limit, so a chatty guest cannot make reports fail.
+const LOG_BYTES_PER_REPORT_MAX: usize = 1024 * 1024;
 /// How long the reporter waits after a guest line for more to batch with it.
 const LOG_BATCH_DELAY: Duration = Duration::from_millis(100);
 /// Longest pause between retries when the control plane cannot be reached.
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(5);
 /// How often a function that failed to load is tried again.
 const LOAD_RETRY: Duration = Duration::from_secs(5);
+/// While reports fail, how often that is logged.
+const REPORT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Settings of a following node.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FollowerConfig {
     /// This node's name, as the control plane lists it (DNS-label-like).
     pub node_name: String,
@@ -59,6 +64,20 @@ pub struct FollowerConfig {
     pub long_poll: Duration,
     /// Longest time between two reports.
     pub report_interval: Duration,
+}
+
+impl std::fmt::Debug for FollowerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FollowerConfig")
+            .field("node_name", &self.node_name)
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("control_url", &self.control_url)
+            .field("token", &"<redacted>")
+            .field("long_poll", &self.long_poll)
+            .field("report_interval", &self.report_interval)
+            .finish()
+    }
 }
 
 impl FollowerConfig {
@@ -125,11 +144,14 @@ impl FollowingNode {
             local,
             ingress: Arc::clone(&ingress),
             loaded: BTreeMap::new(),
+            served_from: (String::new(), 0),
+            saved: None,
             serving: Arc::clone(&serving),
         };
         match applier.local.load_state()? {
             Some(saved) => {
                 let revision = saved.revision;
+                applier.saved = Some(saved.clone());
                 applier.apply(saved, None).await;
                 tracing::info!(revision, functions = applier.loaded.len(), "serving the state saved on disk");
             }
@@ -178,16 +200,21 @@ struct Applier {
     ingress: Arc<Ingress>,
     /// Every function served now, with the version record it came from.
     loaded: BTreeMap<String, (VersionRecord, Function)>,
+    /// The store and revision the served state came from, as saved on disk.
+    served_from: (String, u64),
+    /// What was last written to `state.json` (to skip rewriting it unchanged).
+    saved: Option<DesiredState>,
     serving: Arc<Mutex<Serving>>,
 }
 
 impl Applier {
-    fn revision(&self) -> u64 {
-        self.serving.lock().unwrap_or_else(|p| p.into_inner()).revision
-    }
-
-    fn has_errors(&self) -> bool {
-        !self.serving.lock().unwrap_or_else(|p| p.into_inner()).errors.is_empty()
+    /// What this node serves, as a desired state (what `state.json` holds).
+    fn served(&self) -> DesiredState {
+        DesiredState {
+            store_id: self.served_from.0.clone(),
+            revision: self.served_from.1,
+            functions: self.loaded.values().map(|(record, _)| record.clone()).collect(),
+        }
     }
 
     /// Serves `desired`: reuses functions whose record did not change,
@@ -199,6 +226,9 @@ impl Applier {
         let started = Instant::now();
         let mut next = BTreeMap::new();
         let mut errors = Vec::new();
+        // Artifacts of what is wanted stay on disk even when loading them
+        // failed, so a retry does not fetch them again.
+        let wanted: BTreeSet<String> = desired.functions.iter().map(|r| r.artifact.clone()).collect();
         for record in desired.functions {
             let name = record.function.clone();
             if let Some((current, function)) = self.loaded.get(&name)
@@ -241,24 +271,29 @@ impl Applier {
             }
         }
         let served = DesiredState {
-            store_id: String::new(),
+            store_id: desired.store_id.clone(),
             revision: desired.revision,
             functions: next.values().map(|(record, _)| record.clone()).collect(),
         };
         // Saved before it is served: whatever a client has seen this node
         // serve, a restart without the control plane serves too.
-        let (local, to_save) = (self.local.clone(), served.clone());
-        match tokio::task::spawn_blocking(move || local.save_state(&to_save)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(
-                "cannot save the served state (a restart without the control plane would serve an older one): {error:#}"
-            ),
-            Err(error) => tracing::warn!("saving the served state failed: {error}"),
+        if self.saved.as_ref() != Some(&served) {
+            let (local, to_save) = (self.local.clone(), served.clone());
+            match tokio::task::spawn_blocking(move || local.save_state(&to_save)).await {
+                Ok(Ok(())) => self.saved = Some(served.clone()),
+                Ok(Err(error)) => tracing::warn!(
+                    "cannot save the served state (a restart without the control plane would serve an older one): {error:#}"
+                ),
+                Err(error) => tracing::warn!("saving the served state failed: {error}"),
+            }
         }
         self.ingress.set_routes(table);
         self.loaded = next;
-        // Only now may the artifacts of what is no longer served go.
-        let (local, keep) = (self.local.clone(), served.functions.iter().map(|r| r.artifact.clone()).collect());
+        self.served_from = (desired.store_id, desired.revision);
+        // Only now may the artifacts of what is neither served nor wanted go.
+        let mut keep = wanted;
+        keep.extend(served.functions.iter().map(|r| r.artifact.clone()));
+        let local = self.local.clone();
         let removed = tokio::task::spawn_blocking(move || local.remove_artifacts_except(&keep)).await;
         if let Ok(Err(error)) = removed {
             tracing::warn!("cannot remove artifacts no longer served: {error:#}");
@@ -284,7 +319,7 @@ impl Applier {
             (Some(bytes), _) => bytes,
             (None, None) => anyhow::bail!("artifact {} is not on this node's disk", record.artifact),
             (None, Some(client)) => {
-                let bytes = client.artifact(&record.artifact).await?;
+                let bytes = client.artifact(&record.artifact, record.artifact_bytes).await?;
                 let actual = sha256_hex(&bytes);
                 anyhow::ensure!(
                     actual == record.artifact,
@@ -301,6 +336,50 @@ impl Applier {
     }
 }
 
+/// What the follower does with a desired state it polled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Decision {
+    /// It serves exactly that already.
+    UpToDate,
+    /// Load what differs and swap.
+    Apply,
+    /// The state comes from another store (a new or wrong data directory on
+    /// the control plane) and would remove everything this node serves:
+    /// keep serving, and say so loudly. An operator who means it removes the
+    /// node's `state.json` and restarts it.
+    RefuseEmptyFromOtherStore {
+        /// The store this node followed.
+        followed: String,
+        /// The store the control plane has now.
+        offered: String,
+    },
+}
+
+/// The records of a state by function name (order-insensitive comparison).
+fn by_name(state: &DesiredState) -> BTreeMap<&str, &VersionRecord> {
+    state.functions.iter().map(|r| (r.function.as_str(), r)).collect()
+}
+
+/// Decides by content, not by revision number alone: a function that failed
+/// to load (so is served at an older version, or not at all) is tried again
+/// even when the revision has not moved, and after a restart too.
+fn decide(served: &DesiredState, desired: &DesiredState) -> Decision {
+    let other_store =
+        !served.store_id.is_empty() && !desired.store_id.is_empty() && served.store_id != desired.store_id;
+    if other_store && desired.functions.is_empty() && !served.functions.is_empty() {
+        return Decision::RefuseEmptyFromOtherStore {
+            followed: served.store_id.clone(),
+            offered: desired.store_id.clone(),
+        };
+    }
+    if served.store_id == desired.store_id && served.revision == desired.revision && by_name(served) == by_name(desired)
+    {
+        Decision::UpToDate
+    } else {
+        Decision::Apply
+    }
+}
+
 /// The follower task: long-polls desired state and applies each change.
 async fn follow(
     config: FollowerConfig,
@@ -310,12 +389,15 @@ async fn follow(
     mut stop: watch::Receiver<bool>,
 ) {
     // The first poll asks for the current state whatever its revision, so a
-    // restart retries what failed before and catches up at once.
+    // restart catches up at once.
     let mut after = 0;
     let mut retry_delay = Duration::from_millis(200);
     let mut unreachable_since: Option<Instant> = None;
+    // Whether the last desired state could not be served exactly (a load
+    // failed, or it was refused): then poll again after a short wait.
+    let mut behind = false;
     loop {
-        let wait = if applier.has_errors() { LOAD_RETRY } else { config.long_poll };
+        let wait = if behind { LOAD_RETRY } else { config.long_poll };
         let polled = tokio::select! {
             polled = client.desired_state(after, wait) => polled,
             _ = stop.changed() => return,
@@ -326,10 +408,32 @@ async fn follow(
                     tracing::info!(control = %client.url(), "control plane reachable again");
                 }
                 retry_delay = Duration::from_millis(200);
+                let served = applier.served();
+                if desired.store_id == served.store_id && desired.revision < served.revision {
+                    tracing::warn!(
+                        served = served.revision,
+                        offered = desired.revision,
+                        "the control plane's revision went backwards; following it"
+                    );
+                }
                 after = desired.revision;
-                if desired.revision != applier.revision() || applier.has_errors() {
-                    applier.apply(desired, Some(&client)).await;
-                    report_now.notify_one();
+                match decide(&served, &desired) {
+                    Decision::UpToDate => behind = false,
+                    Decision::Apply => {
+                        applier.apply(desired.clone(), Some(&client)).await;
+                        behind = decide(&applier.served(), &desired) != Decision::UpToDate;
+                        report_now.notify_one();
+                    }
+                    Decision::RefuseEmptyFromOtherStore { followed, offered } => {
+                        tracing::error!(
+                            control = %client.url(),
+                            followed, offered,
+                            "the control plane has another store than the one this node followed, and it deploys \
+                             nothing; keeping what this node serves. If that store is the right one now, remove \
+                             state.json from this node's data directory and restart it"
+                        );
+                        behind = true;
+                    }
                 }
             }
             Err(error) => {
@@ -361,7 +465,7 @@ async fn report(
 ) {
     let mut interval = tokio::time::interval(config.report_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
+    let mut failing_since: Option<Instant> = None;
     let mut pending: Vec<LogLine> = Vec::new();
     loop {
         tokio::select! {
@@ -373,9 +477,14 @@ async fn report(
             }
             _ = stop.changed() => return,
         }
-        while pending.len() < LOG_LINES_PER_REPORT_MAX {
+        let mut pending_bytes: usize = pending.iter().map(json_bytes).sum();
+        while pending.len() < LOG_LINES_PER_REPORT_MAX && pending_bytes < LOG_BYTES_PER_REPORT_MAX {
             match log_lines.try_recv() {
-                Ok(line) => pending.push(to_log_line(line)),
+                Ok(line) => {
+                    let line = to_log_line(line);
+                    pending_bytes += json_bytes(&line);
+                    pending.push(line);
+                }
                 Err(_) => break,
             }
         }
@@ -388,17 +497,26 @@ async fn report(
             logs: std::mem::take(&mut pending),
         };
         match client.report(&config.node_name, &report).await {
-            Ok(()) => failing = false,
+            Ok(()) => {
+                if failing_since.take().is_some() {
+                    tracing::info!("reporting to the control plane again");
+                }
+            }
             Err(error) => {
                 // Lines that could not be sent are dropped: the buffer stays
                 // bounded while the control plane is away.
-                if !failing {
-                    tracing::debug!("cannot report to the control plane: {error:#}");
+                if failing_since.is_none_or(|since| since.elapsed() > REPORT_FAILURE_LOG_EVERY) {
+                    tracing::warn!(dropped_lines = report.logs.len(), "cannot report to the control plane: {error:#}");
+                    failing_since = Some(Instant::now());
                 }
-                failing = true;
             }
         }
     }
+}
+
+/// Bytes a line takes in a report's JSON.
+fn json_bytes(line: &LogLine) -> usize {
+    serde_json::to_vec(line).map_or(LOG_BYTES_PER_REPORT_MAX, |json| json.len() + 1)
 }
 
 fn to_log_line(line: GuestLogLine) -> LogLine {
@@ -410,5 +528,95 @@ fn to_log_line(line: GuestLogLine) -> LogLine {
         request_id: line.request_id.to_string(),
         stream: line.stream.as_str().to_string(),
         line: line.line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, version: u64) -> VersionRecord {
+        VersionRecord {
+            function: name.into(),
+            version,
+            artifact: format!("{version:064}"),
+            artifact_bytes: 1,
+            routes: vec![format!("/{name}")],
+            limits: Default::default(),
+            config: Default::default(),
+            env: Default::default(),
+            allowed_outbound_hosts: vec![],
+            created_unix_ms: 1,
+        }
+    }
+
+    fn state(store: &str, revision: u64, functions: Vec<VersionRecord>) -> DesiredState {
+        DesiredState { store_id: store.into(), revision, functions }
+    }
+
+    #[test]
+    fn the_same_state_is_up_to_date() {
+        let served = state("s", 3, vec![record("a", 1), record("b", 2)]);
+        let desired = state("s", 3, vec![record("b", 2), record("a", 1)]);
+        assert_eq!(decide(&served, &desired), Decision::UpToDate);
+    }
+
+    #[test]
+    fn a_function_that_failed_to_load_is_retried_at_the_same_revision() {
+        // Desired says a@2; the node still serves a@1 (loading 2 failed),
+        // possibly saved that way before a restart.
+        let served = state("s", 3, vec![record("a", 1)]);
+        let desired = state("s", 3, vec![record("a", 2)]);
+        assert_eq!(decide(&served, &desired), Decision::Apply);
+        let missing = state("s", 3, vec![]);
+        assert_eq!(decide(&missing, &state("s", 3, vec![record("a", 1)])), Decision::Apply);
+    }
+
+    #[test]
+    fn a_new_revision_or_store_is_applied() {
+        let served = state("s", 3, vec![record("a", 1)]);
+        assert_eq!(decide(&served, &state("s", 4, vec![record("a", 1)])), Decision::Apply);
+        assert_eq!(decide(&served, &state("t", 3, vec![record("a", 1)])), Decision::Apply);
+        // A node that never followed a store takes whatever comes.
+        assert_eq!(decide(&state("", 0, vec![]), &state("t", 0, vec![])), Decision::Apply);
+    }
+
+    #[test]
+    fn an_empty_state_from_another_store_is_refused() {
+        let served = state("s", 9, vec![record("a", 1)]);
+        assert_eq!(
+            decide(&served, &state("t", 0, vec![])),
+            Decision::RefuseEmptyFromOtherStore { followed: "s".into(), offered: "t".into() }
+        );
+        // From the same store, removing everything is an ordinary change.
+        assert_eq!(decide(&served, &state("s", 10, vec![])), Decision::Apply);
+    }
+
+    #[test]
+    fn report_batches_are_bounded_in_bytes() {
+        let line = LogLine {
+            seq: 0,
+            unix_ms: 0,
+            node: String::new(),
+            function: "f".into(),
+            request_id: "r".into(),
+            stream: "stdout".into(),
+            line: "\u{1b}".repeat(4096),
+        };
+        // Control characters take six bytes each in JSON.
+        assert!(json_bytes(&line) > 6 * 4096);
+        assert!(LOG_BYTES_PER_REPORT_MAX / json_bytes(&line) < LOG_LINES_PER_REPORT_MAX);
+    }
+
+    #[test]
+    fn the_token_is_not_in_debug_output() {
+        let config = FollowerConfig::new(
+            "n".into(),
+            "127.0.0.1:0".parse().unwrap(),
+            "/tmp/x".into(),
+            "http://127.0.0.1:1".into(),
+            "secret-token-value".into(),
+        );
+        assert!(!format!("{config:?}").contains("secret-token-value"));
     }
 }

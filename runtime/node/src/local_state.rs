@@ -13,25 +13,47 @@
 //! written only after every artifact it names is on disk.
 
 use std::collections::BTreeSet;
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 use wedge_control::api::DesiredState;
 
-/// The node's data directory.
+/// The node's data directory, locked for as long as any clone lives.
 #[derive(Debug, Clone)]
 pub struct LocalState {
     dir: PathBuf,
+    /// An exclusive lock on `<dir>/lock`: two nodes on one directory would
+    /// overwrite each other's state and delete each other's artifacts.
+    _lock: Arc<File>,
 }
 
 impl LocalState {
-    /// Opens (creating) the data directory.
+    /// Opens (creating) the data directory and locks it; fails if another
+    /// node holds it.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir.join("artifacts"))
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-        Ok(Self { dir: dir.to_path_buf() })
+        let lock_path = dir.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                anyhow::bail!("data directory {} is in use by another wedge node", dir.display())
+            }
+            Err(std::fs::TryLockError::Error(error)) => {
+                return Err(error).with_context(|| format!("cannot lock {}", lock_path.display()));
+            }
+        }
+        Ok(Self { dir: dir.to_path_buf(), _lock: Arc::new(lock) })
     }
 
     /// Where the host caches compiled components.
@@ -148,8 +170,9 @@ mod tests {
         assert!(local.load_state().unwrap().is_none());
         let sha = sha256_hex(b"abc");
         local.write_artifact(&sha, b"abc").unwrap();
-        let state = DesiredState { store_id: String::new(), revision: 7, functions: vec![record("hello", &sha)] };
+        let state = DesiredState { store_id: "store-1".into(), revision: 7, functions: vec![record("hello", &sha)] };
         local.save_state(&state).unwrap();
+        drop(local);
 
         let reopened = LocalState::open(dir.path()).unwrap();
         assert_eq!(reopened.load_state().unwrap(), Some(state));
@@ -176,6 +199,16 @@ mod tests {
         local.remove_artifacts_except(&BTreeSet::from([a.clone()])).unwrap();
         assert!(local.read_artifact(&a).unwrap().is_some());
         assert!(local.read_artifact(&b).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_second_node_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = LocalState::open(dir.path()).unwrap();
+        let error = LocalState::open(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("in use by another wedge node"), "{error}");
+        drop(first);
+        LocalState::open(dir.path()).unwrap();
     }
 
     #[test]
