@@ -26,6 +26,7 @@
 //! `XDG_CONFIG_HOME` / `HOME`.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -99,8 +100,8 @@ pub struct LoadedProfiles {
 
 /// The profile file's path: `$XDG_CONFIG_HOME/wedge/config.toml`, else
 /// `$HOME/.config/wedge/config.toml`; `None` when neither is set.
-pub fn profile_path(xdg_config_home: Option<PathBuf>, home: Option<PathBuf>) -> Option<PathBuf> {
-    let base = xdg_config_home.filter(|p| p.is_absolute()).or_else(|| home.map(|h| h.join(".config")))?;
+pub fn profile_path(xdg_config_home: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
+    let base = crate::daemon::xdg_dir(xdg_config_home, home, ".config")?;
     Some(base.join("wedge").join("config.toml"))
 }
 
@@ -202,10 +203,7 @@ impl ConnectionArgs {
     /// config directory. Prints the permissions warning, if any, to stderr.
     pub fn resolve(&self) -> anyhow::Result<Connection> {
         // The one place that reads the environment for the profile path.
-        let path = profile_path(
-            std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from),
-            std::env::var_os("HOME").map(PathBuf::from),
-        );
+        let path = profile_path(std::env::var_os("XDG_CONFIG_HOME"), std::env::var_os("HOME"));
         let profiles = path.as_deref().map(LoadedProfiles::load).transpose()?;
         if let Some(warning) = profiles.as_ref().and_then(LoadedProfiles::warning) {
             eprintln!("{warning}");
@@ -251,6 +249,7 @@ mod tests {
         let p = profile_path(Some("rel".into()), Some("/h".into())).unwrap();
         assert_eq!(p, Path::new("/h/.config/wedge/config.toml"));
         assert!(profile_path(None, None).is_none());
+        assert!(profile_path(Some("".into()), Some("".into())).is_none());
     }
 
     #[test]

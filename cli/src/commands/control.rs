@@ -56,7 +56,8 @@ impl ControlArgs {
     pub fn run(self) -> anyhow::Result<()> {
         let data_dir = match self.data_dir {
             Some(dir) => dir,
-            None => default_data_dir().context("no --data-dir given and neither XDG_DATA_HOME nor HOME is set")?,
+            None => crate::daemon::default_data_dir("control")
+                .context("no --data-dir given and neither XDG_DATA_HOME nor HOME is an absolute path")?,
         };
         let mut config = ControlConfig::new(data_dir);
         config.listen = self.listen;
@@ -92,12 +93,4 @@ impl ControlArgs {
             control.serve(listener, shutdown).await.context("serving the API")
         })
     }
-}
-
-fn default_data_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .filter(|dir| !dir.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local").join("share")))?;
-    Some(base.join("wedge").join("control"))
 }

@@ -29,7 +29,7 @@ pub struct NodeArgs {
     listen: SocketAddr,
 
     /// Where the node keeps what it serves, artifacts and compiled code
-    /// (default: ~/.local/share/wedge/node).
+    /// [default: $XDG_DATA_HOME/wedge/node or ~/.local/share/wedge/node].
     #[arg(long, env = "WEDGE_NODE_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
 
@@ -43,7 +43,8 @@ impl NodeArgs {
     pub fn run(self) -> anyhow::Result<()> {
         let data_dir = match self.data_dir {
             Some(dir) => dir,
-            None => default_data_dir().context("no --data-dir and no $HOME to put one in")?,
+            None => crate::daemon::default_data_dir("node")
+                .context("no --data-dir given and neither XDG_DATA_HOME nor HOME is an absolute path")?,
         };
         let name = self.name.unwrap_or_else(default_node_name);
         let config = FollowerConfig::new(name, self.listen, data_dir, self.control, self.token);
@@ -56,13 +57,6 @@ impl NodeArgs {
             anyhow::Ok(())
         })
     }
-}
-
-fn default_data_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local").join("share")))?;
-    Some(base.join("wedge").join("node"))
 }
 
 /// The host name made DNS-label-like (`Web_01.example` → `web-01`).

@@ -143,14 +143,11 @@ impl ServeArgs {
                 allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
             });
         }
-        let cache_dir = if self.no_cache { None } else { self.cache_dir.clone().or_else(default_cache_dir) };
+        let cache_dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir.clone().or_else(|| crate::daemon::default_cache_dir("compiled"))
+        };
         Ok(NodeConfig { listen: self.listen, cache_dir, functions })
     }
-}
-
-fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
-    Some(base.join("wedge").join("compiled"))
 }
