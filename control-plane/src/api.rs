@@ -37,6 +37,12 @@ pub const COMPONENT_BYTES_MAX_DEFAULT: u64 = 50 * 1024 * 1024;
 /// A component's identity: lowercase hex sha256 of its bytes (64 chars).
 pub type Sha256Hex = String;
 
+/// Whether `text` is a [`Sha256Hex`]: exactly 64 characters of `0-9a-f`.
+/// The one check of that format, for the control plane and the nodes.
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// What an error answer carries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -290,5 +296,21 @@ impl VersionRecord {
             env: self.env.clone(),
             allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_hex_is_64_lowercase_hex_characters() {
+        assert!(is_sha256_hex(&"0123456789abcdef".repeat(4)));
+        assert!(!is_sha256_hex(&"0123456789ABCDEF".repeat(4)));
+        assert!(!is_sha256_hex(&"ab".repeat(31)));
+        assert!(!is_sha256_hex(&"ab".repeat(33)));
+        assert!(!is_sha256_hex(&"zz".repeat(32)));
+        assert!(!is_sha256_hex(""));
+        assert!(!is_sha256_hex(&format!("{}é", "a".repeat(62))));
     }
 }

@@ -551,7 +551,7 @@ async fn deploy(
     tracing::info!(
         function = %record.function,
         version = record.version,
-        artifact = %&record.artifact[..12],
+        artifact = %record.artifact.get(..12).unwrap_or(&record.artifact),
         "deployed"
     );
     Ok((StatusCode::CREATED, Json(record)))

@@ -16,6 +16,8 @@ use tokio::sync::Semaphore;
 use wedge_host::{FunctionSpec, Host, HostConfig, HostError};
 use wedge_router::Route;
 
+use crate::api::is_sha256_hex;
+
 /// Most routes one function may have.
 pub const ROUTES_MAX: usize = 100;
 
@@ -53,9 +55,9 @@ pub fn check_routes(routes: &[String]) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// A lowercase hex sha256.
+/// A lowercase hex sha256 ([`is_sha256_hex`]).
 pub fn check_artifact_hash(hash: &str) -> Result<(), ValidationError> {
-    if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if is_sha256_hex(hash) {
         Ok(())
     } else {
         Err(ValidationError::Invalid(format!("artifact {hash:?} is not a sha256 (64 lowercase hex characters)")))

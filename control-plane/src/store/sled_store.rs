@@ -130,8 +130,7 @@ use sled::{Db, Tree};
 use wedge_router::Route;
 
 use super::{NewVersion, Store, StoreError};
-use crate::api::{DesiredState, FunctionSummary, VersionRecord};
-use crate::validate::check_artifact_hash;
+use crate::api::{DesiredState, FunctionSummary, VersionRecord, is_sha256_hex};
 
 /// `meta` key of the revision counter.
 const REVISION_KEY: &[u8] = b"revision";
@@ -395,7 +394,7 @@ impl SledStore {
         for entry in self.refs.iter() {
             let (sha, value) = entry.map_err(db_err)?;
             let sha = decode_name(&sha)?;
-            if check_artifact_hash(&sha).is_err() {
+            if !is_sha256_hex(&sha) {
                 return Err(StoreError::Corrupt(format!("artifact_refs: key {sha:?} is not a sha256")));
             }
             let stored = ArtifactRef::decode(&value)?;
@@ -470,8 +469,8 @@ impl SledStore {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             let file = match name.strip_suffix(TMP_SUFFIX) {
-                Some(stem) if check_artifact_hash(stem).is_ok() => ArtifactFile::Temporary,
-                None if check_artifact_hash(name).is_ok() => ArtifactFile::Artifact(name.to_string()),
+                Some(stem) if is_sha256_hex(stem) => ArtifactFile::Temporary,
+                None if is_sha256_hex(name) => ArtifactFile::Artifact(name.to_string()),
                 _ => continue,
             };
             files.push((file, entry.path()));
@@ -690,7 +689,12 @@ enum ArtifactFile {
 
 impl Store for SledStore {
     fn deploy(&self, new: NewVersion) -> Result<VersionRecord, StoreError> {
-        check_artifact_hash(&new.artifact).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        if !is_sha256_hex(&new.artifact) {
+            return Err(StoreError::Invalid(format!(
+                "artifact {:?} is not a sha256 (64 lowercase hex characters)",
+                new.artifact
+            )));
+        }
         if let Some(bytes) = &new.component {
             let actual = sha256_hex(bytes);
             if actual != new.artifact {
