@@ -19,8 +19,9 @@ pub const SPEC_BYTES_MAX: u64 = MIB;
 /// Largest node report body.
 pub const REPORT_BYTES_MAX: u64 = 4 * MIB;
 
-/// Settings of one control plane.
-#[derive(Debug, Clone)]
+/// Settings of one control plane. `Debug` shows whether a token is given,
+/// never the token.
+#[derive(Clone)]
 pub struct ControlConfig {
     /// Where the API listens (the binary binds it; the library serves on
     /// whatever listener it is given).
@@ -125,6 +126,43 @@ impl ControlConfig {
     }
 }
 
+impl std::fmt::Debug for ControlConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so that a new field cannot be left out by accident.
+        let Self {
+            listen,
+            data_dir,
+            token,
+            node_token,
+            component_bytes_max,
+            compile_timeout,
+            compiles_max,
+            deploys_in_flight_max,
+            instance_memory_bytes_max,
+            nodes_max,
+            node_stale_after,
+            log_lines_per_function,
+            log_bytes_per_function,
+        } = self;
+        let redacted = |token: &Option<String>| token.as_ref().map(|_| "<redacted>");
+        f.debug_struct("ControlConfig")
+            .field("listen", listen)
+            .field("data_dir", data_dir)
+            .field("token", &redacted(token))
+            .field("node_token", &redacted(node_token))
+            .field("component_bytes_max", component_bytes_max)
+            .field("compile_timeout", compile_timeout)
+            .field("compiles_max", compiles_max)
+            .field("deploys_in_flight_max", deploys_in_flight_max)
+            .field("instance_memory_bytes_max", instance_memory_bytes_max)
+            .field("nodes_max", nodes_max)
+            .field("node_stale_after", node_stale_after)
+            .field("log_lines_per_function", log_lines_per_function)
+            .field("log_bytes_per_function", log_bytes_per_function)
+            .finish()
+    }
+}
+
 /// Why a control plane refuses an admin and a node token that are equal.
 pub(crate) const SAME_TOKENS: &str =
     "the node token must differ from the admin token (nodes must not hold a token that can deploy)";
@@ -172,6 +210,18 @@ mod tests {
         let mut config = ControlConfig::new("/tmp/x");
         config.node_stale_after = Duration::from_millis(500);
         assert!(config.validate().is_err_and(|e| e.0.contains("staleness")));
+    }
+
+    #[test]
+    fn debug_hides_the_tokens() {
+        let mut config = ControlConfig::new("/tmp/x");
+        config.token = Some("admin-s3cret".into());
+        config.node_token = Some("node-s3cret".into());
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("<redacted>") && shown.contains("/tmp/x"), "{shown}");
+        let shown = format!("{:?}", ControlConfig::new("/tmp/x"));
+        assert!(shown.contains("token: None"), "{shown}");
     }
 
     #[test]
