@@ -192,6 +192,12 @@ impl ControlPlane {
         self.shared.store.revision()
     }
 
+    /// The store's id (in every desired state), made once when the store
+    /// was created.
+    pub fn store_id(&self) -> &str {
+        self.shared.store.store_id()
+    }
+
     /// The HTTP application: `/healthz` and the `/v1` API.
     pub fn router(&self) -> Router {
         router(Arc::clone(&self.shared), self.tokens.clone())

@@ -117,4 +117,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The current revision (0 for an empty store).
     fn revision(&self) -> u64;
+
+    /// The store's id: made at random once when the store is created, never
+    /// changed. It is in every [`DesiredState`], so that a node can tell
+    /// this store's revisions from another's.
+    fn store_id(&self) -> &str;
 }

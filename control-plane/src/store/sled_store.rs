@@ -17,6 +17,7 @@
 //! | `functions` | function name | JSON `{active_version, latest_version, updated_unix_ms}` |
 //! | `versions` | name, `0x00`, version as u64 big-endian | [`VersionRecord`] JSON |
 //! | `meta` | `revision` / `layout` | u64 big-endian each |
+//! | `meta` | `store_id` | 32 lowercase hex characters (16 random bytes), made once |
 //!
 //! Names never contain `0x00` (the caller validates them as DNS labels), so
 //! `name 0x00` is an exact prefix for one function's versions, and the
@@ -28,6 +29,12 @@
 //! write ourselves can be made durable before the transaction that names
 //! it. The size kept beside the refcount lets a deploy by hash record
 //! `artifact_bytes` without touching the file.
+//!
+//! The store id is written with the layout, in one batch, when the store is
+//! created (a layout-2 store made before ids existed, never released, gets
+//! one at its next open), made durable by `open` like every write, and
+//! never changed: it tells a node whether the revisions it follows come
+//! from this store.
 //!
 //! Layout 1 (before the first release) kept the bytes in an `artifacts`
 //! tree. No such store was ever released, so there is no migration:
@@ -136,6 +143,10 @@ use crate::api::{DesiredState, FunctionSummary, VersionRecord, is_sha256_hex};
 const REVISION_KEY: &[u8] = b"revision";
 /// `meta` key of the layout version; bump it when the layout changes.
 const LAYOUT_KEY: &[u8] = b"layout";
+/// `meta` key of the store's id.
+const STORE_ID_KEY: &[u8] = b"store_id";
+/// Random bytes in a store id (hex-encoded: 32 characters).
+const STORE_ID_BYTES: usize = 16;
 /// The layout this code reads and writes.
 const LAYOUT: u64 = 2;
 /// sled's page cache. Its default (1 GiB) is a lot for a control plane on
@@ -225,7 +236,7 @@ pub struct SledStore {
     functions: Tree,
     /// name 0x00 version-BE → [`VersionRecord`] JSON.
     versions: Tree,
-    /// `revision`, `layout`.
+    /// `revision`, `layout`, `store_id`.
     meta: Tree,
     /// The store's directory (sled's files are in it).
     dir: PathBuf,
@@ -240,11 +251,17 @@ pub struct SledStore {
     /// Mirror of `meta.revision`, updated after each commit, for a cheap
     /// [`Store::revision`].
     revision: AtomicU64,
+    /// `meta.store_id`, read (or made) once by `open`; it never changes.
+    store_id: String,
 }
 
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore").field("dir", &self.dir).field("revision", &self.revision()).finish_non_exhaustive()
+        f.debug_struct("SledStore")
+            .field("dir", &self.dir)
+            .field("store_id", &self.store_id)
+            .field("revision", &self.revision())
+            .finish_non_exhaustive()
     }
 }
 
@@ -264,7 +281,7 @@ impl SledStore {
         let log_path = dir.join(SLED_LOG);
         let log = File::open(&log_path).map_err(io_err(format!("opening {}", log_path.display())))?;
         let open = |name: &str| db.open_tree(name).map_err(db_err);
-        let store = SledStore {
+        let mut store = SledStore {
             refs: open("artifact_refs")?,
             functions: open("functions")?,
             versions: open("versions")?,
@@ -275,10 +292,11 @@ impl SledStore {
             log,
             write_lock: Mutex::new(Synced::default()),
             revision: AtomicU64::new(0),
+            store_id: String::new(),
         };
-        match store.meta.get(LAYOUT_KEY).map_err(db_err)? {
+        let created = match store.meta.get(LAYOUT_KEY).map_err(db_err)? {
             Some(layout) => match decode_u64(&layout, "meta.layout")? {
-                LAYOUT => {}
+                LAYOUT => false,
                 1 => {
                     return Err(StoreError::Corrupt(format!(
                         "store layout 1 (artifacts inside sled, never released) is not supported; this build reads \
@@ -295,9 +313,24 @@ impl SledStore {
                 if !store.functions.is_empty() || !store.refs.is_empty() || !store.meta.is_empty() {
                     return Err(StoreError::Corrupt("store has data but no layout version".into()));
                 }
-                store.meta.insert(LAYOUT_KEY, &LAYOUT.to_be_bytes()).map_err(db_err)?;
+                true
             }
-        }
+        };
+        store.store_id = match store.meta.get(STORE_ID_KEY).map_err(db_err)? {
+            Some(id) => decode_store_id(&id)?,
+            None => {
+                // A new store gets its layout and its id in one batch (made
+                // durable below with everything `open` wrote).
+                let id = new_store_id()?;
+                let mut batch = sled::Batch::default();
+                if created {
+                    batch.insert(LAYOUT_KEY, &LAYOUT.to_be_bytes());
+                }
+                batch.insert(STORE_ID_KEY, id.as_bytes());
+                store.meta.apply_batch(batch).map_err(db_err)?;
+                id
+            }
+        };
         fs::create_dir_all(&store.artifacts_dir)
             .map_err(io_err(format!("creating {}", store.artifacts_dir.display())))?;
         store.revision.store(store.stored_revision()?, Ordering::SeqCst);
@@ -931,7 +964,11 @@ impl Store for SledStore {
             .into_iter()
             .map(|(name, record)| self.active_record(&name, &record))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(DesiredState { store_id: String::new(), revision: self.stored_revision()?, functions })
+        Ok(DesiredState { store_id: self.store_id.clone(), revision: self.stored_revision()?, functions })
+    }
+
+    fn store_id(&self) -> &str {
+        &self.store_id
     }
 
     fn revision(&self) -> u64 {
@@ -947,6 +984,23 @@ fn summary(name: String, record: &FunctionRecord, active: &VersionRecord) -> Fun
         routes: active.routes.clone(),
         artifact: active.artifact.clone(),
         updated_unix_ms: record.updated_unix_ms,
+    }
+}
+
+/// A new store id: [`STORE_ID_BYTES`] random bytes, lowercase hex.
+fn new_store_id() -> Result<String, StoreError> {
+    let mut random = [0u8; STORE_ID_BYTES];
+    getrandom::fill(&mut random).map_err(|e| StoreError::Io(format!("generating the store id: {e}")))?;
+    Ok(hex::encode(random))
+}
+
+/// A stored id: exactly what [`new_store_id`] makes.
+fn decode_store_id(bytes: &[u8]) -> Result<String, StoreError> {
+    match std::str::from_utf8(bytes) {
+        Ok(id) if id.len() == 2 * STORE_ID_BYTES && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
+            Ok(id.to_string())
+        }
+        _ => Err(StoreError::Corrupt(format!("meta.store_id: {bytes:?} is not a store id"))),
     }
 }
 
@@ -1144,7 +1198,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(&dir);
         assert_eq!(store.revision(), 0);
-        assert_eq!(store.desired_state().expect("state"), DesiredState::default());
+        let empty = DesiredState { store_id: store.store_id().to_string(), ..DesiredState::default() };
+        assert_eq!(store.desired_state().expect("state"), empty);
 
         let mut first = new_version("hello", b"component one", &["/hello"], 1_000);
         first.spec.env.insert("K".into(), "V".into());
@@ -1373,6 +1428,35 @@ mod tests {
     }
 
     #[test]
+    fn the_store_id_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = {
+            let store = open(&dir);
+            let id = store.store_id().to_string();
+            assert!(decode_store_id(id.as_bytes()).is_ok(), "{id}");
+            assert_eq!(store.desired_state().expect("state").store_id, id);
+            store.deploy(new_version("a", b"a", &["/a"], 1)).expect("deploy");
+            id
+        };
+        let store = open(&dir);
+        assert_eq!(store.store_id(), id, "reopened");
+        assert_eq!(store.desired_state().expect("state").store_id, id);
+
+        let other = tempfile::tempdir().expect("tempdir");
+        assert_ne!(open(&other).store_id(), id, "another store");
+
+        // A store made before ids existed gets one at its next open, then
+        // keeps it.
+        store.meta.remove(STORE_ID_KEY).expect("rm");
+        drop(store);
+        let given = open(&dir).store_id().to_string();
+        assert_ne!(given, id);
+        let store = open(&dir);
+        assert_eq!(store.store_id(), given);
+        assert_eq!(store.function("a").expect("function").map(|(s, _)| s.active_version), Some(1));
+    }
+
+    #[test]
     fn racing_deploys_of_one_route_have_one_winner() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(open(&dir));
@@ -1475,6 +1559,12 @@ mod tests {
                 "bad revision",
                 Box::new(|s: &SledStore| {
                     s.meta.insert(REVISION_KEY, &b"x"[..]).expect("set");
+                }),
+            ),
+            (
+                "bad store id",
+                Box::new(|s: &SledStore| {
+                    s.meta.insert(STORE_ID_KEY, &b"not an id"[..]).expect("set");
                 }),
             ),
             (
