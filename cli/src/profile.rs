@@ -42,6 +42,9 @@ pub const DEFAULT_PROFILE: &str = "default";
 /// Largest profile file read (it holds a few lines).
 const PROFILE_FILE_BYTES_MAX: u64 = 1 << 20;
 
+/// Largest token file read (a token is at most 1024 characters).
+const TOKEN_FILE_BYTES_MAX: u64 = 4 << 10;
+
 /// Connection flags shared by every verb that talks to the control plane.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ConnectionArgs {
@@ -145,6 +148,40 @@ impl LoadedProfiles {
             )
         })
     }
+}
+
+/// Reads a token from a file given with `--token-file` (`wedge control`
+/// keeps its tokens in `DIR/token` and `DIR/node-token`), so the token
+/// never appears on a command line (`/proc/PID/cmdline`, `ps`, shell
+/// history). Surrounding whitespace is dropped; what is left must be 1 to
+/// 1024 visible ASCII characters. Warns on stderr when other users may read
+/// the file. No message includes the file's contents.
+pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("token file {}: cannot read", path.display()))?;
+    let metadata = file.metadata().with_context(|| format!("token file {}: cannot read", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(TOKEN_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("token file {}: cannot read", path.display()))?;
+    if bytes.len() as u64 > TOKEN_FILE_BYTES_MAX {
+        bail!("token file {}: larger than {TOKEN_FILE_BYTES_MAX} bytes; it should hold only a token", path.display());
+    }
+    let token = bytes.trim_ascii();
+    if token.is_empty() {
+        bail!("token file {}: empty", path.display());
+    }
+    if token.len() > 1024 || !token.iter().all(u8::is_ascii_graphic) {
+        bail!("token file {}: not a token (1 to 1024 visible ASCII characters, no spaces)", path.display());
+    }
+    if readable_by_others(&metadata) {
+        eprintln!(
+            "warning: token file {} is readable by other users; run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(String::from_utf8_lossy(token).into_owned())
 }
 
 #[cfg(unix)]
@@ -297,6 +334,28 @@ mod tests {
         assert!(normalize_url("h:1").is_err());
         assert!(normalize_url("https://h:1").unwrap_err().to_string().contains("plain http"));
         assert!(normalize_url("http://").is_err());
+    }
+
+    #[test]
+    fn token_files_hold_one_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  s3cret-token\n").unwrap();
+        assert_eq!(read_token_file(&path).unwrap(), "s3cret-token");
+        for (contents, why) in [
+            ("\n \n".to_string(), "empty"),
+            ("two words\n".to_string(), "not a token"),
+            ("x".repeat(1025), "not a token"),
+            ("x".repeat(5000), "larger than"),
+        ] {
+            std::fs::write(&path, &contents).unwrap();
+            let error = read_token_file(&path).unwrap_err().to_string();
+            assert!(error.contains(why) && error.contains("token file"), "{error}");
+            // The contents are never echoed: a wrong file may hold a secret.
+            assert!(!error.contains("words") && !error.contains("xxx"), "{error}");
+        }
+        let missing = read_token_file(&dir.path().join("missing")).unwrap_err();
+        assert!(format!("{missing:#}").contains("cannot read"), "{missing:#}");
     }
 
     #[test]

@@ -47,19 +47,14 @@ fn start_node(name: &str, control: &Server, data_dir: &Path) -> Server {
 fn start_node_at(name: &str, control_url: &str, data_dir: &Path) -> Server {
     Server::spawn(
         "node",
-        &[
-            "--name",
-            name,
-            "--control",
-            control_url,
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
+        &node_args(name, control_url, data_dir),
         "wedge node serving on http://",
-        &[("WEDGE_TOKEN", NODE_TOKEN)],
+        &[("WEDGE_NODE_TOKEN", NODE_TOKEN)],
     )
+}
+
+fn node_args<'a>(name: &'a str, control_url: &'a str, data_dir: &'a Path) -> Vec<&'a str> {
+    vec!["--name", name, "--control", control_url, "--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"]
 }
 
 /// Runs a CLI verb against `control` with the right token and an empty
@@ -297,9 +292,61 @@ fn two_nodes_serve_every_deploy() {
     let dirs = tempfile::tempdir().unwrap();
     let control = start_control(&dirs.path().join("control"));
     let first = start_node("edge-1", &control, &dirs.path().join("node-1"));
-    let second = start_node("edge-2", &control, &dirs.path().join("node-2"));
+    // The second reads its token from a file (not on its command line),
+    // and WEDGE_TOKEN in its environment is the admin token it must ignore.
+    let token_file = dirs.path().join("node-token");
+    std::fs::write(&token_file, format!("{NODE_TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let control_url = format!("http://{}", control.addr);
+    let node_dir = dirs.path().join("node-2");
+    let mut args = node_args("edge-2", &control_url, &node_dir);
+    args.extend(["--token-file", token_file.to_str().unwrap()]);
+    let second =
+        Server::spawn("node", &args, "wedge node serving on http://", &[("WEDGE_TOKEN", "the-admin-token-elsewhere")]);
+    assert!(
+        !String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", second.pid())).unwrap())
+            .contains(NODE_TOKEN)
+    );
     let hello = wasm("hello");
     ok(&control, &["deploy", hello.to_str().unwrap(), "--name", "hello", "--route", "/hello"]);
     wait_for(&first.url("/hello"), 200, Some("Hello, wedge!\n"));
     wait_for(&second.url("/hello"), 200, Some("Hello, wedge!\n"));
+}
+
+#[test]
+fn a_node_never_runs_on_the_admin_token_in_wedge_token() {
+    let dirs = tempfile::tempdir().unwrap();
+    let node = |args: &[&str], envs: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wedge"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("WEDGE_") {
+                command.env_remove(&key);
+            }
+        }
+        let data_dir = dirs.path().join("node");
+        command.args(["node", "--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"]).args(args);
+        command.envs(envs.iter().copied()).output().unwrap()
+    };
+    // A deployer's shell: WEDGE_TOKEN holds the admin token. The node does
+    // not take it; it stops before contacting anyone, in one line.
+    let output = node(&[], &[("WEDGE_TOKEN", TOKEN), ("WEDGE_CONTROL", "http://127.0.0.1:9")]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("error: no node token") && stderr.contains("WEDGE_NODE_TOKEN"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains(TOKEN), "{stderr}");
+
+    // --token and --token-file are one or the other.
+    let output = node(&["--token", "a", "--token-file", "/dev/null"], &[]);
+    assert_eq!(output.status.code(), Some(2), "a usage error");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--token-file") && stderr.contains("cannot be used with"), "{stderr}");
+
+    // An empty token file is refused without starting.
+    let empty = dirs.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let output = node(&["--token-file", empty.to_str().unwrap()], &[("WEDGE_NODE_TOKEN", NODE_TOKEN)]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("token file") && stderr.contains("empty"), "{stderr}");
 }

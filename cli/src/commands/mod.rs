@@ -62,15 +62,16 @@ pub enum Command {
     /// the control plane is down, it serves everything it served before.
     ///
     /// Give it the control plane's node token (printed once by `wedge
-    /// control`, kept in the file node-token of its --data-dir): with it a
-    /// node can read desired state and artifacts and report, but not deploy,
-    /// roll back or delete.
+    /// control`, kept in the file node-token of its --data-dir) with
+    /// --token-file, --token or WEDGE_NODE_TOKEN: with it a node can read
+    /// desired state and artifacts and report, but not deploy, roll back or
+    /// delete. WEDGE_TOKEN (the deployers' admin token) is never read.
     ///
     /// Examples:
     ///
-    ///   wedge node --control http://127.0.0.1:7070 --token "$NODE_TOKEN"
+    ///   wedge node --control http://127.0.0.1:7070 --token-file /etc/wedge/node-token
     ///
-    ///   WEDGE_TOKEN=... wedge node --name edge-1 --listen 0.0.0.0:8080 --data-dir /var/lib/wedge/node
+    ///   WEDGE_NODE_TOKEN=... wedge node --name edge-1 --listen 0.0.0.0:8080 --data-dir /var/lib/wedge/node
     #[command(verbatim_doc_comment)]
     Node(node::NodeArgs),
 

@@ -3,9 +3,9 @@
 //! it when the control plane is down.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
 use wedge_node::follow::{FollowerConfig, FollowingNode};
 
@@ -16,13 +16,20 @@ pub struct NodeArgs {
     #[arg(long, env = "WEDGE_CONTROL", value_name = "URL", default_value = "http://127.0.0.1:7070")]
     control: String,
 
-    /// The control plane's node token (`wedge control` prints it once and
-    /// keeps it in the file node-token of its data directory). It lets the
-    /// node only read desired state and artifacts and send reports; the
-    /// admin token works too, but gives this machine the power to deploy and
-    /// delete.
-    #[arg(long, env = "WEDGE_TOKEN", value_name = "TOKEN", hide_env_values = true)]
-    token: String,
+    /// The control plane's node token [env: WEDGE_NODE_TOKEN]. `wedge
+    /// control` prints it once and keeps it in the file node-token of its
+    /// data directory. It lets the node only read desired state and
+    /// artifacts and send reports. WEDGE_TOKEN, where deployers keep the
+    /// admin token, is never read here: a node started from a deployer's
+    /// shell must not run with the power to deploy and delete.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "token_file")]
+    token: Option<String>,
+
+    /// Read the node token from this file (e.g. the control plane's
+    /// DIR/node-token, copied over), so it does not show in the process
+    /// list as --token does.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
 
     /// Address to listen on for HTTP.
     #[arg(long, env = "WEDGE_LISTEN", default_value = "127.0.0.1:3000")]
@@ -46,8 +53,9 @@ impl NodeArgs {
             None => crate::daemon::default_data_dir("node")
                 .context("no --data-dir given and neither XDG_DATA_HOME nor HOME is an absolute path")?,
         };
+        let token = node_token(self.token, self.token_file.as_deref(), std::env::var("WEDGE_NODE_TOKEN").ok())?;
         let name = self.name.unwrap_or_else(default_node_name);
-        let config = FollowerConfig::new(name, self.listen, data_dir, self.control, self.token);
+        let config = FollowerConfig::new(name, self.listen, data_dir, self.control, token);
         let runtime = crate::daemon::runtime("wedge-worker")?;
         runtime.block_on(async move {
             let shutdown = crate::daemon::shutdown_signal()?;
@@ -56,6 +64,24 @@ impl NodeArgs {
             node.run(shutdown).await;
             anyhow::Ok(())
         })
+    }
+}
+
+/// The node's token: `--token`, else `--token-file` (clap lets only one
+/// be given), else `WEDGE_NODE_TOKEN` (`env`; empty counts as unset).
+fn node_token(flag: Option<String>, file: Option<&Path>, env: Option<String>) -> anyhow::Result<String> {
+    if let Some(token) = flag.filter(|t| !t.is_empty()) {
+        return Ok(token);
+    }
+    if let Some(path) = file {
+        return crate::profile::read_token_file(path);
+    }
+    match env.filter(|t| !t.is_empty()) {
+        Some(token) => Ok(token),
+        None => bail!(
+            "no node token: pass --token-file PATH (a copy of the control plane's DIR/node-token), --token, or set \
+             WEDGE_NODE_TOKEN (WEDGE_TOKEN, the deployers' admin token, is not read by wedge node)"
+        ),
     }
 }
 
@@ -73,4 +99,28 @@ fn default_node_name() -> String {
         .collect();
     let label = label.trim_matches('-').to_string();
     if label.is_empty() { "node".to_string() } else { label }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_node_token_comes_from_the_flag_the_file_or_wedge_node_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node-token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let flag = || Some("from-flag".to_string());
+        let env = || Some("from-env".to_string());
+        assert_eq!(node_token(flag(), None, env()).unwrap(), "from-flag");
+        assert_eq!(node_token(None, Some(&file), env()).unwrap(), "from-file");
+        assert_eq!(node_token(None, None, env()).unwrap(), "from-env");
+        for empty in [None, Some(String::new())] {
+            let error = node_token(None, None, empty).unwrap_err().to_string();
+            assert!(error.contains("WEDGE_NODE_TOKEN") && error.contains("--token-file"), "{error}");
+            assert!(error.contains("WEDGE_TOKEN, the deployers' admin token, is not read"), "{error}");
+        }
+    }
 }

@@ -195,7 +195,8 @@ impl Cluster {
         for i in 1..=nodes {
             let name = format!("node-{i}");
             let mut cmd = wedge.command();
-            cmd.arg("node")
+            cmd.env("WEDGE_NODE_TOKEN", TOKEN)
+                .arg("node")
                 .args(["--name", &name, "--control", &cluster.control_url])
                 .arg("--data-dir")
                 .arg(run_dir.join(&name))
