@@ -251,9 +251,10 @@ fn router(shared: Arc<Shared>, tokens: Tokens) -> Router {
         )
         .route("/functions/{name}/rollback", post(rollback))
         .route("/functions/{name}/logs", get(logs))
-        // HEAD is GET without the body (axum keeps the Content-Length), so
-        // it reads the artifact too: a correct size beats a cheap lie.
-        .route("/artifacts/{sha256}", get(artifact))
+        // HEAD answers from the size recorded with the reference: `wedge
+        // deploy` asks before every deploy, and reading and hashing up to
+        // 50 MiB to say "stored, N bytes" would cost as much as a GET.
+        .route("/artifacts/{sha256}", get(artifact).head(artifact_head))
         .route("/state", get(state))
         .route("/nodes", get(nodes))
         .route("/nodes/{node}/report", post(report).layer(DefaultBodyLimit::max(to_usize(REPORT_BYTES_MAX))))
@@ -659,6 +660,22 @@ async fn artifact(State(shared): State<Arc<Shared>>, UrlPath(sha256): UrlPath<St
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/wasm"))], bytes).into_response())
 }
 
+/// `HEAD /v1/artifacts/{sha256}`: whether it is stored and its size, from
+/// the store's record; the artifact itself is not read.
+async fn artifact_head(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(sha256): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    validate::check_artifact_hash(&sha256)?;
+    let lookup = sha256.clone();
+    let size = blocking(&shared, move |store| store.artifact_size(&lookup))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("artifact {sha256} is not stored")))?;
+    let headers =
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/wasm")), (header::CONTENT_LENGTH, size.into())];
+    Ok((headers, axum::body::Body::empty()).into_response())
+}
+
 /// `?after=&wait_ms=` of `/v1/state`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -742,4 +759,150 @@ async fn report(
 
 async fn nodes(State(shared): State<Arc<Shared>>) -> Json<Vec<NodeStatus>> {
     Json(shared.reports.nodes(Instant::now()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    const ADMIN: &str = "admin-test-token";
+    const NODE: &str = "node-test-token";
+
+    fn config(dir: &Path) -> ControlConfig {
+        let mut config = ControlConfig::new(dir);
+        config.token = Some(ADMIN.into());
+        config.node_token = Some(NODE.into());
+        config
+    }
+
+    fn open(dir: &tempfile::TempDir) -> ControlPlane {
+        ControlPlane::open(config(dir.path())).unwrap()
+    }
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    /// A version stored behind the API's back (no compile check): for
+    /// tests of what happens around the store.
+    fn stored(function: &str, component: &[u8], now_unix_ms: u64) -> NewVersion {
+        NewVersion {
+            function: function.into(),
+            artifact: sha256_hex(component),
+            component: Some(component.to_vec()),
+            spec: DeploySpec { routes: vec![format!("/{function}")], ..DeploySpec::default() },
+            now_unix_ms,
+        }
+    }
+
+    /// A control plane serving on loopback until `stop` is sent.
+    struct Running {
+        addr: SocketAddr,
+        stop: Option<oneshot::Sender<()>>,
+        served: tokio::task::JoinHandle<std::io::Result<()>>,
+    }
+
+    impl Running {
+        async fn start(plane: ControlPlane) -> Running {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let served = tokio::spawn(plane.serve(listener, async move {
+                let _ = stopped.await;
+            }));
+            Running { addr, stop: Some(stop), served }
+        }
+
+        /// Stops it and returns what `serve` returned.
+        async fn stop(mut self) -> std::io::Result<()> {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            tokio::time::timeout(Duration::from_secs(30), self.served).await.unwrap().unwrap()
+        }
+    }
+
+    /// A response as read off the wire.
+    #[derive(Debug)]
+    struct Reply {
+        status: u16,
+        head: String,
+        body: Vec<u8>,
+    }
+
+    impl Reply {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.head.lines().skip(1).find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.eq_ignore_ascii_case(name).then_some(value.trim())
+            })
+        }
+    }
+
+    /// Sends one HTTP/1.1 request (`Connection: close`) with the admin
+    /// token and reads the answer to the end.
+    async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nAuthorization: Bearer {ADMIN}\r\n\
+             Content-Length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(body).await.unwrap();
+        read_reply(&mut stream).await
+    }
+
+    async fn read_reply(stream: &mut TcpStream) -> Reply {
+        let mut bytes = Vec::new();
+        stream.read_to_end(&mut bytes).await.unwrap();
+        let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| {
+            panic!("no complete head in {:?}", String::from_utf8_lossy(&bytes));
+        });
+        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
+        Reply { status, head, body: bytes[end + 4..].to_vec() }
+    }
+
+    #[tokio::test]
+    async fn artifact_head_answers_the_recorded_size_without_reading_the_artifact() {
+        let dir = tempfile::tempdir().unwrap();
+        let plane = open(&dir);
+        let component = b"twelve bytes".as_slice();
+        let sha = sha256_hex(component);
+        plane.shared.store.deploy(stored("a", component, 1)).unwrap();
+        // Same size, other bytes: GET re-hashes and refuses; HEAD does not
+        // read the file, so it still answers from the record.
+        let file = dir.path().join("store/artifacts").join(&sha);
+        std::fs::write(&file, b"other bytes!").unwrap();
+        let running = Running::start(plane).await;
+        let path = format!("/v1/artifacts/{sha}");
+
+        let head = request(running.addr, "HEAD", &path, &[], b"").await;
+        assert_eq!(head.status, 200, "{head:?}");
+        assert_eq!(head.header("content-length"), Some("12"), "{head:?}");
+        assert_eq!(head.header("content-type"), Some("application/wasm"), "{head:?}");
+        assert!(head.body.is_empty(), "{head:?}");
+
+        let get = request(running.addr, "GET", &path, &[], b"").await;
+        assert_eq!(get.status, 500, "GET reads and re-hashes: {get:?}");
+
+        let missing = request(running.addr, "HEAD", &format!("/v1/artifacts/{}", sha256_hex(b"never")), &[], b"").await;
+        assert_eq!(missing.status, 404, "{missing:?}");
+        let malformed = request(running.addr, "HEAD", "/v1/artifacts/abc", &[], b"").await;
+        assert_eq!(malformed.status, 400, "{malformed:?}");
+        running.stop().await.unwrap();
+    }
 }

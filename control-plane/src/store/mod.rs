@@ -100,6 +100,10 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the artifact is stored.
     fn has_artifact(&self, sha256: &str) -> Result<bool, StoreError>;
 
+    /// The artifact's size in bytes, from its record (`None` when it is not
+    /// stored): cheap, reads neither the artifact nor its hash.
+    fn artifact_size(&self, sha256: &str) -> Result<Option<u64>, StoreError>;
+
     /// The artifact's bytes, verified against its hash.
     fn artifact(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
 

@@ -912,6 +912,11 @@ impl Store for SledStore {
         self.refs.contains_key(sha256).map_err(db_err)
     }
 
+    fn artifact_size(&self, sha256: &str) -> Result<Option<u64>, StoreError> {
+        // From the reference; the file is not touched.
+        Ok(self.artifact_ref(sha256)?.map(|stored| stored.bytes))
+    }
+
     fn artifact(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
         // Only a stored reference becomes a path (never the caller's text).
         if self.artifact_ref(sha256)?.is_none() {
@@ -1138,7 +1143,24 @@ mod tests {
     use crate::api::DeploySpec;
 
     fn open(dir: &tempfile::TempDir) -> SledStore {
-        SledStore::open(dir.path()).expect("open store")
+        open_when_free(dir.path()).expect("open store")
+    }
+
+    /// Opens the store in `dir`, waiting (up to 10 s) while sled's lock is
+    /// held: sled 0.34.7's background threads may hold a dropped store's
+    /// lock file a moment longer than the store itself.
+    fn open_when_free(dir: &Path) -> Result<SledStore, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(dir) {
+                Err(StoreError::Io(why))
+                    if why.contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                opened => return opened,
+            }
+        }
     }
 
     fn new_version(function: &str, component: &[u8], routes: &[&str], now: u64) -> NewVersion {
@@ -1490,7 +1512,7 @@ mod tests {
             damage(&store);
             store.db.flush().expect("flush");
         }
-        SledStore::open(dir.path())
+        open_when_free(dir.path())
     }
 
     type Damage = Box<dyn FnOnce(&SledStore)>;
@@ -1630,6 +1652,8 @@ mod tests {
         fs::write(store.artifact_path(&v1.artifact), b"three").expect("tamper");
         let v2 = store.deploy(by_hash("b", b"twelve bytes", &["/b"])).expect("by hash");
         assert_eq!(v2.artifact_bytes, 12);
+        assert_eq!(store.artifact_size(&v1.artifact).expect("size"), Some(12), "the size is the record's too");
+        assert_eq!(store.artifact_size(&sha256_hex(b"never")).expect("size"), None);
         assert_eq!(store.artifact_refcount(&v1.artifact).expect("refs"), Some(2));
         assert!(matches!(store.verify_all(), Err(StoreError::Corrupt(why)) if why.contains("5 bytes")));
     }
@@ -1692,7 +1716,7 @@ mod tests {
         assert!(matches!(store.artifact(&v.artifact), Err(StoreError::Corrupt(why)) if why.contains("missing")));
         assert!(matches!(store.verify_all(), Err(StoreError::Corrupt(why)) if why.contains("missing")));
         drop(store);
-        assert!(matches!(SledStore::open(dir.path()), Err(StoreError::Corrupt(why)) if why.contains("missing")));
+        assert!(matches!(open_when_free(dir.path()), Err(StoreError::Corrupt(why)) if why.contains("missing")));
     }
 }
 
