@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
-use wedge_control::api::DesiredState;
+use wedge_control::api::{DesiredState, is_sha256_hex};
 
 /// The node's data directory, locked for as long as any clone lives.
 #[derive(Debug, Clone)]
@@ -68,8 +68,7 @@ impl LocalState {
     /// The artifact's file; the name must be a sha256 in hex, so that what
     /// the control plane sends can never name a path outside the directory.
     fn artifact_path(&self, sha256: &str) -> anyhow::Result<PathBuf> {
-        let is_sha256 = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        anyhow::ensure!(is_sha256, "{sha256:?} is not a sha256 in lowercase hex");
+        anyhow::ensure!(is_sha256_hex(sha256), "{sha256:?} is not a sha256 in lowercase hex");
         Ok(self.dir.join("artifacts").join(sha256))
     }
 
