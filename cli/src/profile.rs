@@ -1,12 +1,34 @@
 //! Where the control plane is and which token to show it: the connection
-//! flags every client verb shares, the profile file in the user's config
-//! directory, and the precedence between them.
+//! flags every client verb shares, their environment variables, the
+//! profile file in the user's config directory, and the rule that combines
+//! them.
 //!
-//! Precedence, highest first: `--control` / `--token` flags, then the
-//! `WEDGE_CONTROL` / `WEDGE_TOKEN` environment (both resolved by clap), then
-//! the selected profile of `$XDG_CONFIG_HOME/wedge/config.toml` (else
-//! `~/.config/wedge/config.toml`), then the default control URL
-//! [`DEFAULT_CONTROL`]. There is no default token.
+//! A token is a credential for one control plane, so the URL and the token
+//! come as a pair from one place wherever they can, and a token is never
+//! sent to a URL that another place pairs with a different token. The rule,
+//! in order:
+//!
+//! 1. Flags win, each on its own: `--control URL`, and `--token TOKEN` or
+//!    `--token-file PATH`. What is typed for this command is an explicit
+//!    choice, even when it completes a pair from elsewhere
+//!    (`--control URL` with a profile's token).
+//! 2. `--profile NAME` on the command line: the rest of the connection comes
+//!    from that profile (a profile without `control` means
+//!    [`DEFAULT_CONTROL`]); `WEDGE_CONTROL` and `WEDGE_TOKEN` are not read.
+//!    So `WEDGE_TOKEN=<prod> wedge ls --profile staging` sends staging's
+//!    token to staging.
+//! 3. Otherwise the environment (`WEDGE_CONTROL`, `WEDGE_TOKEN`), then the
+//!    profile named by `WEDGE_PROFILE` (else `default`), then
+//!    [`DEFAULT_CONTROL`] for the URL, each half from the first that has
+//!    it. Halves from the environment and the profile are combined only when
+//!    they do not contradict each other: `WEDGE_TOKEN` goes to a profile's
+//!    `control` only if that profile has no token of its own (or the same
+//!    one), and a profile's token goes to `WEDGE_CONTROL` only if that
+//!    profile has no `control` of its own (or the same one). Anything else is
+//!    an error that names both places, rather than a guess.
+//!
+//! There is no default token. The profile file is
+//! `$XDG_CONFIG_HOME/wedge/config.toml` (else `~/.config/wedge/config.toml`):
 //!
 //! ```toml
 //! [profile.default]
@@ -18,12 +40,12 @@
 //! token = "other"
 //! ```
 //!
-//! The profile is picked with `--profile NAME` (or `WEDGE_PROFILE`), else
-//! `default`. A missing file is fine; unknown keys are errors; naming a
-//! profile the file does not have is an error (a missing `default` is not).
-//! The file is read here only through paths passed in, so tests never touch
-//! the real home; [`ConnectionArgs::resolve`] is the one place that looks at
-//! `XDG_CONFIG_HOME` / `HOME`.
+//! A missing file is fine; unknown keys are errors; naming a profile the
+//! file does not have (`--profile` or `WEDGE_PROFILE`) is an error (a
+//! missing `default` is not). [`resolve`] is pure: the flags, the
+//! environment and the file are passed in, so tests never touch the real
+//! home or environment; [`ConnectionArgs::resolve`] is the one place that
+//! reads `WEDGE_*`, `XDG_CONFIG_HOME` and `HOME` and the token file.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -46,19 +68,38 @@ const PROFILE_FILE_BYTES_MAX: u64 = 1 << 20;
 const TOKEN_FILE_BYTES_MAX: u64 = 4 << 10;
 
 /// Connection flags shared by every verb that talks to the control plane.
+/// Their environment variables are read by [`ConnectionArgs::resolve`], not
+/// by clap, so the rule of the module doc can tell a flag from the
+/// environment.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ConnectionArgs {
-    /// URL of the control plane [default: from the profile, else http://127.0.0.1:7070].
-    #[arg(long, env = "WEDGE_CONTROL", value_name = "URL")]
+    /// URL of the control plane [env: WEDGE_CONTROL] [default: from the
+    /// profile, else http://127.0.0.1:7070].
+    #[arg(long, value_name = "URL")]
     pub control: Option<String>,
 
-    /// Bearer token for the control plane [default: from the profile].
-    #[arg(long, env = "WEDGE_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    /// Bearer token for the control plane [env: WEDGE_TOKEN] [default: from
+    /// the profile]. Prefer --token-file: a flag shows in the process list.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "token_file")]
     pub token: Option<String>,
 
+    /// Read the bearer token from this file (e.g. a copy of the control
+    /// plane's DIR/token).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
     /// Profile of ~/.config/wedge/config.toml to take the URL and token from
-    /// [default: default].
-    #[arg(long, env = "WEDGE_PROFILE", value_name = "NAME")]
+    /// [env: WEDGE_PROFILE] [default: default].
+    ///
+    /// Where the connection comes from, first match wins: --control and
+    /// --token/--token-file, each on its own; then, with --profile, that
+    /// profile (WEDGE_CONTROL and WEDGE_TOKEN are then not read); else
+    /// WEDGE_CONTROL and WEDGE_TOKEN, then the profile (WEDGE_PROFILE, else
+    /// default), then http://127.0.0.1:7070. A token from the environment is
+    /// never sent to a profile's URL when that profile has a token of its
+    /// own, nor a profile's token to WEDGE_CONTROL when that profile has a
+    /// URL of its own: that is an error instead.
+    #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
 }
 
@@ -69,6 +110,24 @@ pub struct Connection {
     pub control: String,
     /// The bearer token.
     pub token: String,
+}
+
+/// Everything a connection may come from besides the profile file, each
+/// value non-empty when present.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// `--control`.
+    pub control_flag: Option<String>,
+    /// `--token`, or the contents of `--token-file`.
+    pub token_flag: Option<String>,
+    /// `--profile`.
+    pub profile_flag: Option<String>,
+    /// `WEDGE_CONTROL`.
+    pub control_env: Option<String>,
+    /// `WEDGE_TOKEN`.
+    pub token_env: Option<String>,
+    /// `WEDGE_PROFILE`.
+    pub profile_env: Option<String>,
 }
 
 /// The profile file: `[profile.NAME]` tables and nothing else.
@@ -195,26 +254,77 @@ fn readable_by_others(_metadata: &std::fs::Metadata) -> bool {
     false
 }
 
-/// Combines the flags (already merged with the environment by clap) with a
-/// profile file. `profiles` is `None` when there is no config directory.
-pub fn resolve(args: &ConnectionArgs, profiles: Option<&LoadedProfiles>) -> anyhow::Result<Connection> {
-    let name = args.profile.as_deref().unwrap_or(DEFAULT_PROFILE);
+/// Where one half of a connection came from (for the rule and for
+/// messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Flag,
+    Env,
+    Profile,
+    Default,
+}
+
+/// Applies the rule of the module doc to `inputs` and the profile file
+/// (`None` when there is no config directory).
+pub fn resolve(inputs: &Inputs, profiles: Option<&LoadedProfiles>) -> anyhow::Result<Connection> {
+    let selected = inputs.profile_flag.as_deref().or(inputs.profile_env.as_deref());
+    let name = selected.unwrap_or(DEFAULT_PROFILE);
     let profile = match profiles.and_then(|p| p.file.profile.get(name)) {
-        Some(profile) => profile.clone(),
-        None if args.profile.is_some() => match profiles {
+        Some(profile) => Profile {
+            control: profile.control.clone().filter(|c| !c.is_empty()),
+            token: profile.token.clone().filter(|t| !t.is_empty()),
+        },
+        None if selected.is_some() => match profiles {
             Some(p) => bail!("no profile {name:?} in {} (add a [profile.{name}] table)", p.path.display()),
             None => bail!("no profile {name:?}: there is no config directory (set HOME or XDG_CONFIG_HOME)"),
         },
         None => Profile::default(),
     };
-    let control = args.control.clone().or(profile.control).unwrap_or_else(|| DEFAULT_CONTROL.to_string());
-    let control = normalize_url(&control)?;
-    let Some(token) = args.token.clone().or(profile.token).filter(|t| !t.is_empty()) else {
-        let file = profiles.map_or_else(|| "~/.config/wedge/config.toml".to_string(), |p| p.path.display().to_string());
-        bail!(
-            "no token for the control plane: pass --token, set WEDGE_TOKEN, or put token = \"...\" under [profile.{name}] in {file}"
-        );
+    let file = profiles.map_or_else(|| "~/.config/wedge/config.toml".to_string(), |p| p.path.display().to_string());
+    let profile_place = format!("[profile.{name}] of {file}");
+    // With --profile, the environment is not a source at all.
+    let env = |value: &Option<String>| if inputs.profile_flag.is_some() { None } else { value.clone() };
+    let (control_env, token_env) = (env(&inputs.control_env), env(&inputs.token_env));
+
+    let (token, token_origin) = match (&inputs.token_flag, &token_env, &profile.token) {
+        (Some(token), _, _) => (token.clone(), Origin::Flag),
+        (None, Some(token), _) => (token.clone(), Origin::Env),
+        (None, None, Some(token)) => (token.clone(), Origin::Profile),
+        (None, None, None) if inputs.profile_flag.is_some() => bail!(
+            "no token for the control plane: {profile_place} has none; pass --token or --token-file, or put \
+             token = \"...\" there (WEDGE_TOKEN is not read when --profile is given)"
+        ),
+        (None, None, None) => bail!(
+            "no token for the control plane: pass --token or --token-file, set WEDGE_TOKEN, or put \
+             token = \"...\" under [profile.{name}] in {file}"
+        ),
     };
+    let (control, control_origin) = match (&inputs.control_flag, &control_env, &profile.control) {
+        (Some(url), _, _) => (normalize_url(url)?, Origin::Flag),
+        (None, Some(url), _) => (normalize_url(url)?, Origin::Env),
+        (None, None, Some(url)) => (normalize_url(url)?, Origin::Profile),
+        (None, None, None) => (DEFAULT_CONTROL.to_string(), Origin::Default),
+    };
+
+    // Halves from the environment and the profile must not contradict:
+    // each place's other half, if it has one, must be the one chosen.
+    let mixed = control_origin != token_origin && control_origin != Origin::Flag && token_origin != Origin::Flag;
+    if mixed {
+        let profile_control = profile.control.as_deref().map(normalize_url).transpose()?;
+        match (token_origin, control_origin) {
+            (Origin::Env, Origin::Profile) if profile.token.as_ref().is_some_and(|t| *t != token) => bail!(
+                "not sending the token in WEDGE_TOKEN to {control}: that URL comes from {profile_place}, which has a \
+                 token of its own; set WEDGE_CONTROL too, or pass --profile {name} to use that profile, or \
+                 --control/--token"
+            ),
+            (Origin::Profile, Origin::Env) if profile_control.as_ref().is_some_and(|url| *url != control) => bail!(
+                "not sending the token of {profile_place} to {control} (WEDGE_CONTROL): that profile is for {}; \
+                 set WEDGE_TOKEN too, or pass --profile {name} to use that profile, or --control/--token",
+                profile_control.unwrap_or_default()
+            ),
+            _ => {}
+        }
+    }
     Ok(Connection { control, token })
 }
 
@@ -236,16 +346,30 @@ fn normalize_url(url: &str) -> anyhow::Result<String> {
 }
 
 impl ConnectionArgs {
-    /// Resolves the connection, reading the profile file from the user's
-    /// config directory. Prints the permissions warning, if any, to stderr.
+    /// Resolves the connection: reads the token file, the `WEDGE_*`
+    /// environment and the profile file from the user's config directory.
+    /// Prints the permissions warnings, if any, to stderr.
     pub fn resolve(&self) -> anyhow::Result<Connection> {
-        // The one place that reads the environment for the profile path.
+        // The one place that reads the environment for the connection.
+        let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
         let path = profile_path(std::env::var_os("XDG_CONFIG_HOME"), std::env::var_os("HOME"));
         let profiles = path.as_deref().map(LoadedProfiles::load).transpose()?;
         if let Some(warning) = profiles.as_ref().and_then(LoadedProfiles::warning) {
             eprintln!("{warning}");
         }
-        resolve(self, profiles.as_ref())
+        let token_flag = match &self.token_file {
+            Some(path) => Some(read_token_file(path)?),
+            None => self.token.clone(),
+        };
+        let inputs = Inputs {
+            control_flag: self.control.clone().filter(|c| !c.is_empty()),
+            token_flag: token_flag.filter(|t| !t.is_empty()),
+            profile_flag: self.profile.clone().filter(|p| !p.is_empty()),
+            control_env: env("WEDGE_CONTROL"),
+            token_env: env("WEDGE_TOKEN"),
+            profile_env: env("WEDGE_PROFILE"),
+        };
+        resolve(&inputs, profiles.as_ref())
     }
 }
 
@@ -255,26 +379,49 @@ mod tests {
 
     use super::*;
 
-    fn args(control: Option<&str>, token: Option<&str>, profile: Option<&str>) -> ConnectionArgs {
-        ConnectionArgs {
-            control: control.map(Into::into),
-            token: token.map(Into::into),
-            profile: profile.map(Into::into),
-        }
+    fn some(text: &str) -> Option<String> {
+        Some(text.to_string())
     }
 
     fn profiles(text: &str) -> LoadedProfiles {
         LoadedProfiles::parse(Path::new("/cfg/wedge/config.toml"), text).unwrap()
     }
 
-    const TWO: &str = r#"
+    const PROFILES: &str = r#"
         [profile.default]
         control = "http://default:7070/"
         token = "t-default"
         [profile.staging]
         control = "http://staging:7070"
         token = "t-staging"
+        [profile.url-only]
+        control = "http://url-only:7070"
+        [profile.token-only]
+        token = "t-token-only"
     "#;
+
+    /// Every token the cases use: none may appear in an error message.
+    const TOKENS: [&str; 6] = ["t-default", "t-staging", "t-token-only", "t-flag", "t-env", "t-prod"];
+
+    fn ok(inputs: Inputs) -> (String, String) {
+        let file = profiles(PROFILES);
+        let c = resolve(&inputs, Some(&file)).unwrap_or_else(|e| panic!("{inputs:?}: {e}"));
+        (c.control, c.token)
+    }
+
+    fn refused(inputs: Inputs) -> String {
+        let file = profiles(PROFILES);
+        let error = resolve(&inputs, Some(&file)).map(|c| c.control).expect_err("refused").to_string();
+        assert!(!error.contains('\n'), "{error}");
+        for token in TOKENS {
+            assert!(!error.contains(token), "an error shows a token: {error}");
+        }
+        error
+    }
+
+    fn pair(control: &str, token: &str) -> (String, String) {
+        (control.to_string(), token.to_string())
+    }
 
     #[test]
     fn path_prefers_xdg_then_home() {
@@ -290,33 +437,126 @@ mod tests {
     }
 
     #[test]
-    fn flags_beat_profile_and_profile_beats_default() {
-        let file = profiles(TWO);
-        let c = resolve(&args(Some("http://flag:1"), Some("t-flag"), None), Some(&file)).unwrap();
-        assert_eq!(c, Connection { control: "http://flag:1".into(), token: "t-flag".into() });
-        let c = resolve(&args(None, None, None), Some(&file)).unwrap();
-        assert_eq!(c, Connection { control: "http://default:7070".into(), token: "t-default".into() });
-        let c = resolve(&args(None, Some("t-flag"), Some("staging")), Some(&file)).unwrap();
-        assert_eq!(c, Connection { control: "http://staging:7070".into(), token: "t-flag".into() });
+    fn flags_win_each_on_its_own() {
+        let both = Inputs {
+            control_flag: some("http://flag:1"),
+            token_flag: some("t-flag"),
+            control_env: some("http://env:1"),
+            token_env: some("t-env"),
+            profile_flag: some("staging"),
+            ..Inputs::default()
+        };
+        assert_eq!(ok(both), pair("http://flag:1", "t-flag"));
+        // Typed on the command line, one flag completes a pair from elsewhere.
+        let token = Inputs { token_flag: some("t-flag"), profile_flag: some("staging"), ..Inputs::default() };
+        assert_eq!(ok(token), pair("http://staging:7070", "t-flag"));
+        let control = Inputs { control_flag: some("http://flag:1"), ..Inputs::default() };
+        assert_eq!(ok(control), pair("http://flag:1", "t-default"));
+        let token = Inputs { token_flag: some("t-flag"), control_env: some("http://env:1"), ..Inputs::default() };
+        assert_eq!(ok(token), pair("http://env:1", "t-flag"));
+        let control = Inputs { control_flag: some("http://flag:1"), token_env: some("t-env"), ..Inputs::default() };
+        assert_eq!(ok(control), pair("http://flag:1", "t-env"));
+    }
+
+    #[test]
+    fn an_explicit_profile_beats_the_environment_for_both_halves() {
+        // WEDGE_TOKEN=<prod> wedge ls --profile staging: staging's pair.
+        let prod_env = Inputs {
+            control_env: some("http://prod:7070"),
+            token_env: some("t-prod"),
+            profile_flag: some("staging"),
+            ..Inputs::default()
+        };
+        assert_eq!(ok(prod_env), pair("http://staging:7070", "t-staging"));
+        let token_env = Inputs { token_env: some("t-prod"), profile_flag: some("staging"), ..Inputs::default() };
+        assert_eq!(ok(token_env), pair("http://staging:7070", "t-staging"));
+        // --profile beats WEDGE_PROFILE.
+        let named = Inputs { profile_flag: some("staging"), profile_env: some("default"), ..Inputs::default() };
+        assert_eq!(ok(named), pair("http://staging:7070", "t-staging"));
+        // A profile without a token does not borrow WEDGE_TOKEN.
+        let no_token = Inputs { token_env: some("t-env"), profile_flag: some("url-only"), ..Inputs::default() };
+        let error = refused(no_token);
+        assert!(error.contains("[profile.url-only]") && error.contains("WEDGE_TOKEN is not read"), "{error}");
+        // A profile without a URL means the default URL, not WEDGE_CONTROL.
+        let no_url =
+            Inputs { control_env: some("http://env:1"), profile_flag: some("token-only"), ..Inputs::default() };
+        assert_eq!(ok(no_url), pair(DEFAULT_CONTROL, "t-token-only"));
+    }
+
+    #[test]
+    fn without_an_explicit_profile_the_environment_comes_before_the_profile() {
+        let env_pair = Inputs { control_env: some("http://env:1/"), token_env: some("t-env"), ..Inputs::default() };
+        assert_eq!(ok(env_pair), pair("http://env:1", "t-env"));
+        assert_eq!(ok(Inputs::default()), pair("http://default:7070", "t-default"));
+        let by_env = Inputs { profile_env: some("staging"), ..Inputs::default() };
+        assert_eq!(ok(by_env), pair("http://staging:7070", "t-staging"));
+        // A complete pair in the environment needs nothing of the profile.
+        let env_pair = Inputs {
+            control_env: some("http://env:1"),
+            token_env: some("t-env"),
+            profile_env: some("staging"),
+            ..Inputs::default()
+        };
+        assert_eq!(ok(env_pair), pair("http://env:1", "t-env"));
+    }
+
+    #[test]
+    fn halves_that_do_not_contradict_combine() {
+        // A profile with only a URL takes WEDGE_TOKEN; with only a token, WEDGE_CONTROL.
+        let url_only = Inputs { token_env: some("t-env"), profile_env: some("url-only"), ..Inputs::default() };
+        assert_eq!(ok(url_only), pair("http://url-only:7070", "t-env"));
+        let token_only =
+            Inputs { control_env: some("http://env:1"), profile_env: some("token-only"), ..Inputs::default() };
+        assert_eq!(ok(token_only), pair("http://env:1", "t-token-only"));
+        // The same other half is no contradiction (URLs compared normalized).
+        let same_token = Inputs { token_env: some("t-default"), ..Inputs::default() };
+        assert_eq!(ok(same_token), pair("http://default:7070", "t-default"));
+        let same_url = Inputs { control_env: some("http://default:7070"), ..Inputs::default() };
+        assert_eq!(ok(same_url), pair("http://default:7070", "t-default"));
+        // No file: WEDGE_TOKEN goes to the default URL.
+        let c = resolve(&Inputs { token_env: some("t-env"), ..Inputs::default() }, None).unwrap();
+        assert_eq!((c.control, c.token), pair(DEFAULT_CONTROL, "t-env"));
+    }
+
+    #[test]
+    fn halves_that_contradict_are_refused() {
+        // WEDGE_TOKEN would go to the URL of a profile that has its own token.
+        let error = refused(Inputs { token_env: some("t-prod"), ..Inputs::default() });
+        assert!(error.contains("WEDGE_TOKEN") && error.contains("http://default:7070"), "{error}");
+        assert!(error.contains("[profile.default] of /cfg/wedge/config.toml"), "{error}");
+        let error = refused(Inputs { token_env: some("t-prod"), profile_env: some("staging"), ..Inputs::default() });
+        assert!(error.contains("[profile.staging]") && error.contains("--profile staging"), "{error}");
+        // A profile's token would go to WEDGE_CONTROL, not the profile's URL.
+        let error = refused(Inputs { control_env: some("http://prod:7070"), ..Inputs::default() });
+        assert!(error.contains("WEDGE_CONTROL") && error.contains("http://prod:7070"), "{error}");
+        assert!(error.contains("http://default:7070"), "{error}");
     }
 
     #[test]
     fn no_file_means_default_url_and_a_token_is_required() {
-        let c = resolve(&args(None, Some("t"), None), None).unwrap();
+        let c = resolve(&Inputs { token_flag: some("t"), ..Inputs::default() }, None).unwrap();
         assert_eq!(c.control, DEFAULT_CONTROL);
         let empty = profiles("");
-        let err = resolve(&args(None, None, None), Some(&empty)).unwrap_err().to_string();
+        let err = resolve(&Inputs::default(), Some(&empty)).unwrap_err().to_string();
         assert!(err.contains("--token") && err.contains("WEDGE_TOKEN") && err.contains("[profile.default]"), "{err}");
         assert!(!err.contains('\n'), "{err}");
     }
 
     #[test]
     fn a_named_profile_must_exist_but_default_need_not() {
-        let file = profiles(TWO);
-        let err = resolve(&args(None, Some("t"), Some("prod")), Some(&file)).unwrap_err().to_string();
+        let file = profiles(PROFILES);
+        let err =
+            resolve(&Inputs { token_flag: some("t"), profile_flag: some("prod"), ..Inputs::default() }, Some(&file))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("no profile \"prod\""), "{err}");
+        let err =
+            resolve(&Inputs { token_env: some("t"), profile_env: some("prod"), ..Inputs::default() }, Some(&file))
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("no profile \"prod\""), "{err}");
         let only_staging = profiles("[profile.staging]\ntoken = \"x\"\n");
-        assert!(resolve(&args(None, Some("t"), None), Some(&only_staging)).is_ok());
+        assert!(resolve(&Inputs { token_flag: some("t"), ..Inputs::default() }, Some(&only_staging)).is_ok());
     }
 
     #[test]

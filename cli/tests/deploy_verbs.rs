@@ -327,11 +327,28 @@ fn a_profile_gives_the_connection_and_flags_override_it() {
     let ls = run(None, &["ls", "-o", "json"], &[], home.path()).ok();
     assert_eq!(ls.json(), serde_json::json!([]));
     assert_eq!(ls.stderr, "");
-    // Flags and environment beat the profile.
+    // Flags beat the profile.
     let flag = run(None, &["ls", "--token", "wrong"], &[], home.path());
     assert_eq!(flag.one_line_failure(), "error: the control plane rejected the token (401)");
+    // A token from a file counts as a flag: it beats a named profile's.
+    let token_file = home.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let from_file = ["ls", "-o", "json", "--profile", "other", "--token-file", token_file.to_str().unwrap()];
+    assert_eq!(run(None, &from_file, &[], home.path()).ok().stderr, "");
+    let both = run(None, &["ls", "--token", "x", "--token-file", token_file.to_str().unwrap()], &[], home.path());
+    assert_eq!(both.code, Some(2), "{both:#?}");
+    // WEDGE_TOKEN is not sent to the URL of a profile that has a token of
+    // its own: refused before anything is sent.
     let env = run(None, &["ls"], &[("WEDGE_TOKEN", "wrong")], home.path());
-    assert_eq!(env.one_line_failure(), "error: the control plane rejected the token (401)");
+    let refusal = env.one_line_failure();
+    assert!(refusal.contains("not sending the token in WEDGE_TOKEN") && !refusal.contains("wrong"), "{env:#?}");
+    // An explicit --profile beats the environment, URL and token both.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = format!("http://{closed}");
+    let envs = [("WEDGE_TOKEN", "wrong"), ("WEDGE_CONTROL", closed.as_str())];
+    let explicit = run(None, &["ls", "-o", "json", "--profile", "default"], &envs, home.path()).ok();
+    assert_eq!(explicit.json(), serde_json::json!([]));
     // Another profile, by flag or environment.
     let other = run(None, &["ls", "--profile", "other"], &[], home.path());
     assert_eq!(other.one_line_failure(), "error: the control plane rejected the token (401)");
@@ -485,7 +502,7 @@ fn every_verb_has_help_with_examples() {
         let output = Command::new(env!("CARGO_BIN_EXE_wedge")).args([verb, "--help"]).output().unwrap();
         assert!(output.status.success(), "{verb}");
         let text = String::from_utf8(output.stdout).unwrap();
-        for needle in ["Examples:", "--control", "--token", "--profile", "--output"] {
+        for needle in ["Examples:", "--control", "--token", "--token-file", "--profile", "WEDGE_TOKEN", "--output"] {
             assert!(text.contains(needle), "{verb} --help lacks {needle}:\n{text}");
         }
     }

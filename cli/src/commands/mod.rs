@@ -140,8 +140,10 @@ pub enum Command {
     ///   [function.env]
     ///   RUST_LOG = "info"
     ///
-    /// Connection: --control URL and --token, or WEDGE_CONTROL and
-    /// WEDGE_TOKEN, or a profile in ~/.config/wedge/config.toml:
+    /// Connection: --control URL and --token (or --token-file), or
+    /// WEDGE_CONTROL and WEDGE_TOKEN, or a profile in
+    /// ~/.config/wedge/config.toml (--profile NAME, else WEDGE_PROFILE, else
+    /// default); see --profile below for how they combine:
     ///
     ///   [profile.default]
     ///   control = "http://127.0.0.1:7070"
