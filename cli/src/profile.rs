@@ -96,9 +96,9 @@ pub struct ConnectionArgs {
     /// profile (WEDGE_CONTROL and WEDGE_TOKEN are then not read); else
     /// WEDGE_CONTROL and WEDGE_TOKEN, then the profile (WEDGE_PROFILE, else
     /// default), then http://127.0.0.1:7070. A token from the environment is
-    /// never sent to a profile's URL when that profile has a token of its
-    /// own, nor a profile's token to WEDGE_CONTROL when that profile has a
-    /// URL of its own: that is an error instead.
+    /// never sent to the URL of a profile that has another token, nor a
+    /// profile's token to a WEDGE_CONTROL other than the profile's own URL:
+    /// that is an error instead.
     #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
 }
