@@ -373,7 +373,7 @@ impl From<BytesRejection> for ApiError {
 }
 
 /// Runs a store call on the blocking pool (store calls do disk I/O and
-/// flush). A mutation runs to the end even if the client goes away.
+/// flush). Reads only: a mutation goes through [`mutate`].
 async fn blocking<T, F>(shared: &Arc<Shared>, call: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
@@ -384,6 +384,31 @@ where
         .await
         .map_err(|error| ApiError::internal(format!("store call failed: {error}")))?
         .map_err(ApiError::from)
+}
+
+/// Runs a mutation on the blocking pool as one unit with what must follow
+/// it: `call` stores the change and does its own follow-ups (forgetting
+/// state, logging), then the store's revision is published to state
+/// long-polls. A blocking task runs to its end even when the handler that
+/// awaits it is dropped (the client went away), so a change that was
+/// stored is always announced to nodes; awaiting it in the handler would
+/// not be (axum drops a handler whose client disconnects).
+async fn mutate<T, F>(shared: &Arc<Shared>, call: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static,
+{
+    let shared = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || {
+        let result = call(&shared);
+        // Also after an error: a failed call may have committed (and bumped
+        // the revision) before failing; the watch mirrors the store.
+        shared.changed();
+        result
+    })
+    .await
+    .map_err(|error| ApiError::internal(format!("store call failed: {error}")))?
+    .map_err(ApiError::from)
 }
 
 impl Shared {
@@ -553,14 +578,17 @@ async fn deploy(
         spec,
         now_unix_ms: now_unix_ms(),
     };
-    let record = blocking(&shared, move |store| store.deploy(new)).await?;
-    shared.changed();
-    tracing::info!(
-        function = %record.function,
-        version = record.version,
-        artifact = %record.artifact.get(..12).unwrap_or(&record.artifact),
-        "deployed"
-    );
+    let record = mutate(&shared, move |shared| {
+        let record = shared.store.deploy(new)?;
+        tracing::info!(
+            function = %record.function,
+            version = record.version,
+            artifact = %record.artifact.get(..12).unwrap_or(&record.artifact),
+            "deployed"
+        );
+        Ok(record)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(record)))
 }
 
@@ -635,19 +663,25 @@ async fn rollback(
         serde_json::from_slice(&body)
             .map_err(|error| ApiError::bad_request(format!("not a rollback request: {error}")))?
     };
-    let record = blocking(&shared, move |store| store.rollback(&name, request.to)).await?;
-    shared.changed();
-    tracing::info!(function = %record.function, version = record.version, "rolled back");
+    let record = mutate(&shared, move |shared| {
+        let record = shared.store.rollback(&name, request.to)?;
+        tracing::info!(function = %record.function, version = record.version, "rolled back");
+        Ok(record)
+    })
+    .await?;
     Ok(Json(record))
 }
 
 async fn remove(State(shared): State<Arc<Shared>>, UrlPath(name): UrlPath<String>) -> Result<Json<Removed>, ApiError> {
     check_name(&name)?;
     let function = name.clone();
-    let versions = blocking(&shared, move |store| store.remove(&function)).await?;
-    shared.changed();
-    shared.reports.forget_function(&name);
-    tracing::info!(function = %name, versions, "removed");
+    let versions = mutate(&shared, move |shared| {
+        let versions = shared.store.remove(&function)?;
+        shared.reports.forget_function(&function);
+        tracing::info!(%function, versions, "removed");
+        Ok(versions)
+    })
+    .await?;
     Ok(Json(Removed { function: name, versions }))
 }
 
@@ -874,6 +908,57 @@ mod tests {
         let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
         let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
         Reply { status, head, body: bytes[end + 4..].to_vec() }
+    }
+
+    fn log_line(function: &str) -> crate::api::LogLine {
+        crate::api::LogLine {
+            seq: 0,
+            unix_ms: 1,
+            node: String::new(),
+            function: function.into(),
+            request_id: "r".into(),
+            stream: "stdout".into(),
+            line: "hello".into(),
+        }
+    }
+
+    /// Polls `call` once (so its store call starts) and drops it, as axum
+    /// does when the client disconnects. Returns whether it was pending.
+    async fn start_then_abandon<F: Future>(call: F) -> bool {
+        let mut call = Box::pin(call);
+        std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx).is_pending())).await
+    }
+
+    async fn wait_for_revision(shared: &Shared, revision: u64) {
+        let mut published = shared.revision.subscribe();
+        let waited =
+            tokio::time::timeout(Duration::from_secs(20), published.wait_for(|r| *r >= revision)).await.is_ok();
+        assert!(waited, "revision {revision} was never published (at {})", *published.borrow());
+    }
+
+    #[tokio::test]
+    async fn a_mutation_whose_client_went_away_is_still_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let plane = open(&dir);
+        let shared = Arc::clone(&plane.shared);
+        shared.store.deploy(stored("a", b"a1", 1)).unwrap();
+        shared.store.deploy(stored("a", b"a2", 2)).unwrap();
+        shared.store.deploy(stored("b", b"b1", 3)).unwrap();
+        shared.changed();
+        let report = NodeReport { logs: vec![log_line("b")], ..NodeReport::default() };
+        shared.reports.record("n1", report, &["b".to_string()].into(), Instant::now());
+        assert_eq!(shared.reports.logs("b", 0, 10).lines.len(), 1);
+
+        let rollback = rollback(State(Arc::clone(&shared)), UrlPath("a".into()), Ok(Bytes::new()));
+        assert!(start_then_abandon(rollback).await, "the rollback finished before the client could leave");
+        wait_for_revision(&shared, 4).await;
+        assert_eq!(shared.store.function("a").unwrap().unwrap().0.active_version, 1);
+
+        let remove = remove(State(Arc::clone(&shared)), UrlPath("b".into()));
+        assert!(start_then_abandon(remove).await, "the remove finished before the client could leave");
+        wait_for_revision(&shared, 5).await;
+        assert!(shared.store.function("b").unwrap().is_none());
+        assert!(shared.reports.logs("b", 0, 10).lines.is_empty(), "the removed function's logs are kept");
     }
 
     #[tokio::test]
