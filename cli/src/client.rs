@@ -55,13 +55,22 @@ pub struct ComponentPart<'a> {
 }
 
 /// A client of one control plane.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
     /// Base URL without a trailing `/`.
     base: String,
     /// `Bearer <token>`.
     authorization: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("authorization", &crate::profile::Redacted)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -465,6 +474,13 @@ mod tests {
         let mut reader = multipart.into_reader(Some(Box::new(&b"only ten b"[..]) as Box<dyn Read>));
         let error = reader.read_to_end(&mut Vec::new()).unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let client = Client::new(&Connection { control: "http://h:1".into(), token: "s3cret-token-4f2a".into() });
+        let debug = format!("{client:?}");
+        assert!(!debug.contains("s3cret") && debug.contains("<redacted>") && debug.contains("http://h:1"), "{debug}");
     }
 
     #[test]

@@ -71,7 +71,7 @@ const TOKEN_FILE_BYTES_MAX: u64 = 4 << 10;
 /// Their environment variables are read by [`ConnectionArgs::resolve`], not
 /// by clap, so the rule of the module doc can tell a flag from the
 /// environment.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Clone, Default, Args)]
 pub struct ConnectionArgs {
     /// URL of the control plane [env: WEDGE_CONTROL] [default: from the
     /// profile, else http://127.0.0.1:7070].
@@ -104,7 +104,7 @@ pub struct ConnectionArgs {
 }
 
 /// Where and how to reach the control plane, resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Connection {
     /// Base URL without a trailing `/`, e.g. `http://127.0.0.1:7070`.
     pub control: String,
@@ -114,7 +114,7 @@ pub struct Connection {
 
 /// Everything a connection may come from besides the profile file, each
 /// value non-empty when present.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Inputs {
     /// `--control`.
     pub control_flag: Option<String>,
@@ -140,7 +140,7 @@ pub struct ProfileFile {
 }
 
 /// One profile.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     /// URL of the control plane.
@@ -252,6 +252,58 @@ fn readable_by_others(metadata: &std::fs::Metadata) -> bool {
 #[cfg(not(unix))]
 fn readable_by_others(_metadata: &std::fs::Metadata) -> bool {
     false
+}
+
+/// Stands in for a secret in `Debug` output: every type here that holds a
+/// token writes its `Debug` by hand with this, so a token never reaches a
+/// log line, a panic message or an error's debug print.
+pub struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `Some(<redacted>)` for a secret that is there, `None` for one that is not.
+pub fn redacted<T>(secret: &Option<T>) -> Option<Redacted> {
+    secret.as_ref().map(|_| Redacted)
+}
+
+impl std::fmt::Debug for ConnectionArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionArgs")
+            .field("control", &self.control)
+            .field("token", &redacted(&self.token))
+            .field("token_file", &self.token_file)
+            .field("profile", &self.profile)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("control", &self.control).field("token", &Redacted).finish()
+    }
+}
+
+impl std::fmt::Debug for Inputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inputs")
+            .field("control_flag", &self.control_flag)
+            .field("token_flag", &redacted(&self.token_flag))
+            .field("profile_flag", &self.profile_flag)
+            .field("control_env", &self.control_env)
+            .field("token_env", &redacted(&self.token_env))
+            .field("profile_env", &self.profile_env)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profile").field("control", &self.control).field("token", &redacted(&self.token)).finish()
+    }
 }
 
 /// Where one half of a connection came from (for the rule and for
@@ -557,6 +609,21 @@ mod tests {
         assert!(err.contains("no profile \"prod\""), "{err}");
         let only_staging = profiles("[profile.staging]\ntoken = \"x\"\n");
         assert!(resolve(&Inputs { token_flag: some("t"), ..Inputs::default() }, Some(&only_staging)).is_ok());
+    }
+
+    #[test]
+    fn debug_never_shows_a_token() {
+        use clap::Parser;
+        const SECRET: &str = "s3cret-token-4f2a";
+        let cli = crate::commands::Cli::try_parse_from(["wedge", "ls", "--token", SECRET]).unwrap();
+        let inputs = Inputs { token_flag: some(SECRET), token_env: some(SECRET), ..Inputs::default() };
+        let connection = Connection { control: DEFAULT_CONTROL.into(), token: SECRET.into() };
+        let file = profiles(&format!("[profile.default]\ntoken = \"{SECRET}\"\n"));
+        for debug in [format!("{cli:?}"), format!("{inputs:#?}"), format!("{connection:?}"), format!("{file:?}")] {
+            assert!(!debug.contains(SECRET), "{debug}");
+            assert!(debug.contains("<redacted>"), "{debug}");
+        }
+        assert!(format!("{:?}", ConnectionArgs::default()).contains("token: None"));
     }
 
     #[test]

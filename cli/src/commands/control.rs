@@ -16,7 +16,7 @@ use wedge_control::{ControlConfig, ControlPlane, TokenOrigin};
 use wedge_node::units::{parse_bytes, parse_duration};
 
 /// Arguments of `wedge control` (its help text is on `Command::Control`).
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct ControlArgs {
     /// Where the store, the admin token (`token`), the node token
     /// (`node-token`) and the lock live
@@ -49,6 +49,20 @@ pub struct ControlArgs {
     /// function (`wedge info`); `GET /v1/nodes` still lists it.
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     node_stale_after: std::time::Duration,
+}
+
+impl std::fmt::Debug for ControlArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::profile::redacted;
+        f.debug_struct("ControlArgs")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("token", &redacted(&self.token))
+            .field("node_token", &redacted(&self.node_token))
+            .field("max_component_size", &self.max_component_size)
+            .field("node_stale_after", &self.node_stale_after)
+            .finish()
+    }
 }
 
 impl ControlArgs {
@@ -92,5 +106,21 @@ impl ControlArgs {
             tracing::info!(addr = %local_addr, data_dir = %data_dir.display(), revision = control.revision(), "control plane ready");
             control.serve(listener, shutdown).await.context("serving the API")
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    #[test]
+    fn debug_never_shows_a_token() {
+        let args = ["wedge", "control", "--token", "s3cret-admin-4f2a", "--node-token", "s3cret-node-4f2a"];
+        let cli = crate::commands::Cli::try_parse_from(args).unwrap();
+        let debug = format!("{cli:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert_eq!(debug.matches("<redacted>").count(), 2, "{debug}");
     }
 }

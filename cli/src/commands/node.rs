@@ -10,7 +10,7 @@ use clap::Args;
 use wedge_node::follow::{FollowerConfig, FollowingNode};
 
 /// Arguments of `wedge node` (its help text is on `Command::Node`).
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct NodeArgs {
     /// The control plane to follow.
     #[arg(long, env = "WEDGE_CONTROL", value_name = "URL", default_value = "http://127.0.0.1:7070")]
@@ -43,6 +43,19 @@ pub struct NodeArgs {
     /// This node's name, as `wedge info` lists it (default: the host name).
     #[arg(long, env = "WEDGE_NODE_NAME", value_name = "NAME")]
     name: Option<String>,
+}
+
+impl std::fmt::Debug for NodeArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeArgs")
+            .field("control", &self.control)
+            .field("token", &crate::profile::redacted(&self.token))
+            .field("token_file", &self.token_file)
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("name", &self.name)
+            .finish()
+    }
 }
 
 impl NodeArgs {
@@ -106,6 +119,14 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        use clap::Parser;
+        let cli = crate::commands::Cli::try_parse_from(["wedge", "node", "--token", "s3cret-node-4f2a"]).unwrap();
+        let debug = format!("{cli:?}");
+        assert!(!debug.contains("s3cret") && debug.contains("<redacted>"), "{debug}");
+    }
 
     #[test]
     fn the_node_token_comes_from_the_flag_the_file_or_wedge_node_token() {
