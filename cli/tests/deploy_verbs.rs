@@ -441,6 +441,46 @@ fn a_manifest_deploys_every_function_and_a_bad_one_deploys_nothing() {
         .map(|f| f["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names, ["greeter", "hello-world"]);
+
+    // A manifest the control plane refuses partway (the second component is
+    // not wasm it can compile): with -o json the records deployed before the
+    // failure still reach stdout, the error is one line on stderr, the exit
+    // code is 1 and nothing after the failure is sent.
+    std::fs::write(project.path().join("wasm/garbage.wasm"), b"\0asm\x0d\0\x01\0 not really").unwrap();
+    let partial = project.path().join("partial.toml");
+    std::fs::write(
+        &partial,
+        "[[function]]\nname = \"first\"\ncomponent = \"wasm/hello_world.wasm\"\n\
+         [[function]]\nname = \"second\"\ncomponent = \"wasm/garbage.wasm\"\n\
+         [[function]]\nname = \"third\"\ncomponent = \"wasm/hello_world.wasm\"\n",
+    )
+    .unwrap();
+    for json in [true, false] {
+        let mut args = vec!["deploy", "--manifest", partial.to_str().unwrap()];
+        if json {
+            args.extend(["-o", "json"]);
+        }
+        let partway = control.wedge(&args);
+        assert_eq!(partway.code, Some(1), "{partway:#?}");
+        let errors: Vec<&str> = partway.stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(errors.len(), 1, "{partway:#?}");
+        assert!(
+            errors[0].starts_with("error: deploying second (stopped there: 1 of 3 functions deployed): ")
+                && errors[0].ends_with("(HTTP 400)"),
+            "{partway:#?}"
+        );
+        if json {
+            let records = partway.json();
+            assert_eq!(records.as_array().unwrap().len(), 1, "{partway:#?}");
+            assert_eq!(records[0]["function"], "first");
+            assert_eq!(records[0]["version"], 1);
+        } else {
+            assert!(partway.stdout.starts_with("deployed first version 2 "), "{partway:#?}");
+            assert_eq!(partway.stdout.lines().count(), 1, "{partway:#?}");
+        }
+    }
+    let third = control.wedge(&["info", "third"]);
+    assert!(third.one_line_failure().ends_with("(HTTP 404)"), "{third:#?}");
 }
 
 #[test]

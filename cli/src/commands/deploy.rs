@@ -91,29 +91,48 @@ struct Prepared {
 }
 
 impl DeployArgs {
-    /// Deploys, printing one line per new version.
+    /// Deploys, printing one line per new version. Functions go one by one
+    /// and the first failure stops the rest; what was deployed before it is
+    /// still printed (with `-o json`, the array of its records), then the
+    /// error is returned.
     pub fn run(self) -> anyhow::Result<()> {
         let (deployments, from_manifest) = self.deployments()?;
         let prepared = deployments.into_iter().map(prepare).collect::<anyhow::Result<Vec<_>>>()?;
         let client = Client::new(&self.connection.resolve()?);
-        let mut answers = Vec::with_capacity(prepared.len());
+        let total = prepared.len();
+        let mut answers = Vec::with_capacity(total);
+        let mut failure = None;
         for item in prepared {
             let name = item.deployment.name.clone();
-            let reply = deploy_one(&client, item).with_context(|| format!("deploying {name}"))?;
-            if !self.output.json() {
-                println!("{}", deployed_line(&reply.value));
+            match deploy_one(&client, item) {
+                Ok(reply) => {
+                    if !self.output.json() {
+                        println!("{}", deployed_line(&reply.value));
+                    }
+                    answers.push(reply.raw);
+                }
+                Err(error) => {
+                    let done = answers.len();
+                    failure = Some(if total > 1 {
+                        error.context(format!("deploying {name} (stopped there: {done} of {total} functions deployed)"))
+                    } else {
+                        error.context(format!("deploying {name}"))
+                    });
+                    break;
+                }
             }
-            answers.push(reply.raw);
         }
         if self.output.json() {
-            // An array for a manifest; one object for one component.
+            // An array for a manifest, also when it stopped partway (a
+            // script learns what did get deployed); one object for one
+            // component, none when it failed.
             if from_manifest {
                 print_json(&serde_json::Value::Array(answers))?;
             } else if let Some(answer) = answers.pop() {
                 print_json(&answer)?;
             }
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     /// What to deploy, checked; and whether it came from a manifest.
