@@ -13,6 +13,12 @@
 //! asked (`wait_ms`, default 0, at most [`STATE_WAIT_MAX_MS`]) on a `watch`
 //! channel bumped after every change: no polling inside. On shutdown they
 //! answer at once, so a graceful stop does not wait for them.
+//!
+//! When the store becomes poisoned (a committed change could not be made
+//! durable, see [`Store::poisoned`]) the control plane logs it and stops as
+//! on a shutdown signal, and [`ControlPlane::serve`] returns
+//! [`ControlError::StoreFailed`], so that a supervisor restarts it and the
+//! store recovers from disk.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -84,6 +90,13 @@ pub enum ControlError {
     /// The wasm engine used to validate uploads could not be created.
     #[error("creating the wasm engine: {0}")]
     Engine(#[from] wedge_host::HostError),
+    /// Serving stopped because the store could not make a change durable;
+    /// restart to recover from disk.
+    #[error("stopped because the store failed: {0}")]
+    StoreFailed(String),
+    /// The server itself failed.
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
 }
 
 /// A control plane with its data directory open and locked, ready to serve.
@@ -118,6 +131,9 @@ struct Shared {
     revision: watch::Sender<u64>,
     /// Becomes `true` when shutdown starts; long-polls answer at once.
     shutdown: watch::Sender<bool>,
+    /// Why the store failed, once it is poisoned: serving stops and
+    /// [`ControlPlane::serve`] returns it.
+    failure: watch::Sender<Option<String>>,
     /// Deploys reading their upload; each may hold a whole component.
     uploads: Arc<Semaphore>,
 }
@@ -128,6 +144,15 @@ impl ControlPlane {
     /// `<data_dir>/store` and creates the engine that validates uploads.
     /// Blocks (disk I/O).
     pub fn open(config: ControlConfig) -> Result<Self, ControlError> {
+        Self::open_with(config, |dir| Ok(Arc::new(SledStore::open(dir)?)))
+    }
+
+    /// [`ControlPlane::open`] with the store `open_store` opens in
+    /// `<data_dir>/store`.
+    fn open_with(
+        config: ControlConfig,
+        open_store: impl FnOnce(&Path) -> Result<Arc<dyn Store>, StoreError>,
+    ) -> Result<Self, ControlError> {
         config.validate()?;
         let lock = lock_data_dir(&config.data_dir)?;
         let (admin, token_origin) = resolve_token(&config.data_dir, Role::Admin, config.token.as_deref())?;
@@ -138,7 +163,7 @@ impl ControlPlane {
             return Err(ConfigError(SAME_TOKENS.into()).into());
         }
         let store_dir = config.data_dir.join("store");
-        let store = SledStore::open(&store_dir).map_err(|source| ControlError::Store { path: store_dir, source })?;
+        let store = open_store(&store_dir).map_err(|source| ControlError::Store { path: store_dir, source })?;
         let compiler = Compiler::new(config.instance_memory_bytes_max, config.compiles_max, config.compile_timeout)?;
         let reports = Reports::new(
             ReportLimits {
@@ -150,10 +175,10 @@ impl ControlPlane {
             now_unix_ms(),
         );
         let refused_body_bytes_max = deploy_body_bytes_max(&config);
-        let store: Arc<dyn Store> = Arc::new(store);
         let shared = Shared {
             revision: watch::Sender::new(store.revision()),
             shutdown: watch::Sender::new(false),
+            failure: watch::Sender::new(None),
             uploads: Arc::new(Semaphore::new(config.deploys_in_flight_max)),
             config,
             store,
@@ -203,21 +228,31 @@ impl ControlPlane {
         router(Arc::clone(&self.shared), self.tokens.clone())
     }
 
-    /// Serves the API on `listener` until `shutdown` completes, then stops
-    /// accepting, answers pending long-polls at once and waits for requests
-    /// in flight (a deploy in flight still finishes and is stored).
+    /// Serves the API on `listener` until `shutdown` completes or the store
+    /// fails, then stops accepting, answers pending long-polls at once and
+    /// waits for requests in flight (a deploy in flight still finishes and
+    /// is stored). Returns [`ControlError::StoreFailed`] when it stopped
+    /// because the store is poisoned.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), ControlError> {
         let app = self.router();
         let stopping = self.shared.shutdown.clone();
+        let mut failed = self.shared.failure.subscribe();
         let signal = async move {
-            shutdown.await;
+            tokio::select! {
+                () = shutdown => {}
+                _ = failed.wait_for(Option::is_some) => {}
+            }
             stopping.send_replace(true);
         };
-        axum::serve(listener, app).with_graceful_shutdown(signal).await
+        axum::serve(listener, app).with_graceful_shutdown(signal).await.map_err(ControlError::Serve)?;
+        match self.shared.failure.borrow().clone() {
+            Some(why) => Err(ControlError::StoreFailed(why)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -380,10 +415,10 @@ where
     F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
 {
     let store = Arc::clone(&shared.store);
-    tokio::task::spawn_blocking(move || call(store.as_ref()))
+    let result = tokio::task::spawn_blocking(move || call(store.as_ref()))
         .await
-        .map_err(|error| ApiError::internal(format!("store call failed: {error}")))?
-        .map_err(ApiError::from)
+        .map_err(|error| ApiError::internal(format!("store call failed: {error}")))?;
+    result.map_err(|error| shared.store_error(error))
 }
 
 /// Runs a mutation on the blocking pool as one unit with what must follow
@@ -400,18 +435,36 @@ where
 {
     let shared = Arc::clone(shared);
     tokio::task::spawn_blocking(move || {
-        let result = call(&shared);
         // Also after an error: a failed call may have committed (and bumped
         // the revision) before failing; the watch mirrors the store.
+        let result = call(&shared);
         shared.changed();
-        result
+        result.map_err(|error| shared.store_error(error))
     })
     .await
     .map_err(|error| ApiError::internal(format!("store call failed: {error}")))?
-    .map_err(ApiError::from)
 }
 
 impl Shared {
+    /// The answer to a failed store call; when the store is poisoned, also
+    /// starts stopping the control plane (once).
+    fn store_error(&self, error: StoreError) -> ApiError {
+        if self.store.poisoned() {
+            let why = error.to_string();
+            let first = self.failure.send_if_modified(|failure| {
+                let first = failure.is_none();
+                if first {
+                    *failure = Some(why.clone());
+                }
+                first
+            });
+            if first {
+                tracing::error!(error = %why, "the store cannot make changes durable; stopping so that a restart recovers from disk");
+            }
+        }
+        ApiError::from(error)
+    }
+
     /// Publishes the store's new revision to state long-polls.
     fn changed(&self) {
         let now = self.store.revision();
@@ -841,7 +894,7 @@ mod tests {
     struct Running {
         addr: SocketAddr,
         stop: Option<oneshot::Sender<()>>,
-        served: tokio::task::JoinHandle<std::io::Result<()>>,
+        served: tokio::task::JoinHandle<Result<(), ControlError>>,
     }
 
     impl Running {
@@ -856,7 +909,7 @@ mod tests {
         }
 
         /// Stops it and returns what `serve` returned.
-        async fn stop(mut self) -> std::io::Result<()> {
+        async fn stop(mut self) -> Result<(), ControlError> {
             if let Some(stop) = self.stop.take() {
                 let _ = stop.send(());
             }
@@ -959,6 +1012,33 @@ mod tests {
         wait_for_revision(&shared, 5).await;
         assert!(shared.store.function("b").unwrap().is_none());
         assert!(shared.reports.logs("b", 0, 10).lines.is_empty(), "the removed function's logs are kept");
+    }
+
+    #[tokio::test]
+    async fn a_store_that_cannot_make_a_change_durable_stops_the_control_plane() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sled = None;
+        let plane = ControlPlane::open_with(config(dir.path()), |dir| {
+            let store = Arc::new(SledStore::open(dir)?);
+            sled = Some(Arc::clone(&store));
+            Ok(store)
+        })
+        .unwrap();
+        let sled = sled.unwrap();
+        sled.deploy(stored("a", b"a1", 1)).unwrap();
+        sled.deploy(stored("a", b"a2", 2)).unwrap();
+        let running = Running::start(plane).await;
+        let poll = tokio::spawn(request(running.addr, "GET", "/v1/state?after=2&wait_ms=60000", &[], b""));
+
+        sled.fail_next_sync();
+        let reply = request(running.addr, "POST", "/v1/functions/a/rollback", &[], b"").await;
+        assert_eq!(reply.status, 500, "{reply:?}");
+        assert!(String::from_utf8_lossy(&reply.body).contains("restarted"), "{reply:?}");
+        // It stops by itself, with the reason, and answers the waiting poll.
+        let served = tokio::time::timeout(Duration::from_secs(30), running.served).await.unwrap().unwrap();
+        assert!(matches!(&served, Err(ControlError::StoreFailed(why)) if why.contains("injected")), "{served:?}");
+        let poll = tokio::time::timeout(Duration::from_secs(30), poll).await.unwrap().unwrap();
+        assert_ne!(poll.status, 200, "a poisoned store's state was served: {poll:?}");
     }
 
     #[tokio::test]

@@ -75,7 +75,9 @@ pub enum StoreError {
     /// Stored data failed to decode or verify: a bug or disk corruption.
     #[error("store corrupt: {0}")]
     Corrupt(String),
-    /// The database failed (I/O).
+    /// The database failed (I/O). When [`Store::poisoned`] is then true, a
+    /// change may have been committed without being durable, and every
+    /// later call fails too.
     #[error("store I/O: {0}")]
     Io(String),
 }
@@ -126,4 +128,10 @@ pub trait Store: Send + Sync + 'static {
     /// changed. It is in every [`DesiredState`], so that a node can tell
     /// this store's revisions from another's.
     fn store_id(&self) -> &str;
+
+    /// Whether the store refuses every call because a committed change
+    /// could not be made durable (it may be lost in a crash, and its
+    /// revision reused). Only a restart, which recovers from disk, helps;
+    /// the caller should stop.
+    fn poisoned(&self) -> bool;
 }

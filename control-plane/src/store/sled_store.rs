@@ -107,6 +107,15 @@
 //! without it sled recovers from the previous snapshot and the log, as after
 //! any crash.
 //!
+//! If making a committed mutation durable fails (any step above, or sled
+//! failing in the middle of a commit), the change is visible but may be
+//! gone after a crash, and a revision handed out may come back with other
+//! content. The store is then *poisoned*: that call and every later one
+//! fail with [`StoreError::Io`] saying the store must be restarted, and
+//! [`Store::poisoned`] says so; a restart recovers from what is on disk.
+//! (An fsync that failed cannot be retried: Linux may have dropped the
+//! dirty pages and report success the second time.)
+//!
 //! The cost is one `fdatasync` of the log per mutation (two directory
 //! listings find new blobs and entries; listing is cheap and syncs happen
 //! only on change), plus for a new artifact the file's own fsync and one of
@@ -126,7 +135,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -253,6 +262,12 @@ pub struct SledStore {
     revision: AtomicU64,
     /// `meta.store_id`, read (or made) once by `open`; it never changes.
     store_id: String,
+    /// Set (with why) when a committed mutation could not be made durable:
+    /// from then on every call fails (module doc, Durability).
+    poisoned: OnceLock<String>,
+    /// Tests set it to make the next [`SledStore::make_durable`] fail.
+    #[cfg(test)]
+    fail_next_sync: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -293,6 +308,9 @@ impl SledStore {
             write_lock: Mutex::new(Synced::default()),
             revision: AtomicU64::new(0),
             store_id: String::new(),
+            poisoned: OnceLock::new(),
+            #[cfg(test)]
+            fail_next_sync: std::sync::atomic::AtomicBool::new(false),
         };
         let created = match store.meta.get(LAYOUT_KEY).map_err(db_err)? {
             Some(layout) => match decode_u64(&layout, "meta.layout")? {
@@ -572,6 +590,46 @@ impl SledStore {
         }
     }
 
+    /// The write lock, if the store is not poisoned (checked once the lock
+    /// is held, so that a call waiting for a mutation that poisons the
+    /// store fails too).
+    fn lock_usable(&self) -> Result<MutexGuard<'_, Synced>, StoreError> {
+        let guard = self.lock();
+        self.check_usable()?;
+        Ok(guard)
+    }
+
+    /// Fails when the store is poisoned.
+    fn check_usable(&self) -> Result<(), StoreError> {
+        match self.poisoned.get() {
+            None => Ok(()),
+            Some(why) => Err(StoreError::Io(format!(
+                "the store refuses every call since a change could not be made durable ({why}); restart the \
+                 control plane to recover from disk"
+            ))),
+        }
+    }
+
+    /// Poisons the store after `error` left a committed change (maybe) not
+    /// durable, and returns the error for the call that hit it.
+    fn poison(&self, error: StoreError) -> StoreError {
+        let why = error.to_string();
+        if self.poisoned.set(why.clone()).is_ok() {
+            tracing::error!(error = %why, dir = %self.dir.display(), "a committed change could not be made durable; the store refuses every call until restarted");
+        }
+        StoreError::Io(format!(
+            "{why}: the change was committed but may not be durable; the store must be restarted (it recovers from \
+             disk)"
+        ))
+    }
+
+    /// Makes the next [`SledStore::make_durable`] fail, as an fsync error
+    /// would.
+    #[cfg(test)]
+    pub(crate) fn fail_next_sync(&self) {
+        self.fail_next_sync.store(true, Ordering::SeqCst);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Synced> {
         // A panic while holding the lock cannot leave sled half-written
         // (transactions are atomic), so a poisoned lock is still good; what
@@ -643,6 +701,16 @@ impl SledStore {
         Ok(())
     }
 
+    /// The error of a failed [`SledStore::transact`]: an abort committed
+    /// nothing; a storage error leaves sled's state unknown, which poisons
+    /// the store.
+    fn tx_err(&self, error: TransactionError<StoreError>) -> StoreError {
+        match error {
+            TransactionError::Abort(error) => error,
+            TransactionError::Storage(error) => self.poison(db_err(error)),
+        }
+    }
+
     /// Runs `apply` and a revision bump as one transaction over all trees.
     /// Caller holds the write lock and calls [`SledStore::make_durable`]
     /// next. Returns `apply`'s value; an error means nothing was committed
@@ -677,6 +745,10 @@ impl SledStore {
     /// changed. Caller holds the write lock (`synced` is its content).
     fn make_durable(&self, synced: &mut Synced) -> Result<(), StoreError> {
         self.db.flush().map_err(db_err)?;
+        #[cfg(test)]
+        if self.fail_next_sync.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Io("syncing the log: injected failure".into()));
+        }
 
         let blobs_dir = self.dir.join(SLED_BLOBS);
         let listed = list_dir(&blobs_dir)?;
@@ -743,7 +815,7 @@ impl Store for SledStore {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let mut synced = self.lock();
+        let mut synced = self.lock_usable()?;
         let previous = self.function_record(&new.function)?;
         self.check_routes(&new.function, &routes)?;
         // Whether to write the file: only when the artifact is not stored
@@ -803,14 +875,14 @@ impl Store for SledStore {
                 return Err(error);
             }
             // sled's state is unknown: keep the file (an orphan at worst).
-            Err(TransactionError::Storage(error)) => return Err(db_err(error)),
+            Err(TransactionError::Storage(error)) => return Err(self.poison(db_err(error))),
         }
-        self.make_durable(&mut synced)?;
+        self.make_durable(&mut synced).map_err(|error| self.poison(error))?;
         Ok(record)
     }
 
     fn rollback(&self, function: &str, to: Option<u64>) -> Result<VersionRecord, StoreError> {
-        let mut synced = self.lock();
+        let mut synced = self.lock_usable()?;
         let current = self.function_record(function)?.ok_or_else(|| StoreError::NoSuchFunction(function.into()))?;
         let target = match to {
             Some(version) => self
@@ -848,13 +920,13 @@ impl Store for SledStore {
             tx.functions.insert(function.as_bytes(), function_json.as_slice())?;
             Ok(())
         })
-        .map_err(tx_err)?;
-        self.make_durable(&mut synced)?;
+        .map_err(|error| self.tx_err(error))?;
+        self.make_durable(&mut synced).map_err(|error| self.poison(error))?;
         Ok(target)
     }
 
     fn remove(&self, function: &str) -> Result<u64, StoreError> {
-        let mut synced = self.lock();
+        let mut synced = self.lock_usable()?;
         if self.function_record(function)?.is_none() {
             return Err(StoreError::NoSuchFunction(function.into()));
         }
@@ -896,11 +968,11 @@ impl Store for SledStore {
                 tx.functions.remove(function.as_bytes())?;
                 Ok(unreferenced)
             })
-            .map_err(tx_err)?;
+            .map_err(|error| self.tx_err(error))?;
         // Files go only once the references are durably gone: if the
         // fsyncs fail, the references may come back after a crash, and
         // their files must still be there.
-        self.make_durable(&mut synced)?;
+        self.make_durable(&mut synced).map_err(|error| self.poison(error))?;
         for sha in &unreferenced {
             self.delete_artifact_file(sha);
         }
@@ -908,16 +980,19 @@ impl Store for SledStore {
     }
 
     fn has_artifact(&self, sha256: &str) -> Result<bool, StoreError> {
+        self.check_usable()?;
         // The reference is 16 bytes; the file is not touched.
         self.refs.contains_key(sha256).map_err(db_err)
     }
 
     fn artifact_size(&self, sha256: &str) -> Result<Option<u64>, StoreError> {
+        self.check_usable()?;
         // From the reference; the file is not touched.
         Ok(self.artifact_ref(sha256)?.map(|stored| stored.bytes))
     }
 
     fn artifact(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.check_usable()?;
         // Only a stored reference becomes a path (never the caller's text).
         if self.artifact_ref(sha256)?.is_none() {
             return Ok(None);
@@ -935,7 +1010,7 @@ impl Store for SledStore {
     }
 
     fn functions(&self) -> Result<Vec<FunctionSummary>, StoreError> {
-        let _guard = self.lock();
+        let _guard = self.lock_usable()?;
         self.all_functions()?
             .into_iter()
             .map(|(name, record)| {
@@ -946,7 +1021,7 @@ impl Store for SledStore {
     }
 
     fn function(&self, name: &str) -> Result<Option<(FunctionSummary, VersionRecord)>, StoreError> {
-        let _guard = self.lock();
+        let _guard = self.lock_usable()?;
         let Some(record) = self.function_record(name)? else {
             return Ok(None);
         };
@@ -955,7 +1030,7 @@ impl Store for SledStore {
     }
 
     fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, StoreError> {
-        let _guard = self.lock();
+        let _guard = self.lock_usable()?;
         self.versions
             .scan_prefix(version_prefix(name))
             .map(|entry| decode_json(&entry.map_err(db_err)?.1, "versions"))
@@ -963,7 +1038,7 @@ impl Store for SledStore {
     }
 
     fn desired_state(&self) -> Result<DesiredState, StoreError> {
-        let _guard = self.lock();
+        let _guard = self.lock_usable()?;
         let functions = self
             .all_functions()?
             .into_iter()
@@ -974,6 +1049,10 @@ impl Store for SledStore {
 
     fn store_id(&self) -> &str {
         &self.store_id
+    }
+
+    fn poisoned(&self) -> bool {
+        self.poisoned.get().is_some()
     }
 
     fn revision(&self) -> u64 {
@@ -1047,13 +1126,6 @@ fn db_err(error: sled::Error) -> StoreError {
     match error {
         sled::Error::Corruption { .. } => StoreError::Corrupt(error.to_string()),
         error => StoreError::Io(error.to_string()),
-    }
-}
-
-fn tx_err(error: TransactionError<StoreError>) -> StoreError {
-    match error {
-        TransactionError::Abort(error) => error,
-        TransactionError::Storage(error) => db_err(error),
     }
 }
 
@@ -1476,6 +1548,43 @@ mod tests {
         let store = open(&dir);
         assert_eq!(store.store_id(), given);
         assert_eq!(store.function("a").expect("function").map(|(s, _)| s.active_version), Some(1));
+    }
+
+    #[test]
+    fn a_failed_sync_poisons_the_store_until_it_is_reopened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        let v1 = store.deploy(new_version("a", b"a1", &["/a"], 1)).expect("a1");
+        assert!(!store.poisoned());
+        store.fail_next_sync();
+        let failed = store.deploy(new_version("a", b"a2", &["/a"], 2));
+        assert!(
+            matches!(&failed, Err(StoreError::Io(why)) if why.contains("injected") && why.contains("restarted")),
+            "{failed:?}"
+        );
+        assert!(store.poisoned());
+        let refused = |result: Result<(), StoreError>| {
+            assert!(matches!(&result, Err(StoreError::Io(why)) if why.contains("restart")), "{result:?}");
+        };
+        refused(store.deploy(new_version("b", b"b1", &["/b"], 3)).map(drop));
+        refused(store.rollback("a", Some(1)).map(drop));
+        refused(store.remove("a").map(drop));
+        refused(store.desired_state().map(drop));
+        refused(store.functions().map(drop));
+        refused(store.function("a").map(drop));
+        refused(store.versions("a").map(drop));
+        refused(store.has_artifact(&v1.artifact).map(drop));
+        refused(store.artifact_size(&v1.artifact).map(drop));
+        refused(store.artifact(&v1.artifact).map(drop));
+        drop(store);
+
+        // A restart recovers from disk: consistent, with or without the
+        // change whose sync failed (here sled had flushed it).
+        let store = open(&dir);
+        assert!(!store.poisoned());
+        store.verify_all().expect("consistent");
+        assert!(matches!(store.revision(), 1 | 2), "{}", store.revision());
+        store.deploy(new_version("b", b"b1", &["/b"], 3)).expect("usable again");
     }
 
     #[test]
