@@ -241,8 +241,9 @@ fn node_may(method: &Method, path: &str) -> bool {
 }
 
 /// Reads and drops `body` until its end, an error, or more than `bytes_max`
-/// bytes. Holds one frame at a time.
-async fn discard(body: Body, bytes_max: u64) {
+/// bytes. Holds one frame at a time. For answering a refused upload so
+/// that the client sees the answer (see [`require_token`]).
+pub(crate) async fn discard(body: Body, bytes_max: u64) {
     let mut body = std::pin::pin!(body);
     let mut read = 0u64;
     while read <= bytes_max {

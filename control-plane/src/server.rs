@@ -28,15 +28,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::multipart::{MultipartError, MultipartRejection};
+use axum::extract::multipart::MultipartError;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Multipart, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, extract::Path as UrlPath};
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -46,7 +46,9 @@ use crate::api::{
     DeploySpec, DesiredState, ErrorBody, FunctionInfo, FunctionSummary, LogPage, NodeReport, NodeStatus, Removed,
     RollbackRequest, STATE_WAIT_MAX_MS, VersionRecord,
 };
-use crate::auth::{Role, Token, TokenError, TokenOrigin, Tokens, constant_time_eq, require_token, resolve_token};
+use crate::auth::{
+    Role, Token, TokenError, TokenOrigin, Tokens, constant_time_eq, discard, require_token, resolve_token,
+};
 use crate::config::{ConfigError, ControlConfig, REPORT_BYTES_MAX, SAME_TOKENS, SPEC_BYTES_MAX};
 use crate::reports::{ReportLimits, Reports};
 use crate::store::{NewVersion, SledStore, Store, StoreError};
@@ -573,23 +575,37 @@ struct Component {
 async fn deploy(
     State(shared): State<Arc<Shared>>,
     UrlPath(name): UrlPath<String>,
-    headers: HeaderMap,
-    multipart: Result<Multipart, MultipartRejection>,
+    request: Request,
 ) -> Result<(StatusCode, Json<VersionRecord>), ApiError> {
-    check_name(&name)?;
     let component_max = shared.config.component_bytes_max;
     let body_max = deploy_body_bytes_max(&shared.config);
-    let declared = headers
+    let declared = request
+        .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if declared.is_some_and(|length| length > body_max) {
+        // Not read: far too much. A client that waits for `100 Continue`
+        // sees this answer; one that sends anyway may see a reset.
         return Err(too_large_component(component_max));
     }
+    // Refusals before the upload is read. An HTTP/1 server that answers
+    // without reading an upload closes the connection under a client still
+    // sending, which then sees a reset instead of the answer (and `wedge
+    // deploy` takes a reset for an oversize upload). So read and drop the
+    // body first, bounded and one frame at a time, as for a refused node
+    // token.
+    if let Err(error) = check_name(&name) {
+        discard(request.into_body(), body_max).await;
+        return Err(error);
+    }
     let Ok(_upload_turn) = Arc::clone(&shared.uploads).try_acquire_owned() else {
+        discard(request.into_body(), body_max).await;
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many deploys in progress; try again"));
     };
-    let mut multipart = multipart.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+    let mut multipart = Multipart::from_request(request, &())
+        .await
+        .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
     let upload = read_upload(&mut multipart, component_max).await?;
 
     let spec: DeploySpec = serde_json::from_slice(&upload.spec)
@@ -893,6 +909,7 @@ mod tests {
     /// A control plane serving on loopback until `stop` is sent.
     struct Running {
         addr: SocketAddr,
+        shared: Arc<Shared>,
         stop: Option<oneshot::Sender<()>>,
         served: tokio::task::JoinHandle<Result<(), ControlError>>,
     }
@@ -901,11 +918,12 @@ mod tests {
         async fn start(plane: ControlPlane) -> Running {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
+            let shared = Arc::clone(&plane.shared);
             let (stop, stopped) = oneshot::channel::<()>();
             let served = tokio::spawn(plane.serve(listener, async move {
                 let _ = stopped.await;
             }));
-            Running { addr, stop: Some(stop), served }
+            Running { addr, shared, stop: Some(stop), served }
         }
 
         /// Stops it and returns what `serve` returned.
@@ -1039,6 +1057,47 @@ mod tests {
         assert!(matches!(&served, Err(ControlError::StoreFailed(why)) if why.contains("injected")), "{served:?}");
         let poll = tokio::time::timeout(Duration::from_secs(30), poll).await.unwrap().unwrap();
         assert_ne!(poll.status, 200, "a poisoned store's state was served: {poll:?}");
+    }
+
+    /// Polls `ready` every few ms until it holds, failing after 20 s.
+    async fn wait_until(what: &str, ready: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ready() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deploy_refused_before_its_upload_is_read_still_gets_its_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.deploys_in_flight_max = 1;
+        let running = Running::start(ControlPlane::open(config).unwrap()).await;
+        let content_type = "multipart/form-data; boundary=b";
+        // One deploy holds the only upload turn: its body never ends.
+        let mut holder = TcpStream::connect(running.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/functions/held/versions HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {ADMIN}\r\n\
+             Content-Type: {content_type}\r\nContent-Length: 1000000\r\n\r\n--b\r\n"
+        );
+        holder.write_all(head.as_bytes()).await.unwrap();
+        wait_until("the first deploy holds the upload turn", || running.shared.uploads.available_permits() == 0).await;
+
+        // Larger than socket buffers: unread, the client would get a reset
+        // while sending or reading instead of the answer.
+        let upload = vec![b'x'; 4 << 20];
+        let busy =
+            request(running.addr, "POST", "/v1/functions/f/versions", &[("Content-Type", content_type)], &upload).await;
+        assert_eq!(busy.status, 503, "{busy:?}");
+        assert_eq!(busy.header("retry-after"), Some("1"), "{busy:?}");
+        assert!(String::from_utf8_lossy(&busy.body).contains("too many deploys"), "{busy:?}");
+        let path = "/v1/functions/Bad_Name/versions";
+        let bad_name = request(running.addr, "POST", path, &[("Content-Type", content_type)], &upload).await;
+        assert_eq!(bad_name.status, 400, "{bad_name:?}");
+
+        drop(holder);
+        running.stop().await.unwrap();
     }
 
     #[tokio::test]
