@@ -147,6 +147,30 @@ fn split_unix(unix_ms: u64) -> (String, u64) {
     (format!("{year:04}-{month:02}-{day:02}"), secs % 86_400)
 }
 
+/// Text from elsewhere (a guest's log line, a node's name) made safe to
+/// print on a terminal: every control character but tab — C0 (below
+/// 0x20), DEL (0x7f) and C1 (U+0080 to U+009F) — is written as an escape
+/// (`\x1b`, `\u{9b}`), so what is printed cannot move the cursor, clear
+/// the screen, set the window title or answer back through the terminal.
+/// Everything else, non-ASCII text included, is kept as it is.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\t';
+    if !text.contains(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    use std::fmt::Write;
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        // Writing to a String cannot fail.
+        let _ = match c {
+            c if !unsafe_char(c) => out.write_char(c),
+            c if c.is_ascii() => write!(out, "\\x{:02x}", u32::from(c)),
+            c => write!(out, "\\u{{{:x}}}", u32::from(c)),
+        };
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Puts a possibly multi-line message (a TOML error with its source excerpt)
 /// on one line: excerpt lines dropped, the rest joined with `: `.
 pub fn one_line(text: &str) -> String {
@@ -194,6 +218,17 @@ mod tests {
         // 2026-11-28T04:19:25.123Z
         assert_eq!(utc_time_ms(1_795_839_565_123), "2026-11-28T04:19:25.123Z");
         assert_eq!(utc_time(951_782_400_000), "2000-02-29 00:00:00");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_for_the_terminal() {
+        assert!(matches!(escape_controls("plain\ttext é ✓"), std::borrow::Cow::Borrowed("plain\ttext é ✓")));
+        let hostile = "\x1b[2J\x1b]0;pwned\x07 ok\r\n\x08\x7f\u{9b}31m\u{85}end";
+        assert_eq!(escape_controls(hostile), "\\x1b[2J\\x1b]0;pwned\\x07 ok\\x0d\\x0a\\x08\\x7f\\u{9b}31m\\u{85}end");
+        for c in (0u32..0x20).chain(0x7f..0xa0).filter(|&c| c != 0x09) {
+            let text = char::from_u32(c).unwrap().to_string();
+            assert!(escape_controls(&text).chars().all(|c| !c.is_control()), "{c:#x}");
+        }
     }
 
     #[test]

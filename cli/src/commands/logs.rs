@@ -18,7 +18,7 @@ use clap::Args;
 use wedge_control::api::LogLine;
 
 use crate::client::{Client, ClientError, function_name};
-use crate::output::{OutputArgs, utc_time_ms};
+use crate::output::{OutputArgs, escape_controls, utc_time_ms};
 use crate::profile::ConnectionArgs;
 
 /// Lines asked for per request.
@@ -147,11 +147,21 @@ fn entries(lines: Vec<LogLine>, raw: &serde_json::Value) -> impl Iterator<Item =
     })
 }
 
-/// `2026-11-28T04:19:25.123Z node-a 7f3a… stdout hello`.
+/// `2026-11-28T04:19:25.123Z node-a 7f3a… stdout hello`. Every field but
+/// the time comes from a guest, a node or a client's request header, so
+/// control characters are escaped: a guest must not be able to drive the
+/// operator's terminal (JSON output is escaped by JSON itself).
 pub fn human_line(line: &LogLine) -> String {
     let node = if line.node.is_empty() { "-" } else { &line.node };
     let request_id = if line.request_id.is_empty() { "-" } else { &line.request_id };
-    format!("{} {node} {request_id} {} {}", utc_time_ms(line.unix_ms), line.stream, line.line)
+    format!(
+        "{} {} {} {} {}",
+        utc_time_ms(line.unix_ms),
+        escape_controls(node),
+        escape_controls(request_id),
+        escape_controls(&line.stream),
+        escape_controls(&line.line)
+    )
 }
 
 #[cfg(test)]
@@ -170,7 +180,17 @@ mod tests {
             line: "boom".into(),
         };
         assert_eq!(human_line(&line), "2026-11-28T04:19:25.123Z node-a req-1 stderr boom");
-        let anonymous = LogLine { node: String::new(), request_id: String::new(), ..line };
+        let anonymous = LogLine { node: String::new(), request_id: String::new(), ..line.clone() };
         assert_eq!(human_line(&anonymous), "2026-11-28T04:19:25.123Z - - stderr boom");
+        // A guest (or a node) cannot drive the operator's terminal.
+        let hostile = LogLine {
+            node: "node\x1b[31m".into(),
+            request_id: "r\x07".into(),
+            line: "\x1b]0;owned\x07\x1b[2J\tdone\r".into(),
+            ..line
+        };
+        let text = human_line(&hostile);
+        assert_eq!(text, "2026-11-28T04:19:25.123Z node\\x1b[31m r\\x07 stderr \\x1b]0;owned\\x07\\x1b[2J\tdone\\x0d");
+        assert!(!text.chars().any(|c| c.is_control() && c != '\t'), "{text:?}");
     }
 }
