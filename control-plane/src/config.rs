@@ -63,6 +63,19 @@ pub struct ControlConfig {
     pub log_lines_per_function: usize,
     /// Guest log bytes kept per function (the oldest lines go first).
     pub log_bytes_per_function: u64,
+    /// Client connections open at once; beyond it, accepting waits (new
+    /// clients wait in the kernel's backlog). Every following node keeps a
+    /// state long-poll open and reports on another connection, so leave
+    /// room for a few per node.
+    pub connections_max: usize,
+    /// How long a client may take to send a request's head (and, on a new
+    /// connection, to start its first request); then the connection is
+    /// closed. Idle keep-alive connections are closed after it too.
+    pub header_read_timeout: Duration,
+    /// How long a graceful stop waits for requests in flight (uploads
+    /// included) before it closes their connections. A change whose store
+    /// call started is stored and announced either way.
+    pub drain_timeout: Duration,
 }
 
 impl ControlConfig {
@@ -83,6 +96,9 @@ impl ControlConfig {
             node_stale_after: Duration::from_secs(10),
             log_lines_per_function: 10_000,
             log_bytes_per_function: 4 * MIB,
+            connections_max: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 
@@ -122,6 +138,12 @@ impl ControlConfig {
         if self.nodes_max == 0 || self.log_lines_per_function == 0 || self.log_bytes_per_function < KIB {
             return invalid("nodes, log lines and log bytes kept must be at least 1 (log bytes 1 KiB)".into());
         }
+        if self.connections_max == 0 {
+            return invalid("the connection limit must be at least 1".into());
+        }
+        if self.header_read_timeout.is_zero() || self.drain_timeout.is_zero() {
+            return invalid("the header read timeout and the drain timeout must be greater than zero".into());
+        }
         Ok(())
     }
 }
@@ -143,6 +165,9 @@ impl std::fmt::Debug for ControlConfig {
             node_stale_after,
             log_lines_per_function,
             log_bytes_per_function,
+            connections_max,
+            header_read_timeout,
+            drain_timeout,
         } = self;
         let redacted = |token: &Option<String>| token.as_ref().map(|_| "<redacted>");
         f.debug_struct("ControlConfig")
@@ -159,6 +184,9 @@ impl std::fmt::Debug for ControlConfig {
             .field("node_stale_after", node_stale_after)
             .field("log_lines_per_function", log_lines_per_function)
             .field("log_bytes_per_function", log_bytes_per_function)
+            .field("connections_max", connections_max)
+            .field("header_read_timeout", header_read_timeout)
+            .field("drain_timeout", drain_timeout)
             .finish()
     }
 }
@@ -210,6 +238,12 @@ mod tests {
         let mut config = ControlConfig::new("/tmp/x");
         config.node_stale_after = Duration::from_millis(500);
         assert!(config.validate().is_err_and(|e| e.0.contains("staleness")));
+        let mut config = ControlConfig::new("/tmp/x");
+        config.connections_max = 0;
+        assert!(config.validate().is_err_and(|e| e.0.contains("connection")));
+        let mut config = ControlConfig::new("/tmp/x");
+        config.header_read_timeout = Duration::ZERO;
+        assert!(config.validate().is_err_and(|e| e.0.contains("header read timeout")));
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //! [`crate::validate`]'s; what nodes said, [`crate::reports`]'; which token
 //! may call what, [`crate::auth`]'s.
 //!
+//! The HTTP server is hyper's (HTTP/1.1 and cleartext HTTP/2), with the
+//! limits a public port needs: at most `connections_max` connections (a
+//! slot is taken before accepting, so a flood waits in the kernel's
+//! backlog), a request head within `header_read_timeout` (also the time a
+//! new connection has to start its first request), bounded heads.
+//!
 //! Long-polls (`/v1/state`, `/v1/functions/{name}/logs`) wait only when
 //! asked (`wait_ms`, default 0, at most [`STATE_WAIT_MAX_MS`]) on a `watch`
 //! channel bumped after every change: no polling inside. On shutdown they
@@ -24,7 +30,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -37,6 +43,11 @@ use axum::routing::{get, post};
 use axum::{Json, extract::Path as UrlPath};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, StatusCode, header};
+use hyper::service::{Service as _, service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -60,6 +71,13 @@ const LOG_PAGE_DEFAULT: usize = 1000;
 const LOG_PAGE_MAX: usize = 10_000;
 /// Room in a deploy body for the multipart framing besides the two parts.
 const MULTIPART_OVERHEAD_BYTES: u64 = 64 * 1024;
+/// Largest request head (HTTP/1 read buffer, HTTP/2 header list).
+const HEADER_BYTES_MAX: usize = 64 * 1024;
+/// Most header fields in one HTTP/1 request.
+const HEADERS_MAX: usize = 100;
+/// HTTP/2 keep-alive ping interval; a peer that does not answer within the
+/// same time is disconnected.
+const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// Why a control plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -96,9 +114,6 @@ pub enum ControlError {
     /// restart to recover from disk.
     #[error("stopped because the store failed: {0}")]
     StoreFailed(String),
-    /// The server itself failed.
-    #[error("serving: {0}")]
-    Serve(std::io::Error),
 }
 
 /// A control plane with its data directory open and locked, ready to serve.
@@ -232,25 +247,106 @@ impl ControlPlane {
 
     /// Serves the API on `listener` until `shutdown` completes or the store
     /// fails, then stops accepting, answers pending long-polls at once and
-    /// waits for requests in flight (a deploy in flight still finishes and
-    /// is stored). Returns [`ControlError::StoreFailed`] when it stopped
-    /// because the store is poisoned.
+    /// waits for requests in flight, at most `drain_timeout` (a change whose
+    /// store call started is stored and announced either way). Returns
+    /// [`ControlError::StoreFailed`] when it stopped because the store is
+    /// poisoned.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ControlError> {
         let app = self.router();
-        let stopping = self.shared.shutdown.clone();
+        let config = &self.shared.config;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(HEADER_BYTES_MAX)
+            .max_headers(HEADERS_MAX);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(HEADER_BYTES_MAX).unwrap_or(u32::MAX))
+            .keep_alive_interval(HTTP2_KEEP_ALIVE)
+            .keep_alive_timeout(HTTP2_KEEP_ALIVE);
+        let graceful = GracefulShutdown::new();
+        let connections = Arc::new(Semaphore::new(config.connections_max));
         let mut failed = self.shared.failure.subscribe();
-        let signal = async move {
+        let stop = async move {
             tokio::select! {
                 () = shutdown => {}
                 _ = failed.wait_for(Option::is_some) => {}
             }
-            stopping.send_replace(true);
         };
-        axum::serve(listener, app).with_graceful_shutdown(signal).await.map_err(ControlError::Serve)?;
+        tokio::pin!(stop);
+        loop {
+            // A slot before accepting: a flood of clients waits in the
+            // kernel's backlog, not in our memory.
+            let slot = tokio::select! {
+                slot = Arc::clone(&connections).acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_closed) => break,
+                },
+                () = &mut stop => break,
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Usually EMFILE: back off briefly instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+                () = &mut stop => break,
+            };
+            let _ = stream.set_nodelay(true);
+            // hyper's header timeout starts once the protocol is known; until
+            // then (no byte sent yet, or a slow HTTP/2 preface) nothing would
+            // close a silent connection, so its first request must start
+            // within the same time.
+            let started = Arc::new(AtomicBool::new(false));
+            let service = {
+                let app = TowerToHyperService::new(app.clone());
+                let started = Arc::clone(&started);
+                service_fn(move |request| {
+                    started.store(true, Ordering::Relaxed);
+                    app.call(request)
+                })
+            };
+            let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+            let first_request_within = config.header_read_timeout;
+            tokio::spawn(async move {
+                let _slot = slot;
+                tokio::pin!(connection);
+                let ended = tokio::select! {
+                    ended = &mut connection => Some(ended),
+                    () = tokio::time::sleep(first_request_within) => None,
+                };
+                let ended = match ended {
+                    Some(ended) => ended,
+                    None if !started.load(Ordering::Relaxed) => {
+                        tracing::debug!(%peer, "no request within the header read timeout; closing the connection");
+                        return;
+                    }
+                    None => connection.await,
+                };
+                if let Err(error) = ended {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        self.shared.shutdown.send_replace(true);
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(config.drain_timeout) => {
+                tracing::warn!(timeout = ?config.drain_timeout, "requests still in flight after the drain timeout; closing their connections");
+            }
+        }
         match self.shared.failure.borrow().clone() {
             Some(why) => Err(ControlError::StoreFailed(why)),
             None => Ok(()),
@@ -1097,6 +1193,61 @@ mod tests {
         assert_eq!(bad_name.status, 400, "{bad_name:?}");
 
         drop(holder);
+        running.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn silent_and_slow_clients_are_disconnected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.header_read_timeout = Duration::from_millis(300);
+        let running = Running::start(ControlPlane::open(config).unwrap()).await;
+        let silent = TcpStream::connect(running.addr).await.unwrap();
+        let mut slow = TcpStream::connect(running.addr).await.unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n").await.unwrap();
+        let mut h2_preface = TcpStream::connect(running.addr).await.unwrap();
+        h2_preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        for (what, mut stream) in [("silent", silent), ("slow", slow), ("half a preface", h2_preface)] {
+            let mut rest = Vec::new();
+            let closed = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest)).await;
+            assert!(closed.is_ok(), "the {what} connection was kept open");
+        }
+        let prompt = request(running.addr, "GET", "/healthz", &[], b"").await;
+        assert_eq!(prompt.status, 200, "{prompt:?}");
+        running.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_wait_for_a_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.connections_max = 2;
+        config.header_read_timeout = Duration::from_secs(120);
+        let running = Running::start(ControlPlane::open(config).unwrap()).await;
+        // Two keep-alive connections, each answered once (so accepted),
+        // then left open.
+        let mut holders = Vec::new();
+        for _ in 0..2 {
+            let mut stream = TcpStream::connect(running.addr).await.unwrap();
+            stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap();
+            let mut seen = Vec::new();
+            while !seen.ends_with(b"\r\n\r\nok\n") {
+                let mut buf = [0u8; 1024];
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&seen));
+                seen.extend_from_slice(&buf[..n]);
+            }
+            holders.push(stream);
+        }
+        let third = tokio::spawn(request(running.addr, "GET", "/healthz", &[], b""));
+        // A negative can only be shown by waiting; the positive below does
+        // not depend on how long.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!third.is_finished(), "a third connection was served beyond the limit of 2");
+        drop(holders.pop());
+        let third = tokio::time::timeout(Duration::from_secs(20), third).await.unwrap().unwrap();
+        assert_eq!(third.status, 200, "{third:?}");
+        drop(holders);
         running.stop().await.unwrap();
     }
 
