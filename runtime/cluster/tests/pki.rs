@@ -2,6 +2,8 @@
 //! that the certificates verify the way the transport uses them (as server
 //! for the cluster name, as client) against their CA and no other.
 
+#![allow(clippy::unwrap_used)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
