@@ -52,7 +52,8 @@ pub struct ControlConfig {
     /// the nodes' engines allow.
     pub instance_memory_bytes_max: u64,
     /// Nodes whose last report is kept; beyond it the one heard from least
-    /// recently is forgotten.
+    /// recently is forgotten. Each may keep up to 1 MiB (what it serves and
+    /// its errors), so this bounds that memory.
     pub nodes_max: usize,
     /// A node whose last report is older than this is not counted as serving
     /// (or failing) a function in `GET /v1/functions/{name}`; `GET /v1/nodes`
@@ -92,7 +93,7 @@ impl ControlConfig {
             compiles_max: 2,
             deploys_in_flight_max: 4,
             instance_memory_bytes_max: wedge_host::HostConfig::default().instance_memory_bytes_max,
-            nodes_max: 10_000,
+            nodes_max: 1_000,
             node_stale_after: Duration::from_secs(10),
             log_lines_per_function: 10_000,
             log_bytes_per_function: 4 * MIB,

@@ -4,8 +4,16 @@
 //!
 //! Nothing here is durable: after a restart nodes report again within
 //! seconds, and old log lines are gone (as with `kubectl logs` of a replaced
-//! pod). Everything is bounded: nodes by count, log lines per function by
-//! count and bytes, one line by length. Time is passed in.
+//! pod). Everything is bounded: nodes by count, what one node's report keeps
+//! by [`check_report`] (entries, string lengths, bytes: at most
+//! [`REPORT_KEPT_BYTES_MAX`] a node, so `nodes_max` of them bound the
+//! whole), log lines per function by count and bytes, one line by length.
+//! Time is passed in.
+//!
+//! Log lines are kept only for functions the store has: [`Reports::record`]
+//! asks before appending, and again after, forgetting the lines of a
+//! function removed in between (a remove forgets its function's lines only
+//! after the store call, so whichever of the two comes last frees them).
 //!
 //! A node counts as serving (or failing) a function only while its last
 //! report is younger than [`ReportLimits::stale_after`]: a node that
@@ -26,6 +34,25 @@ const LINE_BYTES_MAX: usize = 16 * 1024;
 
 /// Bookkeeping bytes counted per line on top of its strings.
 const LINE_OVERHEAD_BYTES: u64 = 64;
+
+/// Most `serving` entries, and most `errors` entries, in one report.
+pub(crate) const REPORT_ENTRIES_MAX: usize = 10_000;
+
+/// Longest `ingress` (`host:port`) of a report.
+pub(crate) const INGRESS_BYTES_MAX: usize = 256;
+
+/// Longest error text kept; longer ones are cut (at a character boundary)
+/// and marked with `…`. Cut rather than refused: a node does not choose
+/// how long a compile error is, and a refused report would hide the node.
+pub(crate) const ERROR_BYTES_MAX: usize = 4 * 1024;
+
+/// Most bytes one node's kept report (what it serves, its errors, its
+/// ingress; strings plus [`ENTRY_OVERHEAD_BYTES`] an entry) may take. Room
+/// for [`REPORT_ENTRIES_MAX`] served functions of the longest names.
+pub(crate) const REPORT_KEPT_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Bookkeeping bytes counted per `serving` or `errors` entry.
+const ENTRY_OVERHEAD_BYTES: u64 = 32;
 
 /// Bounds of what is kept, and how old a report may be and still count.
 #[derive(Debug, Clone, Copy)]
@@ -88,13 +115,22 @@ impl Reports {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Keeps `report` as `node`'s latest and appends its log lines of the
-    /// functions in `known` (others are dropped: the function is gone).
-    pub(crate) fn record(&self, node: &str, mut report: NodeReport, known: &HashSet<String>, now: Instant) {
+    /// Keeps `report` (passed through [`check_report`]) as `node`'s latest
+    /// and appends its log lines of functions that `stored` says exist
+    /// (others are dropped: the function is gone, or never was). `stored` is
+    /// asked again after appending, and a function gone by then has its
+    /// lines forgotten, so a remove racing this report cannot leave a log
+    /// buffer behind that nothing frees. `stored` does blocking I/O, so call
+    /// this off the async executor when the report has lines.
+    pub(crate) fn record(&self, node: &str, mut report: NodeReport, now: Instant, stored: impl Fn(&str) -> bool) {
         let lines = std::mem::take(&mut report.logs);
         for error in &mut report.errors {
             error.node = node.to_string();
         }
+        let mut named: Vec<&str> = lines.iter().map(|line| line.function.as_str()).collect();
+        named.sort_unstable();
+        named.dedup();
+        let known: HashSet<String> = named.into_iter().filter(|f| stored(f)).map(str::to_string).collect();
         let appended = {
             let mut inner = self.lock();
             if !inner.nodes.contains_key(node) && inner.nodes.len() >= self.limits.nodes_max {
@@ -129,6 +165,12 @@ impl Reports {
         };
         if let Some(last) = appended {
             self.appended.send_replace(last);
+        }
+        // Every function in `known` had lines appended.
+        for function in known {
+            if !stored(&function) {
+                self.forget_function(&function);
+            }
         }
     }
 
@@ -212,19 +254,64 @@ impl Reports {
     }
 }
 
+/// Checks what a report asks to keep against the limits above, and cuts
+/// error texts longer than [`ERROR_BYTES_MAX`]. The message says what is
+/// over which limit (the server answers it as a 400). Log lines are bounded
+/// where they are kept (per function).
+pub(crate) fn check_report(report: &mut NodeReport) -> Result<(), String> {
+    if report.ingress.len() > INGRESS_BYTES_MAX {
+        return Err(format!("ingress is {} bytes; at most {INGRESS_BYTES_MAX} (host:port)", report.ingress.len()));
+    }
+    for (what, entries) in [("serving", report.serving.len()), ("errors", report.errors.len())] {
+        if entries > REPORT_ENTRIES_MAX {
+            return Err(format!("{what} has {entries} entries; at most {REPORT_ENTRIES_MAX}"));
+        }
+    }
+    let names = report.serving.iter().map(|(function, _)| function).chain(report.errors.iter().map(|e| &e.function));
+    for function in names {
+        wedge_host::validate_name(function)
+            .map_err(|_| format!("{function:?} is not a function name (1-63 of a-z, 0-9, '-')"))?;
+    }
+    for error in &mut report.errors {
+        truncate_text(&mut error.error, ERROR_BYTES_MAX);
+    }
+    let kept = kept_bytes(report);
+    if kept > REPORT_KEPT_BYTES_MAX {
+        return Err(format!("serving and errors take {kept} bytes; at most {REPORT_KEPT_BYTES_MAX} a node is kept"));
+    }
+    Ok(())
+}
+
+/// What keeping `report` (without its log lines) costs, in bytes as
+/// counted by [`check_report`].
+fn kept_bytes(report: &NodeReport) -> u64 {
+    let serving: usize = report.serving.iter().map(|(function, _)| function.len()).sum();
+    let errors: usize = report.errors.iter().map(|e| e.function.len() + e.error.len()).sum();
+    let entries = report.serving.len() + report.errors.len();
+    let strings = u64::try_from(report.ingress.len() + serving + errors).unwrap_or(u64::MAX);
+    let overhead = u64::try_from(entries).unwrap_or(u64::MAX).saturating_mul(ENTRY_OVERHEAD_BYTES);
+    strings.saturating_add(overhead)
+}
+
 fn line_bytes(line: &LogLine) -> u64 {
     let strings = line.line.len() + line.request_id.len() + line.function.len() + line.node.len() + line.stream.len();
     u64::try_from(strings).unwrap_or(u64::MAX).saturating_add(LINE_OVERHEAD_BYTES)
 }
 
 fn truncate_line(line: &mut String) {
-    if line.len() > LINE_BYTES_MAX {
-        let mut end = LINE_BYTES_MAX;
-        while !line.is_char_boundary(end) {
+    truncate_text(line, LINE_BYTES_MAX);
+}
+
+/// Cuts `text` to at most `bytes_max` bytes at a character boundary and
+/// marks the cut with `…`.
+fn truncate_text(text: &mut String, bytes_max: usize) {
+    if text.len() > bytes_max {
+        let mut end = bytes_max;
+        while !text.is_char_boundary(end) {
             end -= 1;
         }
-        line.truncate(end);
-        line.push('…');
+        text.truncate(end);
+        text.push('…');
     }
 }
 
@@ -252,8 +339,10 @@ mod tests {
         }
     }
 
-    fn known(names: &[&str]) -> HashSet<String> {
-        names.iter().map(|s| s.to_string()).collect()
+    /// A store that has exactly `names`.
+    fn stored(names: &[&str]) -> impl Fn(&str) -> bool + use<> {
+        let names: HashSet<String> = names.iter().map(|s| s.to_string()).collect();
+        move |function| names.contains(function)
     }
 
     #[test]
@@ -261,7 +350,7 @@ mod tests {
         let reports = Reports::new(limits(), 5);
         let now = Instant::now();
         let logs = ["a", "b", "c", "d"].map(|t| line("f", t)).to_vec();
-        reports.record("n1", NodeReport { logs, ..NodeReport::default() }, &known(&["f"]), now);
+        reports.record("n1", NodeReport { logs, ..NodeReport::default() }, now, stored(&["f"]));
         let page = reports.logs("f", 0, 100);
         let texts: Vec<&str> = page.lines.iter().map(|l| l.line.as_str()).collect();
         assert_eq!(texts, ["b", "c", "d"]);
@@ -282,7 +371,7 @@ mod tests {
         let reports = Reports::new(limits(), 5);
         let long = "é".repeat(LINE_BYTES_MAX);
         let logs = vec![line("gone", "x"), line("f", &long)];
-        reports.record("n1", NodeReport { logs, ..NodeReport::default() }, &known(&["f"]), Instant::now());
+        reports.record("n1", NodeReport { logs, ..NodeReport::default() }, Instant::now(), stored(&["f"]));
         assert!(reports.logs("gone", 0, 10).lines.is_empty());
         let kept = &reports.logs("f", 0, 10).lines[0].line;
         assert!(kept.len() <= LINE_BYTES_MAX + 3 && kept.ends_with('…'));
@@ -293,7 +382,7 @@ mod tests {
         let reports =
             Reports::new(ReportLimits { lines_per_function: 1000, bytes_per_function: 3 * 1024, ..limits() }, 5);
         let logs = (0..10).map(|_| line("f", &"x".repeat(1000))).collect();
-        reports.record("n1", NodeReport { logs, ..NodeReport::default() }, &known(&["f"]), Instant::now());
+        reports.record("n1", NodeReport { logs, ..NodeReport::default() }, Instant::now(), stored(&["f"]));
         assert_eq!(reports.logs("f", 0, 100).lines.len(), 2);
     }
 
@@ -312,9 +401,9 @@ mod tests {
             }],
             ..NodeReport::default()
         };
-        reports.record("n1", report(1), &known(&[]), start);
-        reports.record("n2", report(2), &known(&[]), start + Duration::from_secs(1));
-        reports.record("n3", report(1), &known(&[]), start + Duration::from_secs(2));
+        reports.record("n1", report(1), start, stored(&[]));
+        reports.record("n2", report(2), start + Duration::from_secs(1), stored(&[]));
+        reports.record("n3", report(1), start + Duration::from_secs(2), stored(&[]));
         let nodes = reports.nodes(start + Duration::from_secs(3));
         let names: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
         assert_eq!(names, ["n2", "n3"], "n1 was heard from least recently");
@@ -342,8 +431,8 @@ mod tests {
             }],
             ..NodeReport::default()
         };
-        reports.record("quiet", report(), &known(&[]), start);
-        reports.record("chatty", report(), &known(&[]), start + Duration::from_secs(5));
+        reports.record("quiet", report(), start, stored(&[]));
+        reports.record("chatty", report(), start + Duration::from_secs(5), stored(&[]));
 
         // Both heard from within the bound.
         let (serving, failing) = reports.function_nodes("f", 1, start + Duration::from_secs(9));
@@ -364,11 +453,66 @@ mod tests {
         assert_eq!(listed[1].last_seen_ms_ago, 3_600_000);
 
         // A new report makes it count again.
-        reports.record("quiet", report(), &known(&[]), later);
+        reports.record("quiet", report(), later, stored(&[]));
         assert_eq!(reports.function_nodes("f", 1, later).0, ["quiet"]);
 
         // A `now` before the report (clock read earlier by another thread) is not stale.
         assert_eq!(reports.function_nodes("f", 1, later - Duration::from_secs(1)).0, ["quiet"]);
+    }
+
+    #[test]
+    fn a_function_removed_while_its_lines_are_appended_keeps_no_buffer() {
+        let reports = Reports::new(limits(), 5);
+        // The store has `f` when asked before appending, not after: a
+        // remove (whose own forget already ran) came in between.
+        let asked = std::cell::Cell::new(0);
+        let removed_meanwhile = |function: &str| {
+            asked.set(asked.get() + 1);
+            function == "f" && asked.get() == 1
+        };
+        let logs = vec![line("f", "a"), line("f", "b")];
+        reports.record("n1", NodeReport { logs, ..NodeReport::default() }, Instant::now(), removed_meanwhile);
+        assert_eq!(asked.get(), 2, "asked once before and once after, per function");
+        assert!(reports.lock().logs.is_empty(), "a buffer for the removed function was left behind");
+        assert!(reports.logs("f", 0, 10).lines.is_empty());
+    }
+
+    #[test]
+    fn reports_over_the_limits_are_refused_and_long_errors_cut() {
+        let error = |function: &str, text: &str| NodeFunctionError {
+            node: String::new(),
+            function: function.into(),
+            version: 1,
+            error: text.into(),
+        };
+        let good = || NodeReport {
+            ingress: "127.0.0.1:8080".into(),
+            serving: vec![("f".into(), 1)],
+            errors: vec![error("g", &"é".repeat(ERROR_BYTES_MAX))],
+            ..NodeReport::default()
+        };
+        let mut report = good();
+        check_report(&mut report).unwrap();
+        let cut = &report.errors[0].error;
+        assert!(cut.len() <= ERROR_BYTES_MAX + 3 && cut.ends_with('…'), "{}", cut.len());
+
+        let refused = |edit: &dyn Fn(&mut NodeReport), says: &str| {
+            let mut report = good();
+            edit(&mut report);
+            let why = check_report(&mut report).unwrap_err();
+            assert!(why.contains(says), "{why}");
+        };
+        refused(&|r| r.ingress = "x".repeat(INGRESS_BYTES_MAX + 1), "ingress");
+        refused(&|r| r.serving = vec![("f".into(), 1); REPORT_ENTRIES_MAX + 1], "serving has 10001 entries");
+        refused(&|r| r.errors = vec![error("f", "x"); REPORT_ENTRIES_MAX + 1], "errors has 10001 entries");
+        refused(&|r| r.serving = vec![("Not_A_Name".into(), 1)], "not a function name");
+        refused(&|r| r.errors = vec![error(&"x".repeat(64), "e")], "not a function name");
+        refused(&|r| r.errors = vec![error("f", &"x".repeat(ERROR_BYTES_MAX)); 300], "bytes");
+
+        // The most a node may serve, with the longest names, fits.
+        let longest: String = "x".repeat(63);
+        let mut report = NodeReport { serving: vec![(longest, 1); REPORT_ENTRIES_MAX], ..good() };
+        check_report(&mut report).unwrap();
     }
 
     #[tokio::test]
@@ -376,10 +520,10 @@ mod tests {
         let reports = Reports::new(limits(), 5);
         let mut rx = reports.subscribe();
         let logs = vec![line("f", "x")];
-        reports.record("n1", NodeReport { logs, ..NodeReport::default() }, &known(&["f"]), Instant::now());
+        reports.record("n1", NodeReport { logs, ..NodeReport::default() }, Instant::now(), stored(&["f"]));
         assert!(rx.has_changed().unwrap());
         rx.mark_unchanged();
-        reports.record("n1", NodeReport::default(), &known(&["f"]), Instant::now());
+        reports.record("n1", NodeReport::default(), Instant::now(), stored(&["f"]));
         assert!(!rx.has_changed().unwrap(), "a report without lines wakes nobody");
     }
 }

@@ -26,7 +26,6 @@
 //! [`ControlError::StoreFailed`], so that a supervisor restarts it and the
 //! store recovers from disk.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,7 +60,7 @@ use crate::auth::{
     Role, Token, TokenError, TokenOrigin, Tokens, constant_time_eq, discard, require_token, resolve_token,
 };
 use crate::config::{ConfigError, ControlConfig, REPORT_BYTES_MAX, SAME_TOKENS, SPEC_BYTES_MAX};
-use crate::reports::{ReportLimits, Reports};
+use crate::reports::{self, ReportLimits, Reports};
 use crate::store::{NewVersion, SledStore, Store, StoreError};
 use crate::validate::{self, Compiler, ValidationError};
 
@@ -945,14 +944,26 @@ async fn report(
 ) -> Result<StatusCode, ApiError> {
     check_node_name(&node)?;
     let body = body?;
-    let report: NodeReport =
+    let mut report: NodeReport =
         serde_json::from_slice(&body).map_err(|error| ApiError::bad_request(format!("not a node report: {error}")))?;
-    let known: HashSet<String> = if report.logs.is_empty() {
-        HashSet::new()
-    } else {
-        blocking(&shared, |store| store.functions()).await?.into_iter().map(|f| f.name).collect()
-    };
-    shared.reports.record(&node, report, &known, Instant::now());
+    reports::check_report(&mut report)
+        .map_err(|why| ApiError::bad_request(format!("node report over the limits: {why}")))?;
+    if report.logs.is_empty() {
+        shared.reports.record(&node, report, Instant::now(), |_| false);
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    // Whether each function is stored is asked before and after appending
+    // its lines (`Reports::record`); both in one blocking task, which
+    // completes even if the client goes away.
+    let recording = Arc::clone(&shared);
+    tokio::task::spawn_blocking(move || {
+        let store = &recording.store;
+        recording
+            .reports
+            .record(&node, report, Instant::now(), |function| store.has_function(function).unwrap_or(false));
+    })
+    .await
+    .map_err(|error| ApiError::internal(format!("recording the report failed: {error}")))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1113,7 +1124,7 @@ mod tests {
         shared.store.deploy(stored("b", b"b1", 3)).unwrap();
         shared.changed();
         let report = NodeReport { logs: vec![log_line("b")], ..NodeReport::default() };
-        shared.reports.record("n1", report, &["b".to_string()].into(), Instant::now());
+        shared.reports.record("n1", report, Instant::now(), |function| function == "b");
         assert_eq!(shared.reports.logs("b", 0, 10).lines.len(), 1);
 
         let rollback = rollback(State(Arc::clone(&shared)), UrlPath("a".into()), Ok(Bytes::new()));
@@ -1248,6 +1259,24 @@ mod tests {
         let third = tokio::time::timeout(Duration::from_secs(20), third).await.unwrap().unwrap();
         assert_eq!(third.status, 200, "{third:?}");
         drop(holders);
+        running.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn reports_over_the_limits_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = Running::start(open(&dir)).await;
+        let json = [("Content-Type", "application/json")];
+        let report = |ingress: &str| {
+            serde_json::to_vec(&NodeReport { ingress: ingress.into(), ..NodeReport::default() }).unwrap()
+        };
+        let reply = request(running.addr, "POST", "/v1/nodes/n1/report", &json, &report(&"x".repeat(300))).await;
+        assert_eq!(reply.status, 400, "{reply:?}");
+        assert!(String::from_utf8_lossy(&reply.body).contains("ingress is 300 bytes"), "{reply:?}");
+        assert!(running.shared.reports.nodes(Instant::now()).is_empty(), "a refused report was kept");
+        let reply = request(running.addr, "POST", "/v1/nodes/n1/report", &json, &report("127.0.0.1:1")).await;
+        assert_eq!(reply.status, 204, "{reply:?}");
+        assert_eq!(running.shared.reports.nodes(Instant::now()).len(), 1);
         running.stop().await.unwrap();
     }
 

@@ -115,6 +115,9 @@ pub trait Store: Send + Sync + 'static {
     /// One function's summary and active version.
     fn function(&self, name: &str) -> Result<Option<(FunctionSummary, VersionRecord)>, StoreError>;
 
+    /// Whether a function by that name is stored (cheap: one key).
+    fn has_function(&self, name: &str) -> Result<bool, StoreError>;
+
     /// Every version of a function, oldest first.
     fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, StoreError>;
 

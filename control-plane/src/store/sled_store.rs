@@ -1029,6 +1029,11 @@ impl Store for SledStore {
         Ok(Some((summary(name.to_string(), &record, &active), active)))
     }
 
+    fn has_function(&self, name: &str) -> Result<bool, StoreError> {
+        self.check_usable()?;
+        self.functions.contains_key(name).map_err(db_err)
+    }
+
     fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, StoreError> {
         let _guard = self.lock_usable()?;
         self.versions
@@ -1326,6 +1331,8 @@ mod tests {
             }
         );
         assert!(store.function("nobody").expect("function").is_none());
+        assert!(store.has_function("hello").expect("has"));
+        assert!(!store.has_function("nobody").expect("has"));
         let names: Vec<_> = store.functions().expect("functions").into_iter().map(|f| f.name).collect();
         assert_eq!(names, ["api", "hello"]);
 
@@ -1573,6 +1580,7 @@ mod tests {
         refused(store.functions().map(drop));
         refused(store.function("a").map(drop));
         refused(store.versions("a").map(drop));
+        refused(store.has_function("a").map(drop));
         refused(store.has_artifact(&v1.artifact).map(drop));
         refused(store.artifact_size(&v1.artifact).map(drop));
         refused(store.artifact(&v1.artifact).map(drop));
