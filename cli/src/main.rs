@@ -8,6 +8,8 @@ mod logging;
 mod manifest;
 mod output;
 mod profile;
+#[cfg(test)]
+mod test_support;
 
 use clap::Parser;
 

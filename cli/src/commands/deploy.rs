@@ -9,7 +9,6 @@
 //! version just names it. Otherwise the file is streamed in a multipart body
 //! behind a progress bar (shown only when stderr is a terminal).
 
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
@@ -18,9 +17,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use wedge_control::api::VersionRecord;
-use wedge_node::config::{FunctionConfig, LimitsConfig};
 
-use super::values;
+use super::values::FunctionFlags;
 use crate::client::{Client, ClientError, ComponentPart, Reply, function_name};
 use crate::manifest::{self, DEFAULT_MANIFEST, Deployment};
 use crate::output::{OutputArgs, human_bytes, print_json, short_sha};
@@ -47,34 +45,8 @@ pub struct DeployArgs {
     #[arg(long = "route", value_name = "[HOST]/PREFIX")]
     routes: Vec<String>,
 
-    /// An environment variable for the function (it sees no others).
-    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = values::pair)]
-    env: Vec<(String, String)>,
-
-    /// A configuration value the function reads with `config::get`.
-    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = values::pair)]
-    config_values: Vec<(String, String)>,
-
-    /// A host the function may call over HTTP (`api.example.com`,
-    /// `*.example.com`, `127.0.0.1:9000`). None by default.
-    #[arg(long = "allow-outbound", value_name = "HOST")]
-    allowed_outbound_hosts: Vec<String>,
-
-    /// Linear-memory cap per instance, e.g. 64MiB [default: the node's].
-    #[arg(long, value_parser = values::bytes, value_name = "SIZE")]
-    memory: Option<String>,
-
-    /// Deadline per request, e.g. 5s [default: the node's].
-    #[arg(long, value_parser = values::duration, value_name = "DURATION")]
-    timeout: Option<String>,
-
-    /// Largest request body, e.g. 10MiB [default: the node's].
-    #[arg(long, value_parser = values::bytes, value_name = "SIZE")]
-    max_body: Option<String>,
-
-    /// Most concurrent instances per node [default: the node's].
-    #[arg(long, value_name = "N")]
-    max_concurrency: Option<u32>,
+    #[command(flatten)]
+    function: FunctionFlags,
 
     #[command(flatten)]
     connection: ConnectionArgs,
@@ -138,32 +110,10 @@ impl DeployArgs {
     /// What to deploy, checked; and whether it came from a manifest.
     fn deployments(&self) -> anyhow::Result<(Vec<Deployment>, bool)> {
         if let Some(component) = &self.component {
-            let function = FunctionConfig {
-                name: self.name.clone(),
-                component: component.clone(),
-                routes: self.routes.clone(),
-                limits: LimitsConfig {
-                    memory: self.memory.clone(),
-                    timeout: self.timeout.clone(),
-                    max_body: self.max_body.clone(),
-                    max_concurrency: self.max_concurrency,
-                },
-                config: self.config_values.iter().cloned().collect::<BTreeMap<_, _>>(),
-                env: self.env.iter().cloned().collect(),
-                allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
-            };
+            let function = self.function.function(self.name.clone(), component.clone(), self.routes.clone());
             return Ok((manifest::plan(&[function])?, false));
         }
-        let flags_given = self.name.is_some()
-            || !self.routes.is_empty()
-            || !self.env.is_empty()
-            || !self.config_values.is_empty()
-            || !self.allowed_outbound_hosts.is_empty()
-            || self.memory.is_some()
-            || self.timeout.is_some()
-            || self.max_body.is_some()
-            || self.max_concurrency.is_some();
-        if flags_given {
+        if self.name.is_some() || !self.routes.is_empty() || self.function.any() {
             bail!(
                 "--name, --route, --env, --set, --allow-outbound and limits apply to a component named on the \
                  command line; for a manifest, put them in the file"
@@ -283,16 +233,10 @@ mod tests {
     #[test]
     fn the_success_line() {
         let record = VersionRecord {
-            function: "hello".into(),
-            version: 3,
             artifact: "1a2b3c4d5e6f7a8b".into(),
             artifact_bytes: 1_258_291,
             routes: vec!["/hello".into(), "api.example.com/hello".into()],
-            limits: Default::default(),
-            config: Default::default(),
-            env: Default::default(),
-            allowed_outbound_hosts: Vec::new(),
-            created_unix_ms: 0,
+            ..crate::test_support::version_record("hello", 3)
         };
         assert_eq!(
             deployed_line(&record),

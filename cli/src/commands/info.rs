@@ -94,16 +94,12 @@ mod tests {
     #[test]
     fn renders_every_fact() {
         let active = VersionRecord {
-            function: "hello".into(),
-            version: 2,
             artifact: "ab".repeat(32),
             artifact_bytes: 2048,
-            routes: vec!["/hello".into()],
             limits: LimitsSpec { timeout_ms: Some(5000), ..Default::default() },
             config: [("greeting".to_string(), "hi".to_string())].into(),
             env: [("SECRET".to_string(), "hunter2".to_string())].into(),
-            allowed_outbound_hosts: Vec::new(),
-            created_unix_ms: 0,
+            ..crate::test_support::version_record("hello", 2)
         };
         let info = FunctionInfo {
             summary: FunctionSummary {

@@ -2,16 +2,14 @@
 //! configuration and an outbound allow-list, until SIGTERM or Ctrl-C (then
 //! drain in-flight requests and exit).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Args;
-use wedge_node::config::LimitsConfig;
-use wedge_node::{FunctionConfig, FunctionsFile, NodeConfig};
+use wedge_node::{FunctionsFile, NodeConfig};
 
-use super::values;
+use super::values::FunctionFlags;
 
 /// Arguments of `wedge serve` (its help text is on `Command::Serve`).
 #[derive(Debug, Args)]
@@ -35,34 +33,8 @@ pub struct ServeArgs {
     #[arg(long, env = "WEDGE_FUNCTIONS", value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Deadline per request, wall clock, host calls included (default 30s).
-    #[arg(long, value_parser = values::duration, value_name = "DURATION")]
-    timeout: Option<String>,
-
-    /// Linear-memory cap per instance (default 128MiB).
-    #[arg(long, value_parser = values::bytes, value_name = "SIZE")]
-    memory: Option<String>,
-
-    /// Largest request body; beyond it, 413 (default 10MiB).
-    #[arg(long, value_parser = values::bytes, value_name = "SIZE")]
-    max_body: Option<String>,
-
-    /// Most concurrent instances per function; beyond it, 503 (default 100).
-    #[arg(long, value_name = "N")]
-    max_concurrency: Option<u32>,
-
-    /// A configuration value the function reads with `config::get`.
-    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = values::pair)]
-    config_values: Vec<(String, String)>,
-
-    /// An environment variable for the function (it sees no others).
-    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = values::pair)]
-    env: Vec<(String, String)>,
-
-    /// A host the function may call over HTTP: `api.example.com`,
-    /// `*.example.com`, `127.0.0.1:9000`, `https://*`. None by default.
-    #[arg(long = "allow-outbound", value_name = "HOST")]
-    allowed_outbound_hosts: Vec<String>,
+    #[command(flatten)]
+    function: FunctionFlags,
 
     /// Directory for compiled components (default: ~/.cache/wedge/compiled).
     #[arg(long, env = "WEDGE_CACHE_DIR", value_name = "DIR")]
@@ -100,15 +72,7 @@ impl ServeArgs {
         if self.components.is_empty() && functions.is_empty() {
             bail!("nothing to serve: name component files or give --config functions.toml (see --help)");
         }
-        let per_component_flags = !self.routes.is_empty()
-            || self.timeout.is_some()
-            || self.memory.is_some()
-            || self.max_body.is_some()
-            || self.max_concurrency.is_some()
-            || !self.config_values.is_empty()
-            || !self.env.is_empty()
-            || !self.allowed_outbound_hosts.is_empty();
-        if self.components.is_empty() && per_component_flags {
+        if self.components.is_empty() && (!self.routes.is_empty() || self.function.any()) {
             bail!(
                 "--route, limits, --set, --env and --allow-outbound apply to components named on the command line; \
                  for functions in --config, put them in the file"
@@ -121,27 +85,13 @@ impl ServeArgs {
                 self.routes.len()
             );
         }
-        let limits = LimitsConfig {
-            memory: self.memory.clone(),
-            timeout: self.timeout.clone(),
-            max_body: self.max_body.clone(),
-            max_concurrency: self.max_concurrency,
-        };
         for (index, component) in self.components.iter().enumerate() {
             let routes = match (self.components.len(), self.routes.is_empty()) {
                 (_, true) => Vec::new(),
                 (1, false) => self.routes.clone(),
                 (_, false) => vec![self.routes[index].clone()],
             };
-            functions.push(FunctionConfig {
-                name: None,
-                component: component.clone(),
-                routes,
-                limits: limits.clone(),
-                config: self.config_values.iter().cloned().collect::<BTreeMap<_, _>>(),
-                env: self.env.iter().cloned().collect(),
-                allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
-            });
+            functions.push(self.function.function(None, component.clone(), routes));
         }
         let cache_dir = if self.no_cache {
             None

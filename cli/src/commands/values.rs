@@ -1,8 +1,83 @@
-//! Parsers for flag values several verbs share (`--memory 64MiB`,
-//! `--timeout 2s`, `--set KEY=VALUE`): each checks the text when the command
-//! line is parsed, so a typo is a usage error before anything runs.
+//! Flags several verbs share: a function's settings (`wedge serve` and
+//! `wedge deploy` take the same ones, with the same help), and the parsers
+//! of their values (`--memory 64MiB`, `--timeout 2s`, `--set KEY=VALUE`):
+//! each checks the text when the command line is parsed, so a typo is a
+//! usage error before anything runs.
 
+use std::path::PathBuf;
+
+use clap::Args;
+use wedge_node::config::{FunctionConfig, LimitsConfig};
 use wedge_node::units::{parse_bytes, parse_duration};
+
+/// A function's settings given as flags: its limits, configuration values,
+/// environment and outbound hosts (in a functions file or `wedge.toml`,
+/// the same keys of a `[[function]]`). The defaults are the host's, which
+/// nodes use too.
+#[derive(Debug, Clone, Default, Args)]
+pub struct FunctionFlags {
+    /// Deadline per request, wall clock, host calls included; beyond it,
+    /// 504 (default 30s).
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub timeout: Option<String>,
+
+    /// Linear-memory cap per instance (default 128MiB).
+    #[arg(long, value_parser = bytes, value_name = "SIZE")]
+    pub memory: Option<String>,
+
+    /// Largest request body; beyond it, 413 (default 10MiB).
+    #[arg(long, value_parser = bytes, value_name = "SIZE")]
+    pub max_body: Option<String>,
+
+    /// Most concurrent instances per function on a node; beyond it, 503
+    /// (default 100).
+    #[arg(long, value_name = "N")]
+    pub max_concurrency: Option<u32>,
+
+    /// A configuration value the function reads with `config::get`.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = pair)]
+    pub config_values: Vec<(String, String)>,
+
+    /// An environment variable for the function (it sees no others).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = pair)]
+    pub env: Vec<(String, String)>,
+
+    /// A host the function may call over HTTP: `api.example.com`,
+    /// `*.example.com`, `127.0.0.1:9000`, `https://*`. None by default.
+    #[arg(long = "allow-outbound", value_name = "HOST")]
+    pub allowed_outbound_hosts: Vec<String>,
+}
+
+impl FunctionFlags {
+    /// True when any of these flags was given.
+    pub fn any(&self) -> bool {
+        self.timeout.is_some()
+            || self.memory.is_some()
+            || self.max_body.is_some()
+            || self.max_concurrency.is_some()
+            || !self.config_values.is_empty()
+            || !self.env.is_empty()
+            || !self.allowed_outbound_hosts.is_empty()
+    }
+
+    /// The function `component` with these settings.
+    pub fn function(&self, name: Option<String>, component: PathBuf, routes: Vec<String>) -> FunctionConfig {
+        FunctionConfig {
+            name,
+            component,
+            routes,
+            limits: LimitsConfig {
+                memory: self.memory.clone(),
+                timeout: self.timeout.clone(),
+                max_body: self.max_body.clone(),
+                max_concurrency: self.max_concurrency,
+            },
+            config: self.config_values.iter().cloned().collect(),
+            env: self.env.iter().cloned().collect(),
+            allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+        }
+    }
+}
 
 /// A duration like `2s` or `500ms`, kept as written.
 pub fn duration(text: &str) -> Result<String, String> {

@@ -58,18 +58,7 @@ mod tests {
 
     #[test]
     fn marks_the_active_version() {
-        let v = |version| VersionRecord {
-            function: "hello".into(),
-            version,
-            artifact: "0123456789abcdef".into(),
-            artifact_bytes: 100,
-            routes: vec!["/hello".into()],
-            limits: Default::default(),
-            config: Default::default(),
-            env: Default::default(),
-            allowed_outbound_hosts: Vec::new(),
-            created_unix_ms: 0,
-        };
+        let v = |version| crate::test_support::version_record("hello", version);
         assert_eq!(
             table(&[v(1), v(2)], 1).render(),
             "VERSION  ACTIVE  ARTIFACT      SIZE   DEPLOYED (UTC)       ROUTES\n\
