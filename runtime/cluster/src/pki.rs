@@ -178,7 +178,8 @@ pub enum PkiError {
     },
     /// A node name that is not a DNS label.
     #[error(
-        "invalid node name {name:?}: node names must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+        "invalid node name {name:?}: node names must be 1-63 characters of a-z, 0-9 and '-', \
+         not starting or ending with '-'"
     )]
     InvalidNodeName {
         /// The name given.

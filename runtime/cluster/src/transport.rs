@@ -58,12 +58,13 @@
 //! established one, outgoing or incoming, so that a peer that restarted and
 //! connected to us is answered on its new connection. Connections are kept
 //! alive by QUIC keep-alives, and at most [`TransportConfig::max_connections`]
-//! are kept: past that, the least recently used one is closed. A connection
-//! whose peer vanished closes after [`TransportConfig::idle_timeout`] of
-//! silence; a peer that restarted on the same address closes our old
-//! connection at once, with a stateless reset (its reset and connection-id
-//! keys are derived from its node key, so they survive restarts). A send on a connection found
-//! closed reconnects. Connection migration is off: a peer is its address.
+//! are kept: past that, the least recently used one is closed (and its open
+//! streams fail). A connection whose peer vanished closes after
+//! [`TransportConfig::idle_timeout`] of silence. A peer that restarted on the
+//! same address closes our old connection at once, with a stateless reset:
+//! its reset and connection-id keys are derived from its node key, so they
+//! survive restarts. A send on a connection found closed reconnects.
+//! Connection migration is off: a peer is its address.
 //!
 //! LAN defaults ([`TransportConfig::new`]): keep-alive every 3 s, idle
 //! timeout 10 s (three keep-alives lost in a row), connect timeout 3 s
@@ -259,7 +260,8 @@ impl TransportConfig {
             || self.pending_datagrams_max == 0
         {
             return invalid(
-                "max_connections, max_concurrent_streams, the channel capacities and pending_datagrams_max must be more than zero",
+                "max_connections, max_concurrent_streams, the channel capacities and pending_datagrams_max \
+                 must be more than zero",
             );
         }
         if quinn::IdleTimeout::try_from(self.idle_timeout).is_err() {
@@ -799,7 +801,8 @@ impl Shared {
                 break;
             };
             if let Some(entry) = pool.connections.get(&oldest) {
-                tracing::debug!(peer = %entry.peer.name, addr = %entry.peer.addr, "closing the least recently used connection");
+                let (peer, addr) = (&entry.peer.name, entry.peer.addr);
+                tracing::debug!(%peer, %addr, "closing the least recently used connection");
                 entry.connection.close(code::EVICTED, b"too many connections");
             }
             pool.remove(oldest);

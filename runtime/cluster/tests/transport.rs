@@ -171,6 +171,72 @@ async fn a_full_stream_channel_resets_new_streams() {
 }
 
 #[tokio::test]
+async fn streams_per_connection_are_bounded() {
+    let cluster = Cluster::new();
+    let mut a_config = cluster.config("a");
+    a_config.max_concurrent_streams = 2;
+    let a = Transport::bind(localhost(), a_config).unwrap();
+    let mut b_config = cluster.config("b");
+    b_config.max_concurrent_streams = 2;
+    let b = Transport::bind(localhost(), b_config).unwrap();
+    let mut incoming = b.accept_streams().unwrap();
+    tokio::spawn(async move {
+        while let Some(mut stream) = incoming.recv().await {
+            tokio::spawn(async move {
+                let _ = stream.recv.read_to_end(1024).await;
+                let _ = stream.send.finish();
+            });
+        }
+    });
+
+    let mut first = a.open_stream(addr(&b), StreamKind(1)).await.unwrap();
+    let _second = a.open_stream(addr(&b), StreamKind(1)).await.unwrap();
+    // A third waits for one of the two to end.
+    let third = a.open_stream(addr(&b), StreamKind(1));
+    tokio::pin!(third);
+    assert!(tokio::time::timeout(Duration::from_millis(300), &mut third).await.is_err(), "a third stream opened");
+    first.send.finish().unwrap();
+    first.recv.read_to_end(1024).await.unwrap();
+    tokio::time::timeout(DEADLINE, third).await.expect("the third stream never opened").unwrap();
+}
+
+#[tokio::test]
+async fn a_stream_with_an_unknown_header_version_is_reset() {
+    let cluster = Cluster::new();
+    let a = cluster.node("a");
+    let mut streams = a.accept_streams().unwrap();
+
+    // A raw QUIC client with a good certificate, writing version 9.
+    let node = cluster.ca.issue_node_cert("raw", &[]).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(load_ca_cert(cluster.dir.path()).unwrap()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![node.cert_der()], node.key_der())
+        .unwrap();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut endpoint = quinn::Endpoint::client(localhost()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    )));
+    let connection = endpoint.connect(addr(&a), "wedge-cluster").unwrap().await.unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(&[9, 1, 0, 0]).await.unwrap();
+    let error = tokio::time::timeout(DEADLINE, recv.read_to_end(1024)).await.unwrap().unwrap_err();
+    assert!(error.to_string().contains("reset by peer: error 2"), "{error}");
+    assert_eq!(a.stats().streams_refused, 1);
+    assert!(streams.try_recv().is_err());
+
+    // The same connection with the right header is served.
+    let (mut send, _recv) = connection.open_bi().await.unwrap();
+    send.write_all(&[1, 5]).await.unwrap();
+    let stream = tokio::time::timeout(DEADLINE, streams.recv()).await.unwrap().unwrap();
+    assert_eq!((stream.kind, &*stream.peer.name), (StreamKind(5), "raw"));
+}
+
+#[tokio::test]
 async fn a_full_datagram_channel_drops_and_counts() {
     let cluster = Cluster::new();
     let a = cluster.node("a");
