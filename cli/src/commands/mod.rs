@@ -1,5 +1,6 @@
 //! The verbs of `wedge`, one file each; each has a `run(self)`.
 
+mod cluster;
 mod control;
 mod node;
 mod serve;
@@ -105,6 +106,27 @@ pub enum Command {
     ///   curl -H "Authorization: Bearer $(cat ~/.local/share/wedge/control/token)" localhost:7070/v1/functions
     #[command(verbatim_doc_comment)]
     Control(control::ControlArgs),
+
+    /// Make the cluster CA and node certificates: node-to-node traffic
+    /// (gossip, forwarded requests, artifacts) is mutual TLS against it.
+    ///
+    /// `init` makes the CA in DIR: ca.pem, which every node gets, and
+    /// ca-key.pem, which must stay secret (whoever holds it can make
+    /// certificates that join the cluster) and which no node needs.
+    /// `issue-cert` makes one node's certificate and key in DIR/nodes/. A
+    /// peer without a certificate from this CA cannot connect or gossip.
+    ///
+    /// Examples:
+    ///
+    ///   wedge cluster init --dir ./cluster
+    ///
+    ///   wedge cluster issue-cert --dir ./cluster --name edge-1
+    ///
+    ///   wedge cluster issue-cert --dir ./cluster --name edge-2 --san 10.0.0.12 --san edge-2.example.com
+    ///
+    ///   wedge cluster issue-cert --dir ./cluster --name edge-1 --force     # renew (valid a year)
+    #[command(verbatim_doc_comment)]
+    Cluster(cluster::ClusterArgs),
 
     /// Deploy a component to the control plane as a new version of a function.
     ///
@@ -239,6 +261,7 @@ impl Command {
             Command::Logs(args) => args.run(),
             Command::Node(args) => args.run(),
             Command::Control(args) => args.run(),
+            Command::Cluster(args) => args.run(),
         }
     }
 }
