@@ -409,8 +409,10 @@ fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
-/// One node's transport. Dropping it closes the endpoint at once; call
-/// [`Transport::close`] to close it gracefully.
+/// One node's transport. Share it as an `Arc<Transport>` (gossip, request
+/// forwarding and artifact transfer all use the one endpoint). Dropping it
+/// closes the endpoint at once; call [`Transport::close`] to close it
+/// gracefully.
 pub struct Transport {
     shared: Arc<Shared>,
     /// Handed out once by [`Transport::datagrams`].
@@ -570,9 +572,8 @@ impl Transport {
         let (reset_key, cid_key) = restart_keys(&config.node_key);
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
         endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
-        let endpoint = Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))
+        let mut endpoint = Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))
             .map_err(|source| BindError::Bind { addr, source })?;
-        let mut endpoint = endpoint;
         endpoint.set_default_client_config(client);
 
         let (datagram_tx, datagram_rx) = mpsc::channel(config.datagram_channel_capacity);
@@ -628,7 +629,9 @@ impl Transport {
 
     /// Sends a datagram to the peer at `addr` without waiting: at once on a
     /// live connection, else once the connection being made is up (see the
-    /// module docs). `Ok` means sent or queued, not delivered.
+    /// module docs). `Ok` means sent or queued, not delivered: like UDP, a
+    /// datagram can be lost (and when a connection's send buffer is full,
+    /// quinn drops its oldest unsent datagram).
     pub fn send_datagram(&self, addr: SocketAddr, bytes: Bytes) -> Result<(), TransportError> {
         if bytes.len() > MAX_DATAGRAM_BYTES {
             return Err(TransportError::TooLarge { len: bytes.len(), max: MAX_DATAGRAM_BYTES });
