@@ -18,7 +18,10 @@
 //! Long-polls (`/v1/state`, `/v1/functions/{name}/logs`) wait only when
 //! asked (`wait_ms`, default 0, at most [`STATE_WAIT_MAX_MS`]) on a `watch`
 //! channel bumped after every change: no polling inside. On shutdown they
-//! answer at once, so a graceful stop does not wait for them.
+//! answer at once, so a graceful stop does not wait for them. A change and
+//! that bump are one task that outlives its client ([`mutate`]), so a
+//! client that disconnects mid-deploy cannot leave nodes unaware of a
+//! stored change.
 //!
 //! When the store becomes poisoned (a committed change could not be made
 //! durable, see [`Store::poisoned`]) the control plane logs it and stops as

@@ -6,7 +6,10 @@
 //! only talks to the trait. Every mutating call returns only once its effect
 //! is durable (on disk: it survives power loss, not only a killed process),
 //! and is atomic: after a crash it happened entirely or not at all. Every
-//! mutation bumps the store's revision, which nodes follow.
+//! mutation bumps the store's revision, which nodes follow. A store that
+//! committed a change it then could not make durable is poisoned
+//! ([`Store::poisoned`]): it refuses every call until restarted, so that a
+//! revision nodes may have seen is never reused for other content.
 //!
 //! The store checks what needs the stored data to check (route collisions,
 //! versions that exist) under its own write lock, so two racing deploys
