@@ -182,49 +182,82 @@ fn deploy_update_rollback_remove_as_a_user_would() {
     assert_eq!(functions_json(&control), serde_json::json!([]));
 }
 
+/// What a refused request must leave as it was: the function list, the
+/// versions of `function`, and the desired state nodes follow (with its
+/// revision, which any change to the store increases), read with the admin
+/// token.
+fn snapshot(control: &Server, function: &str) -> (serde_json::Value, String, serde_json::Value) {
+    let state = common::agent()
+        .get(&control.url("/v1/state"))
+        .set("authorization", &format!("Bearer {TOKEN}"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert!(state["revision"].as_u64().is_some_and(|r| r > 0), "{state}");
+    (functions_json(control), ok(control, &["versions", function, "-o", "json"]), state)
+}
+
+/// Asserts a verb failed with exactly one `error:` line (notes may come
+/// before it) and returns that line.
+fn one_error(output: &Output) -> String {
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|line| line.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    errors[0].to_string()
+}
+
 #[test]
 fn bad_token_and_bad_wasm_change_nothing() {
     let dirs = tempfile::tempdir().unwrap();
     let control = start_control(&dirs.path().join("control"));
     let hello = wasm("hello");
     ok(&control, &["deploy", hello.to_str().unwrap(), "--name", "keep", "--route", "/keep"]);
-    let before = functions_json(&control);
+    let before = snapshot(&control, "keep");
 
     let output = wedge_with_token(&control, "wrong-token", &["deploy", hello.to_str().unwrap(), "--name", "intruder"]);
-    assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("401"), "{stderr}");
+    assert!(one_error(&output).contains("401"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 
     // The nodes' token cannot deploy either; a component not stored yet is
     // uploaded, and the answer still reaches the deployer.
     let echo = wasm("echo");
     let output = wedge_with_token(&control, NODE_TOKEN, &["deploy", echo.to_str().unwrap(), "--name", "intruder"]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let errors: Vec<&str> = stderr.lines().filter(|line| line.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "one error line: {stderr}");
-    assert!(errors[0].contains("403") && errors[0].contains("only be used by nodes"), "{stderr}");
+    let error = one_error(&output);
+    assert!(error.contains("403") && error.contains("only be used by nodes"), "{error}");
+    // Nor roll back or remove.
+    let error = one_error(&wedge_with_token(&control, NODE_TOKEN, &["rollback", "keep", "--to", "1"]));
+    assert!(error.contains("403"), "{error}");
+    let error = one_error(&wedge_with_token(&control, NODE_TOKEN, &["rm", "keep", "--yes"]));
+    assert!(error.contains("403"), "{error}");
 
     let garbage = dirs.path().join("garbage.wasm");
     std::fs::write(&garbage, b"\0asm\x01\0\0\0 not really").unwrap();
-    let output = wedge(&control, &["deploy", garbage.to_str().unwrap(), "--name", "garbage"]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("400"), "{stderr}");
+    let error = one_error(&wedge(&control, &["deploy", garbage.to_str().unwrap(), "--name", "garbage"]));
+    assert!(error.contains("(HTTP 400)"), "{error}");
 
-    // A component of the wrong world (a command, not an HTTP handler).
+    // A component of the wrong world (a command, not an HTTP handler): a
+    // 400 that says what is missing.
     let command = wasm("guest-command");
-    let output = wedge(&control, &["deploy", command.to_str().unwrap(), "--name", "command"]);
-    assert!(!output.status.success());
+    let error = one_error(&wedge(&control, &["deploy", command.to_str().unwrap(), "--name", "command"]));
+    assert!(error.contains("(HTTP 400)") && error.contains("incoming-handler"), "{error}");
 
     // A route another function serves.
     let output = wedge(&control, &["deploy", hello.to_str().unwrap(), "--name", "thief", "--route", "/keep"]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("409") && stderr.contains("keep"), "{stderr}");
+    let error = one_error(&output);
+    assert!(error.contains("409") && error.contains("keep"), "{error}");
 
-    assert_eq!(functions_json(&control), before);
+    // A new version of `keep` itself that is refused (not a component).
+    let error = one_error(&wedge(&control, &["deploy", garbage.to_str().unwrap(), "--name", "keep"]));
+    assert!(error.contains("(HTTP 400)"), "{error}");
+
+    let after = snapshot(&control, "keep");
+    assert_eq!(after.0, before.0, "wedge ls changed");
+    assert_eq!(after.1, before.1, "wedge versions keep changed");
+    assert_eq!(after.2, before.2, "the desired state (or its revision) changed");
 }
 
 #[test]
