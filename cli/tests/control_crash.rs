@@ -1,9 +1,12 @@
 //! Crash safety of the control plane, with real processes: a `wedge control`
-//! takes a stream of deploys over HTTP and is killed with SIGKILL at a random
-//! moment, again and again. After every restart, every deploy it
-//! acknowledged is there with the version number it was given and the
-//! content it was sent, every artifact's bytes hash to its name, and no
-//! half-written deploy is visible (versions are contiguous and complete).
+//! takes deploys from several concurrent clients over HTTP (so more than one
+//! mutation can be in flight) and is killed with SIGKILL at a random moment,
+//! again and again. After every restart, every deploy it acknowledged is
+//! there with the version number it was given and the content it was sent,
+//! every visible artifact is fetched again and its bytes hash to its name,
+//! the active version of every function is its latest (the clients only
+//! deploy), and no half-written deploy is visible (versions are contiguous
+//! and complete).
 //!
 //! The seed is printed first; `WEDGE_CRASH_SEED=<seed>` replays a run's
 //! kill times and deploy mix (the machine's timing still varies).
@@ -12,8 +15,8 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +26,8 @@ use sha2::{Digest, Sha256};
 const TOKEN: &str = "crash-test-token";
 const ROUNDS: u32 = 50;
 const FUNCTIONS: [&str; 3] = ["alpha", "beta", "gamma"];
+/// Deploy clients running at once in each round.
+const CLIENTS: u32 = 3;
 
 /// A small deterministic generator (xorshift64*), so a seed replays.
 struct Rng(u64);
@@ -111,28 +116,35 @@ fn api_json(base: &str, path: &str) -> serde_json::Value {
     serde_json::from_str(&api_get(base, path).into_string().unwrap()).unwrap()
 }
 
-/// Sends deploys until the control plane stops answering; records each one
-/// acknowledged. New components, and redeploys of stored ones by hash, are
-/// mixed.
-fn deploy_stream(
-    base: String,
-    mut rng: Rng,
-    round: u32,
-    component: Arc<Vec<u8>>,
-    stored: Arc<Mutex<Vec<String>>>,
-    acked: Arc<Mutex<Vec<Acked>>>,
-    stop: Arc<AtomicBool>,
-) {
+/// What the clients of one run share.
+struct Shared {
+    /// The component every upload is a variant of.
+    component: Vec<u8>,
+    /// Artifacts an acknowledged upload stored, to redeploy by hash.
+    stored: Mutex<Vec<String>>,
+    /// Every acknowledged deploy.
+    acked: Mutex<Vec<Acked>>,
+    /// Deploys answered 503 (busy: not acknowledged, nothing to check).
+    busy: AtomicU64,
+    /// Deploys sent and not yet answered.
+    in_flight: AtomicU64,
+}
+
+/// One client: sends deploys until the control plane stops answering (or
+/// `stop`); records each one acknowledged. New components, and redeploys of
+/// stored ones by hash, are mixed.
+fn deploy_stream(base: String, mut rng: Rng, tag: String, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     let agent = agent();
+    let Shared { component, stored, acked, busy, in_flight } = &*shared;
     for i in 0.. {
         if stop.load(Ordering::Relaxed) {
             return;
         }
         let function = FUNCTIONS[rng.below(FUNCTIONS.len() as u64) as usize];
-        let marker = format!("r{round}-d{i}");
+        let marker = format!("{tag}-d{i}");
         let reuse = stored.lock().unwrap().clone();
         let (artifact, upload) = if reuse.is_empty() || rng.below(3) == 0 {
-            let bytes = unique_component(&component, &marker);
+            let bytes = unique_component(component, &marker);
             (sha256_hex(&bytes), Some(bytes))
         } else {
             (reuse[rng.below(reuse.len() as u64) as usize].clone(), None)
@@ -145,11 +157,13 @@ fn deploy_stream(
             spec["artifact"] = serde_json::Value::String(artifact.clone());
         }
         let (content_type, body) = multipart(&spec, upload.as_deref());
+        in_flight.fetch_add(1, Ordering::SeqCst);
         let sent = agent
             .post(&format!("{base}/v1/functions/{function}/versions"))
             .set("authorization", &format!("Bearer {TOKEN}"))
             .set("content-type", &content_type)
             .send_bytes(&body);
+        in_flight.fetch_sub(1, Ordering::SeqCst);
         match sent {
             Ok(response) => {
                 assert_eq!(response.status(), 201);
@@ -165,6 +179,10 @@ fn deploy_stream(
                     marker,
                 });
             }
+            // Busy (compiles or uploads at their limit): refused, not acknowledged.
+            Err(ureq::Error::Status(503, _)) => {
+                busy.fetch_add(1, Ordering::Relaxed);
+            }
             Err(ureq::Error::Status(status, response)) => {
                 panic!("deploy refused: {status} {}", response.into_string().unwrap_or_default())
             }
@@ -174,10 +192,23 @@ fn deploy_stream(
     }
 }
 
+/// What one check of a restarted control plane saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Versions visible.
+    versions: usize,
+    /// Distinct artifacts fetched and hashed.
+    artifacts: usize,
+    /// Their bytes.
+    artifact_bytes: u64,
+}
+
 /// Checks everything the restarted control plane shows against what was
-/// acknowledged. Returns the number of versions visible.
-fn verify(base: &str, acked: &[Acked], artifacts_seen: &mut HashSet<String>) -> usize {
-    let mut visible = 0;
+/// acknowledged, fetching and hashing every artifact a version names (each
+/// distinct one once per check).
+fn verify(base: &str, acked: &[Acked]) -> Seen {
+    let mut seen = Seen::default();
+    let mut hashed: HashMap<String, u64> = HashMap::new();
     let mut stored: BTreeMap<(String, u64), serde_json::Value> = BTreeMap::new();
     let functions = api_json(base, "/v1/functions");
     for summary in functions.as_array().unwrap() {
@@ -189,21 +220,30 @@ fn verify(base: &str, acked: &[Acked], artifacts_seen: &mut HashSet<String>) -> 
         for (index, version) in versions.iter().enumerate() {
             assert_eq!(version["version"].as_u64().unwrap(), index as u64 + 1, "{name}: versions not contiguous");
             let sha = version["artifact"].as_str().unwrap().to_string();
-            if artifacts_seen.insert(sha.clone()) {
-                let mut bytes = Vec::new();
-                std::io::Read::read_to_end(
-                    &mut api_get(base, &format!("/v1/artifacts/{sha}")).into_reader(),
-                    &mut bytes,
-                )
-                .unwrap();
-                assert_eq!(sha256_hex(&bytes), sha, "artifact bytes do not hash to their name");
-                assert_eq!(version["artifact_bytes"].as_u64().unwrap(), bytes.len() as u64);
-            }
+            let bytes = match hashed.get(&sha) {
+                Some(&bytes) => bytes,
+                None => {
+                    let mut body = Vec::new();
+                    std::io::Read::read_to_end(
+                        &mut api_get(base, &format!("/v1/artifacts/{sha}")).into_reader(),
+                        &mut body,
+                    )
+                    .unwrap();
+                    assert_eq!(sha256_hex(&body), sha, "artifact bytes do not hash to their name");
+                    seen.artifact_bytes += body.len() as u64;
+                    hashed.insert(sha.clone(), body.len() as u64);
+                    body.len() as u64
+                }
+            };
+            assert_eq!(version["artifact_bytes"].as_u64().unwrap(), bytes, "{name} v{}", index + 1);
             stored.insert((name.to_string(), index as u64 + 1), version.clone());
-            visible += 1;
+            seen.versions += 1;
         }
-        assert_eq!(summary["latest_version"].as_u64().unwrap(), versions.len() as u64);
-        assert!(summary["active_version"].as_u64().unwrap() <= versions.len() as u64);
+        let latest = summary["latest_version"].as_u64().unwrap();
+        assert_eq!(latest, versions.len() as u64);
+        // Only deploys happen here, and a deploy makes its version active.
+        assert_eq!(summary["active_version"].as_u64().unwrap(), latest, "{name}: {summary}");
+        assert_eq!(summary["artifact"], versions[versions.len() - 1]["artifact"], "{name}: {summary}");
     }
     for ack in acked {
         let version = stored
@@ -212,7 +252,17 @@ fn verify(base: &str, acked: &[Acked], artifacts_seen: &mut HashSet<String>) -> 
         assert_eq!(version["artifact"], ack.artifact.as_str(), "{ack:?}");
         assert_eq!(version["config"]["marker"], ack.marker.as_str(), "{ack:?}");
     }
-    visible
+    seen.artifacts = hashed.len();
+    seen
+}
+
+fn start_control(data_dir: &std::path::Path) -> Server {
+    Server::spawn(
+        "control",
+        &["--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+        "wedge control listening on http://",
+        &[("WEDGE_TOKEN", TOKEN), ("WEDGE_LOG", "warn")],
+    )
 }
 
 #[test]
@@ -224,53 +274,88 @@ fn sigkill_during_deploys_loses_nothing_acknowledged() {
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("control");
-    let component = Arc::new(std::fs::read(wasm("hello")).unwrap());
-    let stored = Arc::new(Mutex::new(Vec::new()));
-    let acked = Arc::new(Mutex::new(Vec::<Acked>::new()));
-    let mut artifacts_seen = HashSet::new();
+    let shared = Arc::new(Shared {
+        component: std::fs::read(wasm("hello")).unwrap(),
+        stored: Mutex::new(Vec::new()),
+        acked: Mutex::new(Vec::new()),
+        busy: AtomicU64::new(0),
+        in_flight: AtomicU64::new(0),
+    });
+    let acked = || shared.acked.lock().unwrap().clone();
     let mut killed_mid_stream = 0;
+    // Rounds whose kill found two or more deploys sent and not answered.
+    let mut killed_with_concurrent_deploys = 0;
+    let mut verifying = Duration::ZERO;
+    let mut hashed_bytes = 0u64;
     let started = Instant::now();
 
     for round in 0..ROUNDS {
-        let mut control = Server::spawn(
-            "control",
-            &["--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"],
-            "wedge control listening on http://",
-            &[("WEDGE_TOKEN", TOKEN), ("WEDGE_LOG", "warn")],
-        );
+        let mut control = start_control(&data_dir);
         let base = format!("http://{}", control.addr);
-        let visible = verify(&base, &acked.lock().unwrap(), &mut artifacts_seen);
-        assert!(visible >= acked.lock().unwrap().len());
+        let checking = Instant::now();
+        let acked_before = acked();
+        let seen = verify(&base, &acked_before);
+        verifying += checking.elapsed();
+        hashed_bytes += seen.artifact_bytes;
+        assert!(seen.versions >= acked_before.len());
 
         let stop = Arc::new(AtomicBool::new(false));
-        let stream = {
-            let (base, rng, component) = (base.clone(), Rng(rng.next() | 1), Arc::clone(&component));
-            let (stored, acked, stop) = (Arc::clone(&stored), Arc::clone(&acked), Arc::clone(&stop));
-            std::thread::spawn(move || deploy_stream(base, rng, round, component, stored, acked, stop))
-        };
-        let acked_before = acked.lock().unwrap().len();
-        std::thread::sleep(Duration::from_millis(rng.below(400)));
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|client| {
+                let (base, rng, tag) = (base.clone(), Rng(rng.next() | 1), format!("r{round}-c{client}"));
+                let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
+                std::thread::spawn(move || deploy_stream(base, rng, tag, shared, stop))
+            })
+            .collect();
+        if shared.stored.lock().unwrap().is_empty() {
+            // Until an upload is acknowledged every deploy uploads and
+            // compiles, which on a loaded machine can take longer than any
+            // kill delay: wait for the first one (bounded), so that later
+            // rounds redeploy stored artifacts by hash too.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while shared.stored.lock().unwrap().is_empty() {
+                assert!(Instant::now() < deadline, "no deploy acknowledged within 60 s");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        // Mostly short rounds (many kills); every fifth one longer, so that
+        // uploads, which wait for a compile, get acknowledged too.
+        let kill_after_ms = if round % 5 == 4 { rng.below(1500) } else { rng.below(400) };
+        std::thread::sleep(Duration::from_millis(kill_after_ms));
+        if shared.in_flight.load(Ordering::SeqCst) >= 2 {
+            killed_with_concurrent_deploys += 1;
+        }
         control.kill();
         stop.store(true, Ordering::Relaxed);
-        stream.join().unwrap();
-        if acked.lock().unwrap().len() > acked_before {
+        for client in clients {
+            client.join().unwrap();
+        }
+        if shared.acked.lock().unwrap().len() > acked_before.len() {
             killed_mid_stream += 1;
         }
     }
-    let control = Server::spawn(
-        "control",
-        &["--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"],
-        "wedge control listening on http://",
-        &[("WEDGE_TOKEN", TOKEN), ("WEDGE_LOG", "warn")],
-    );
-    let visible = verify(&format!("http://{}", control.addr), &acked.lock().unwrap(), &mut artifacts_seen);
-    let acked = acked.lock().unwrap().len();
+    let control = start_control(&data_dir);
+    let checking = Instant::now();
+    let seen = verify(&format!("http://{}", control.addr), &acked());
+    verifying += checking.elapsed();
+    hashed_bytes += seen.artifact_bytes;
+    let acked = acked().len();
     eprintln!(
-        "{ROUNDS} kills in {:?}: {acked} deploys acknowledged, {visible} versions visible, {} artifacts, \
-         {killed_mid_stream} rounds acknowledged deploys before their kill",
+        "{ROUNDS} kills in {:?} ({CLIENTS} clients): {acked} deploys acknowledged, {} answered busy, {} versions \
+         and {} artifacts visible at the end, {killed_mid_stream} rounds acknowledged deploys before their kill, \
+         {killed_with_concurrent_deploys} kills found 2 or more deploys in flight; \
+         {} checks fetched and hashed {} MiB of artifacts in {verifying:?}",
         started.elapsed(),
-        artifacts_seen.len()
+        shared.busy.load(Ordering::Relaxed),
+        seen.versions,
+        seen.artifacts,
+        ROUNDS + 1,
+        hashed_bytes >> 20,
     );
     assert!(acked >= ROUNDS as usize, "too few deploys got through to test anything: {acked}");
     assert!(killed_mid_stream >= ROUNDS / 2, "most kills should land mid-stream: {killed_mid_stream}");
+    assert!(
+        killed_with_concurrent_deploys >= ROUNDS / 2,
+        "most kills should find concurrent deploys in flight: {killed_with_concurrent_deploys}"
+    );
 }
