@@ -69,9 +69,13 @@ pub struct Config {
     /// left and replaced are reported at once.
     pub view_refresh_interval: Duration,
     /// The least time between two load broadcasts of this node; changes in between are
-    /// coalesced into one broadcast.
+    /// coalesced into one broadcast. Every node re-sends every status `max_transmissions`
+    /// times, so the presets scale this with the cluster size (`max(1 s, n · 100 ms)`: about
+    /// ten statuses a second cluster-wide) or load gossip would fill every packet.
     pub load_min_interval: Duration,
-    /// How often the load is broadcast even when unchanged, so nodes that joined since learn it.
+    /// How often the load is broadcast even when unchanged (± 25%), so nodes that joined
+    /// since learn it. Presets: `max(60 s, n · 1 s)`, since every refresh costs every node
+    /// `max_transmissions` re-sends.
     pub load_refresh_interval: Duration,
     /// While this node knows no live member, how often it retries its join seeds and announces
     /// to members that are down.
@@ -79,8 +83,9 @@ pub struct Config {
     /// While connected, how often the join seeds are contacted again: merges two halves of a
     /// cluster that forgot each other (a partition longer than `remove_down_after`).
     pub seed_refresh_interval: Duration,
-    /// How often this node pushes its whole member list to one random member (anti-entropy:
-    /// repairs what gossip, which sends each update a bounded number of times, missed).
+    /// How often (± 25%) this node pushes one datagram of its member list (down and suspect members
+    /// first) to one random member (anti-entropy: repairs what gossip, which sends each update
+    /// a bounded number of times, missed).
     pub sync_interval: Duration,
 }
 
@@ -118,6 +123,9 @@ impl Config {
     pub const MIN_PACKET_SIZE: usize = 1024;
     /// The largest `max_packet_size` accepted (a UDP payload's limit).
     pub const MAX_PACKET_SIZE: usize = 65_507;
+    /// The size of a membership update with names of about a dozen characters (an identity of
+    /// about 50 bytes and the SWIM incarnation and state), for [`Config::spread_time`].
+    pub const TYPICAL_UPDATE_BYTES: usize = 60;
 
     /// Settings for nodes on one LAN (or one site), for a cluster of about `cluster_size`
     /// nodes. See the module docs for the arithmetic behind the timings.
@@ -136,11 +144,11 @@ impl Config {
             announce_interval: Duration::from_secs(30),
             announce_down_interval: Duration::from_secs(5),
             view_refresh_interval: Duration::from_millis(200),
-            load_min_interval: per_node(cluster_size, Duration::from_secs(1), Duration::from_millis(10)),
-            load_refresh_interval: per_node(cluster_size, Duration::from_secs(30), Duration::from_millis(30)),
-            rejoin_interval: Duration::from_secs(2),
+            load_min_interval: per_node(cluster_size, Duration::from_secs(1), Duration::from_millis(100)),
+            load_refresh_interval: per_node(cluster_size, Duration::from_secs(60), Duration::from_secs(1)),
+            rejoin_interval: Duration::from_secs(1),
             seed_refresh_interval: Duration::from_secs(60),
-            sync_interval: per_node(cluster_size, Duration::from_secs(10), Duration::from_millis(20)),
+            sync_interval: Duration::from_secs(5),
         }
     }
 
@@ -236,15 +244,31 @@ impl Config {
     /// After a partition both sides hold each other down, and down is final in SWIM: a member
     /// only comes back under a higher incarnation. The first announce to a down member that
     /// crosses (within `announce_down_interval`) is answered with "you are down"; the answered
-    /// node rejoins one incarnation higher, the other side learns the new identity from it and
-    /// probes it, and each probe that crosses makes one more node rejoin. That cascade takes a
-    /// few probe periods and gossip rounds; the bound allows a suspicion timeout's worth.
+    /// node rejoins one incarnation higher and at once announces itself across, and each
+    /// announce that crosses makes one more node rejoin: a cascade of a few round trips, probe
+    /// periods and gossip rounds (the bound allows a suspicion timeout's worth). Then every
+    /// node's new identity must reach everyone: `n` updates, each sent `max_transmissions`
+    /// times by each node, in packets of bounded size ([`Config::spread_time`]), which
+    /// dominates for hundreds of nodes.
     pub fn convergence_bound(&self, cluster_size: usize) -> Duration {
         let n = cluster_size.max(2);
         self.announce_down_interval
             + self.probe_period * (4 + log2_ceil(n))
             + self.suspect_to_down_after
             + self.gossip_interval * (2 + log2_ceil(n))
+            + self.spread_time(n)
+    }
+
+    /// How long each node takes to send `updates` membership updates `max_transmissions`
+    /// times each when they fill every packet it sends: the floor on spreading many changes at
+    /// once. Assumes updates of [`Config::TYPICAL_UPDATE_BYTES`] and a node sending
+    /// `gossip_fanout` packets per gossip interval plus a ping and an ack per probe period.
+    pub fn spread_time(&self, updates: usize) -> Duration {
+        let per_packet = (self.max_packet_size / Self::TYPICAL_UPDATE_BYTES).max(1) as f64;
+        let packets_per_sec =
+            self.gossip_fanout as f64 / self.gossip_interval.as_secs_f64() + 2.0 / self.probe_period.as_secs_f64();
+        let packets = updates as f64 * f64::from(self.max_transmissions) / per_packet;
+        Duration::from_secs_f64(packets / packets_per_sec)
     }
 
     /// foca's configuration for these settings (call [`Config::validate`] first).
@@ -335,8 +359,7 @@ mod tests {
         assert_eq!(Config::lan(10).max_transmissions, 12);
         assert_eq!(Config::lan(1000).max_transmissions, 24);
         assert_eq!(Config::lan(10).load_min_interval, Duration::from_secs(1));
-        assert_eq!(Config::lan(1000).load_min_interval, Duration::from_secs(10));
-        assert_eq!(Config::lan(1000).sync_interval, Duration::from_secs(20));
+        assert_eq!(Config::lan(100).load_min_interval, Duration::from_secs(10));
         assert_eq!(log2_ceil(1), 0);
         assert_eq!(log2_ceil(5), 3);
         assert_eq!(log2_ceil(1024), 10);

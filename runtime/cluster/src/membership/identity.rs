@@ -72,11 +72,14 @@ pub enum IdentityError {
 ///   without asking: the stable [`NodeId`], the node's name (its certificate name), the site
 ///   it runs in, and where it serves HTTP.
 ///
+/// Two identities are equal when their gossip address, incarnation, leave mark and node id
+/// are: the name, site and ingress address are attributes of one life of a node and cannot
+/// change within it (a node restarted with other ones comes back with a higher incarnation).
+/// foca compares identities constantly; this keeps it to a few integer comparisons.
+///
 /// Cloning is cheap (names are shared).
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Identity {
-    // Field order matters for speed only: foca compares identities often, and `gossip_addr`
-    // and `incarnation` tell most of them apart.
     gossip_addr: SocketAddr,
     incarnation: u64,
     leaving: bool,
@@ -153,6 +156,23 @@ impl Identity {
     /// Total order among identities sharing a gossip address: the higher wins.
     fn conflict_key(&self) -> (u64, bool, NodeId, &str, &str, SocketAddr) {
         (self.incarnation, self.leaving, self.id, &self.name, &self.site, self.ingress_addr)
+    }
+}
+
+impl PartialEq for Identity {
+    fn eq(&self, other: &Self) -> bool {
+        self.gossip_addr == other.gossip_addr
+            && self.incarnation == other.incarnation
+            && self.leaving == other.leaving
+            && self.id == other.id
+    }
+}
+
+impl Eq for Identity {}
+
+impl std::hash::Hash for Identity {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.gossip_addr, self.incarnation, self.leaving, self.id).hash(state);
     }
 }
 

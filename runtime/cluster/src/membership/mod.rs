@@ -39,14 +39,15 @@
 //! [`Config::max_packet_size`] bytes of postcard:
 //!
 //! - `0`: a foca packet;
-//! - `1`: a join request: the joiner's [`Identity`]. The seed answers by announcing itself to
-//!   the joiner, so a seed is reached by address alone, whatever address it advertises; and,
-//!   if the joiner is new to it, with its roster;
-//! - `2`: a roster: where to send a roster back (or nothing), then a list of foca members
-//!   (identity, SWIM incarnation, state), applied as if gossiped (SWIM's rules decide what is
-//!   newer). Without it a joiner learns about one foca feed (a packet's worth of members) per
-//!   announce interval, which for hundreds of nodes takes many minutes. A roster is at most
-//!   [`MAX_ROSTER_DATAGRAMS`] datagrams.
+//! - `1`: a join request: the joiner's [`Identity`] and whether it still wants a roster. The
+//!   seed answers by announcing itself to the joiner, so a seed is reached by address alone,
+//!   whatever address it advertises; and, if the joiner is new to it or asks, with its roster;
+//! - `2`: a roster part: a header (where to push a roster back, if anywhere; which roster;
+//!   part `i` of `n`), then a list of foca members (identity, SWIM incarnation, state),
+//!   applied as if gossiped (SWIM's rules decide what is newer). Without rosters a joiner
+//!   learns about one foca feed (a packet's worth of members) per announce interval, which for
+//!   hundreds of nodes takes many minutes. A roster is at most [`MAX_ROSTER_DATAGRAMS`]
+//!   parts; a joiner asks again until it has every part of one.
 //!
 //! # Joining is a push-pull
 //!
@@ -73,9 +74,10 @@
 //! # Anti-entropy
 //!
 //! Gossip sends each update a bounded number of times, so a member can miss one. Every
-//! [`Config::sync_interval`] each node pushes its roster to one random member, which applies
-//! it and spreads what was news to it; nothing a live member knows stays unknown to the rest
-//! for long.
+//! [`Config::sync_interval`] each node pushes one datagram of its roster to one random member
+//! (down and suspect members first, then a random sample of the rest), which applies it and
+//! spreads what was news to it; nothing a live member knows stays unknown to the rest for
+//! long, at the cost of one datagram per node per interval.
 
 mod config;
 mod identity;
@@ -90,6 +92,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use foca::OwnedNotification;
 use rand::rngs::Xoshiro256PlusPlus;
+use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
 pub use self::config::{Config, ConfigError};
@@ -106,12 +109,44 @@ const KIND_JOIN: u8 = 1;
 const KIND_ROSTER: u8 = 2;
 /// The most datagrams one roster is sent in (about 20 members each at 1100 bytes).
 pub const MAX_ROSTER_DATAGRAMS: usize = 128;
+/// Room kept for a roster part's header: an IPv6 socket address (21 bytes), a roster id and
+/// part numbers (11 bytes), the member count (3 bytes), with margin.
+const ROSTER_HEADER_ROOM: usize = 40;
 /// How many join seeds are remembered (and retried); more are contacted once.
 const MAX_SEEDS: usize = 16;
 /// How many gossip rounds (each to `num_indirect_probes` random members) announce a leave.
 const LEAVE_GOSSIP_ROUNDS: usize = 2;
-/// How many down members, and how many others, are announced to per rejoin attempt.
-const REJOIN_ANNOUNCES: usize = 2;
+/// How many down members are announced to per rejoin attempt.
+const REJOIN_ANNOUNCES_DOWN: usize = 2;
+/// How many other members are announced to per rejoin attempt (more: across a partition most
+/// of them may be unreachable).
+const REJOIN_ANNOUNCES_UP: usize = 6;
+
+/// What precedes the members in a roster datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct RosterHeader {
+    /// In a seed's answer to a join request: the seed's address, where a joiner that was in an
+    /// island pushes its own roster back. `None` in rosters pushed back and in anti-entropy.
+    reply_to: Option<SocketAddr>,
+    /// Which roster of the sender this is part of.
+    id: u32,
+    /// This part's index.
+    part: u16,
+    /// How many parts the roster has.
+    parts: u16,
+    /// Whether the sender's own view is settled (connected for a while, or founding the
+    /// cluster): only a settled roster stops a joiner from asking. A node that joined a moment
+    /// ago knows little yet.
+    settled: bool,
+}
+
+/// The parts received so far of a seed's roster (until one is complete).
+#[derive(Debug)]
+struct RosterProgress {
+    from: SocketAddr,
+    id: u32,
+    received: Vec<bool>,
+}
 
 type Rng = Xoshiro256PlusPlus;
 type Swim = foca::Foca<Identity, foca::PostcardCodec, Rng, StatusHandler>;
@@ -312,9 +347,7 @@ impl foca::Runtime<Identity> for Effects<'_> {
         // Nodes started together would announce in step forever: after a partition heals,
         // everyone would wait for the same moment to reach across. ±25% breaks the step.
         let after = match event {
-            foca::Timer::PeriodicAnnounce(_) | foca::Timer::PeriodicAnnounceDown(_) => {
-                after.mul_f64(self.rng.random_range(0.75..1.25))
-            }
+            foca::Timer::PeriodicAnnounce(_) | foca::Timer::PeriodicAnnounceDown(_) => jittered(self.rng, after),
             _ => after,
         };
         self.io.timers.push(self.now + after, Timer::Foca(event));
@@ -338,6 +371,8 @@ pub struct Membership {
     /// The members as last reported, by gossip address; what [`Membership::members`] shows.
     /// Bounded by foca's member list (pruned against it on every tick).
     tracked: BTreeMap<SocketAddr, Tracked>,
+    /// The addresses of the members reported suspect (a subset of `tracked`).
+    suspects: BTreeSet<SocketAddr>,
     /// For the core's own choices (which down members to announce to, timer jitter).
     rng: Rng,
     /// Seeds given to `join`, retried while isolated (at most [`MAX_SEEDS`]).
@@ -347,6 +382,11 @@ pub struct Membership {
     /// The load changed since it was last broadcast.
     load_dirty: bool,
     last_load_broadcast: Instant,
+    /// When a changed load may be broadcast next: `load_min_interval` after the last broadcast,
+    /// stretched by up to half (nodes started together would otherwise broadcast together).
+    next_load_allowed: Instant,
+    /// When an unchanged load is broadcast again (jittered likewise).
+    next_load_refresh: Instant,
     connected: bool,
     /// When the seeds are contacted next (see the module docs).
     next_rejoin: Instant,
@@ -354,6 +394,14 @@ pub struct Membership {
     rejoin_backoff: Duration,
     /// When the roster is next pushed to a random member (anti-entropy).
     next_sync: Instant,
+    /// Whether every part of one seed's roster arrived (until then, join requests ask for one).
+    roster_complete: bool,
+    /// The parts of the seed roster being received.
+    roster_progress: Option<RosterProgress>,
+    /// Numbers the rosters this node sends.
+    roster_seq: u32,
+    /// Since when foca has reported this node active (`None` while it is not).
+    connected_since: Option<Instant>,
     left: bool,
     started: Instant,
 }
@@ -391,16 +439,23 @@ impl Membership {
             io,
             table,
             tracked: BTreeMap::new(),
+            suspects: BTreeSet::new(),
             rng: Rng::seed_from_u64(rng_seed ^ 0x9e37_79b9_7f4a_7c15),
             seeds: Vec::new(),
             load: LoadSummary::default(),
             load_version: 0,
             load_dirty: false,
             last_load_broadcast: now,
+            next_load_allowed: now,
+            next_load_refresh: now + config.load_refresh_interval,
             connected: false,
             next_rejoin: now + config.rejoin_interval,
             rejoin_backoff: config.rejoin_interval,
             next_sync: now + config.sync_interval,
+            roster_complete: false,
+            roster_progress: None,
+            roster_seq: 0,
+            connected_since: None,
             left: false,
             started: now,
             config,
@@ -462,7 +517,8 @@ impl Membership {
     }
 
     /// Records this node's load; it is broadcast at once unless the previous broadcast is
-    /// younger than [`Config::load_min_interval`], in which case the latest value goes out
+    /// younger than [`Config::load_min_interval`] (stretched by a random 0 to 50% per
+    /// broadcast, so that nodes do not fall in step), in which case the latest value goes out
     /// when that interval is over.
     pub fn set_load(&mut self, now: Instant, load: LoadSummary) -> Result<(), MembershipError> {
         if self.left || load == self.load {
@@ -470,11 +526,7 @@ impl Membership {
         }
         self.load = load;
         self.load_dirty = true;
-        let result = if now >= self.last_load_broadcast + self.config.load_min_interval {
-            self.broadcast_status(now)
-        } else {
-            Ok(())
-        };
+        let result = if now >= self.next_load_allowed { self.broadcast_status(now) } else { Ok(()) };
         self.settle(now);
         result
     }
@@ -603,7 +655,8 @@ impl Membership {
     }
 
     fn handle_join_request(&mut self, now: Instant, request: &[u8]) -> Result<(), MembershipError> {
-        let (joiner, rest): (Identity, _) = postcard::take_from_bytes(request).map_err(MembershipError::BadJoin)?;
+        let ((joiner, wants_roster), rest): ((Identity, bool), _) =
+            postcard::take_from_bytes(request).map_err(MembershipError::BadJoin)?;
         if !rest.is_empty() {
             return Err(MembershipError::BadJoin(postcard::Error::DeserializeUnexpectedEnd));
         }
@@ -611,11 +664,11 @@ impl Membership {
             return Ok(());
         }
         // A member we already count as live re-sends its request (seed refresh): it knows
-        // the cluster, an announce is enough. Otherwise it gets the roster too.
+        // the cluster, an announce is enough, unless it never got a whole roster.
         let known = self.swim.iter_members().any(|m| *m.id() == joiner);
-        if !known {
+        if !known || wants_roster {
             let own = self.identity().gossip_addr();
-            self.send_roster(joiner.gossip_addr(), Some(own));
+            self.send_roster(now, joiner.gossip_addr(), Some(own));
         }
         // Announcing ourselves to the joiner makes it answer with a feed; its answer's header
         // makes it a member here, and our announce made us one there.
@@ -624,53 +677,38 @@ impl Membership {
 
     /// Sends every member we know (but the recipient) to `to`, packed into datagrams; the
     /// first names `reply_to`, where the recipient may push its own roster back.
-    fn send_roster(&mut self, to: SocketAddr, mut reply_to: Option<SocketAddr>) {
-        let max = self.config.max_packet_size;
-        let mut items: Vec<u8> = Vec::with_capacity(max);
-        let mut count: usize = 0;
-        let mut datagrams = 0;
-        let mut members = self.swim.iter_membership_state().filter(|m| m.id().gossip_addr() != to).peekable();
-        while datagrams < MAX_ROSTER_DATAGRAMS {
-            let next = members.next();
-            let encoded = match next.map(postcard::to_allocvec) {
-                Some(Ok(bytes)) => Some(bytes),
-                Some(Err(err)) => {
-                    tracing::error!(%err, "could not encode a roster entry");
-                    continue;
-                }
-                None => None,
-            };
-            // Room for the reply address (at most 20 bytes) and a postcard sequence: a varint
-            // count (at most 3 bytes here), then the items.
-            let full = encoded.as_ref().is_none_or(|bytes| 23 + items.len() + bytes.len() > max);
-            if full && count > 0 {
-                let mut body = match postcard::to_allocvec(&reply_to.take()) {
-                    Ok(body) => body,
-                    Err(err) => {
-                        tracing::error!(%err, "could not encode a roster address");
-                        return;
-                    }
-                };
-                push_varint(&mut body, count);
-                body.extend_from_slice(&items);
-                self.io.outputs.push_back(Output::Send { to, bytes: frame(KIND_ROSTER, &body) });
-                datagrams += 1;
-                items.clear();
-                count = 0;
-            }
-            match encoded {
-                Some(bytes) => {
-                    items.extend_from_slice(&bytes);
-                    count += 1;
-                }
-                None => break,
-            }
+    fn send_roster(&mut self, now: Instant, to: SocketAddr, reply_to: Option<SocketAddr>) {
+        self.roster_seq = self.roster_seq.wrapping_add(1);
+        let settled = self.settled(now);
+        let members = self.swim.iter_membership_state().filter(|m| m.id().gossip_addr() != to);
+        let header = RosterHeader { reply_to, id: self.roster_seq, part: 0, parts: 0, settled };
+        let datagrams = pack_roster(members, header, self.config.max_packet_size, MAX_ROSTER_DATAGRAMS);
+        self.io.outputs.extend(datagrams.into_iter().map(|bytes| Output::Send { to, bytes }));
+    }
+
+    /// Anti-entropy: one datagram of members to a random live member, the bad news (down and
+    /// suspect members) first, then a random sample of the others; over many rounds the whole
+    /// roster goes around at a bounded cost.
+    fn send_sync(&mut self) {
+        let active: Vec<SocketAddr> = self.active_members().map(Identity::gossip_addr).collect();
+        if active.is_empty() {
+            return;
         }
+        let to = active[self.rng.random_range(0..active.len())];
+        let mut members: Vec<&foca::Member<Identity>> =
+            self.swim.iter_membership_state().filter(|m| m.id().gossip_addr() != to).collect();
+        members.shuffle(&mut self.rng);
+        members.sort_by_key(|m| m.state() == foca::State::Alive);
+        self.roster_seq = self.roster_seq.wrapping_add(1);
+        let header = RosterHeader { reply_to: None, id: self.roster_seq, part: 0, parts: 0, settled: false };
+        let datagrams = pack_roster(members.into_iter(), header, self.config.max_packet_size, 1);
+        self.io.outputs.extend(datagrams.into_iter().map(|bytes| Output::Send { to, bytes }));
     }
 
     fn handle_roster(&mut self, now: Instant, roster: &[u8]) -> Result<(), MembershipError> {
-        type Roster = (Option<SocketAddr>, Vec<foca::Member<Identity>>);
-        let (reply_to, members): Roster = postcard::from_bytes(roster).map_err(MembershipError::BadRoster)?;
+        type Roster = (RosterHeader, Vec<foca::Member<Identity>>);
+        let (header, members): Roster = postcard::from_bytes(roster).map_err(MembershipError::BadRoster)?;
+        let reply_to = header.reply_to;
         // A fresh joiner knows at most its seed: what the seed knows, the cluster knows, so
         // there is nothing to spread. A node that knew others was in an island: the news goes
         // both ways (its island learns the roster from its gossip, the seed from the roster it
@@ -679,14 +717,46 @@ impl Membership {
         let spread = island || reply_to.is_none();
         let result =
             self.swim.apply_many(members.into_iter(), spread, effects!(self, now)).map_err(MembershipError::Protocol);
-        if island && let Some(seed) = reply_to {
-            self.send_roster(seed, None);
+        if let Some(seed) = reply_to {
+            if island && header.part == 0 {
+                self.send_roster(now, seed, None);
+            }
+            if header.settled {
+                self.roster_part_received(seed, header);
+            }
         }
         result
     }
 
+    /// Whether this node's view is settled enough for its rosters to end a joiner's asking:
+    /// connected for two rejoin intervals (time to get its own roster), or founding a cluster.
+    fn settled(&self, now: Instant) -> bool {
+        match self.connected_since {
+            Some(since) => now >= since + self.config.rejoin_interval * 2,
+            None => self.seeds.is_empty(),
+        }
+    }
+
+    /// Counts a part of a seed's settled roster; the first one with every part ends the asking.
+    fn roster_part_received(&mut self, from: SocketAddr, header: RosterHeader) {
+        let parts = usize::from(header.parts).min(MAX_ROSTER_DATAGRAMS);
+        let part = usize::from(header.part);
+        if self.roster_complete || part >= parts {
+            return;
+        }
+        let progress = match &mut self.roster_progress {
+            Some(p) if p.from == from && p.id == header.id => p,
+            other => other.insert(RosterProgress { from, id: header.id, received: vec![false; parts] }),
+        };
+        progress.received[part] = true;
+        if progress.received.iter().all(|&got| got) {
+            self.roster_complete = true;
+            self.roster_progress = None;
+        }
+    }
+
     fn send_join_request(&mut self, seed: SocketAddr) {
-        match postcard::to_allocvec(self.identity()) {
+        match postcard::to_allocvec(&(self.identity(), !self.roster_complete)) {
             Ok(body) => self.io.outputs.push_back(Output::Send { to: seed, bytes: frame(KIND_JOIN, &body) }),
             // An identity always encodes (plain fields, no maps); nothing sensible to do if not.
             Err(err) => tracing::error!(%err, "could not encode a join request"),
@@ -705,6 +775,8 @@ impl Membership {
         };
         let bytes = load::encode(&status).map_err(MembershipError::Encode)?;
         self.last_load_broadcast = now;
+        self.next_load_refresh = now + jittered(&mut self.rng, self.config.load_refresh_interval);
+        self.next_load_allowed = now + self.config.load_min_interval.mul_f64(self.rng.random_range(1.0..1.5));
         self.load_dirty = false;
         self.swim.add_broadcast(&bytes).map(drop).map_err(MembershipError::Protocol)
     }
@@ -713,21 +785,14 @@ impl Membership {
     fn tick(&mut self, now: Instant) -> Result<(), MembershipError> {
         self.io.timers.push(now + self.config.view_refresh_interval, Timer::Tick);
         self.sweep(now);
-        let since_broadcast = now.saturating_duration_since(self.last_load_broadcast);
-        let result = if (self.load_dirty && since_broadcast >= self.config.load_min_interval)
-            || since_broadcast >= self.config.load_refresh_interval
-        {
+        let result = if (self.load_dirty && now >= self.next_load_allowed) || now >= self.next_load_refresh {
             self.broadcast_status(now)
         } else {
             Ok(())
         };
         if self.connected && now >= self.next_sync {
-            self.next_sync = now + self.config.sync_interval;
-            let active: Vec<SocketAddr> = self.active_members().map(Identity::gossip_addr).collect();
-            if !active.is_empty() {
-                let peer = active[self.rng.random_range(0..active.len())];
-                self.send_roster(peer, None);
-            }
+            self.next_sync = now + jittered(&mut self.rng, self.config.sync_interval);
+            self.send_sync();
         }
         if now >= self.next_rejoin {
             if !self.connected {
@@ -762,8 +827,8 @@ impl Membership {
             let list = if member.state() == foca::State::Down { &mut down } else { &mut up };
             list.push(member.id().clone());
         }
-        for list in [down, up] {
-            for _ in 0..REJOIN_ANNOUNCES.min(list.len()) {
+        for (list, count) in [(down, REJOIN_ANNOUNCES_DOWN), (up, REJOIN_ANNOUNCES_UP)] {
+            for _ in 0..count.min(list.len()) {
                 let pick = list[self.rng.random_range(0..list.len())].clone();
                 if let Err(err) = self.swim.announce(pick, effects!(self, now)) {
                     tracing::debug!(%err, "announce failed");
@@ -778,55 +843,79 @@ impl Membership {
         }
     }
 
-    /// Whether one of the seeds is a live member (then this node is in the seeds' cluster).
+    /// Whether one of the seeds is a live member (then this node is in the seeds' cluster) and
+    /// a whole roster arrived.
     fn seed_reached(&self) -> bool {
-        self.seeds.is_empty() || self.active_members().any(|m| self.seeds.contains(&m.gossip_addr()))
+        self.seeds.is_empty()
+            || (self.roster_complete && self.active_members().any(|m| self.seeds.contains(&m.gossip_addr())))
     }
 
     /// Brings the reported view in line with foca's for suspicion (which foca does not notify)
-    /// and drops members foca forgot.
+    /// and drops members foca forgot. Cheap in the common case: one pass over foca's members
+    /// reading their state, then work only for suspects.
     fn sweep(&mut self, now: Instant) {
         let mut known = 0;
+        let mut suspects: Vec<&Identity> = Vec::new();
         for member in self.swim.iter_membership_state() {
             known += 1;
-            let id = member.id();
-            let Some(tracked) = self.tracked.get_mut(&id.gossip_addr()) else {
-                // Learnt about only as down (never up here): shown, not announced.
-                if member.state() == foca::State::Down {
-                    let state = if id.is_leaving() { MemberState::Left } else { MemberState::Down };
-                    self.tracked.insert(
-                        id.gossip_addr(),
-                        Tracked { identity: id.clone(), state, since: now, load_updated_at: None },
-                    );
-                }
-                continue;
-            };
-            if tracked.identity != *id {
-                continue;
+            if member.state() == foca::State::Suspect {
+                suspects.push(member.id());
             }
-            let change = match (member.state(), tracked.state) {
-                (foca::State::Suspect, MemberState::Alive) => Some(MemberState::Suspect),
-                (foca::State::Alive, MemberState::Suspect) => Some(MemberState::Alive),
-                _ => None,
-            };
-            if let Some(state) = change {
-                tracked.state = state;
+        }
+        for &id in &suspects {
+            if let Some(tracked) = self.tracked.get_mut(&id.gossip_addr())
+                && tracked.state == MemberState::Alive
+                && tracked.identity == *id
+            {
+                tracked.state = MemberState::Suspect;
                 tracked.since = now;
-                let event = if state == MemberState::Suspect {
-                    Event::MemberSuspect(id.clone())
-                } else {
-                    Event::MemberAlive(id.clone())
-                };
-                self.io.outputs.push_back(Output::Event(event));
+                self.suspects.insert(id.gossip_addr());
+                self.io.outputs.push_back(Output::Event(Event::MemberSuspect(id.clone())));
             }
+        }
+        // Reported suspect, no longer suspect in foca, and no notification said down or
+        // replaced: the suspicion was refuted.
+        if self.suspects.len() > suspects.len() || suspects.iter().any(|id| !self.suspects.contains(&id.gossip_addr()))
+        {
+            let still: BTreeSet<SocketAddr> = suspects.iter().map(|id| id.gossip_addr()).collect();
+            let refuted: Vec<SocketAddr> = self.suspects.difference(&still).copied().collect();
+            for addr in refuted {
+                self.suspects.remove(&addr);
+                if let Some(tracked) = self.tracked.get_mut(&addr).filter(|t| t.state == MemberState::Suspect) {
+                    tracked.state = MemberState::Alive;
+                    tracked.since = now;
+                    self.io.outputs.push_back(Output::Event(Event::MemberAlive(tracked.identity.clone())));
+                }
+            }
+        }
+        if known != self.tracked.len() {
+            self.reconcile(now);
         }
         let own = self.identity().gossip_addr();
         let mut table = self.table.lock();
-        if self.tracked.len() > known || table.latest.len() > 2 * (known + 1) + 16 {
+        if table.latest.len() > 2 * (known + 1) + 16 {
             let addrs: BTreeSet<SocketAddr> = self.swim.iter_membership_state().map(|m| m.id().gossip_addr()).collect();
-            self.tracked.retain(|addr, _| addrs.contains(addr));
             table.latest.retain(|addr, _| *addr == own || addrs.contains(addr));
         }
+    }
+
+    /// Shows the members foca learnt about only as down (never up here, so never notified),
+    /// and forgets those foca removed.
+    fn reconcile(&mut self, now: Instant) {
+        let mut addrs = BTreeSet::new();
+        for member in self.swim.iter_membership_state() {
+            let id = member.id();
+            addrs.insert(id.gossip_addr());
+            if member.state() == foca::State::Down && !self.tracked.contains_key(&id.gossip_addr()) {
+                let state = if id.is_leaving() { MemberState::Left } else { MemberState::Down };
+                self.tracked.insert(
+                    id.gossip_addr(),
+                    Tracked { identity: id.clone(), state, since: now, load_updated_at: None },
+                );
+            }
+        }
+        self.tracked.retain(|addr, _| addrs.contains(addr));
+        self.suspects.retain(|addr| addrs.contains(addr));
     }
 
     /// Turns what foca and the broadcast handler recorded during the last call into events.
@@ -869,16 +958,19 @@ impl Membership {
                 }
                 OwnedNotification::Active => {
                     self.connected = true;
+                    self.connected_since.get_or_insert(now);
                     self.emit(Event::Joined);
                 }
                 OwnedNotification::Idle => {
                     self.connected = false;
+                    self.connected_since = None;
                     self.next_rejoin = now;
                     self.rejoin_backoff = self.config.rejoin_interval;
                     self.emit(Event::Isolated);
                 }
                 OwnedNotification::Defunct => {
                     self.connected = false;
+                    self.connected_since = None;
                     if !self.left {
                         self.emit(Event::Defunct);
                     }
@@ -889,6 +981,7 @@ impl Membership {
                     // to be contacted; if its one gossip round was lost nobody knows the new
                     // identity. Count as isolated until foca reports `Active` again.
                     self.connected = false;
+                    self.connected_since = None;
                     self.next_rejoin = now + self.config.rejoin_interval;
                     self.rejoin_backoff = self.config.rejoin_interval;
                     rebroadcast = true;
@@ -926,6 +1019,11 @@ impl Membership {
     }
 
     fn track(&mut self, now: Instant, id: &Identity, state: MemberState) {
+        if state == MemberState::Suspect {
+            self.suspects.insert(id.gossip_addr());
+        } else {
+            self.suspects.remove(&id.gossip_addr());
+        }
         let entry = self.tracked.entry(id.gossip_addr()).or_insert_with(|| Tracked {
             identity: id.clone(),
             state,
@@ -940,6 +1038,61 @@ impl Membership {
     fn emit(&mut self, event: Event) {
         self.io.outputs.push_back(Output::Event(event));
     }
+}
+
+/// `interval` ± 25%, so that nodes started together do not act together forever.
+fn jittered(rng: &mut Rng, interval: Duration) -> Duration {
+    interval.mul_f64(rng.random_range(0.75..1.25))
+}
+
+/// Packs `members` into at most `max_datagrams` roster parts of at most `max_packet` bytes
+/// (plus the kind byte), each a postcard `(RosterHeader, Vec<Member>)` with `header`'s
+/// `reply_to` and `id` and its own part numbers. Members past the last part are left out; no
+/// members make one empty part (a roster of nobody is still an answer).
+fn pack_roster<'a>(
+    members: impl Iterator<Item = &'a foca::Member<Identity>>,
+    header: RosterHeader,
+    max_packet: usize,
+    max_datagrams: usize,
+) -> Vec<Bytes> {
+    let room = max_packet.saturating_sub(ROSTER_HEADER_ROOM);
+    let mut chunks: Vec<(usize, Vec<u8>)> = vec![(0, Vec::new())];
+    for member in members {
+        let bytes = match postcard::to_allocvec(member) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                tracing::error!(%err, "could not encode a roster entry");
+                continue;
+            }
+        };
+        let fits = chunks.last().is_some_and(|(_, items)| items.len() + bytes.len() <= room);
+        if !fits {
+            if chunks.len() == max_datagrams {
+                break;
+            }
+            chunks.push((0, Vec::new()));
+        }
+        if let Some((count, items)) = chunks.last_mut() {
+            *count += 1;
+            items.extend_from_slice(&bytes);
+        }
+    }
+    let parts = chunks.len() as u16;
+    let mut datagrams = Vec::with_capacity(chunks.len());
+    for (part, (count, items)) in chunks.into_iter().enumerate() {
+        let header = RosterHeader { part: part as u16, parts, ..header };
+        let mut body = match postcard::to_allocvec(&header) {
+            Ok(body) => body,
+            Err(err) => {
+                tracing::error!(%err, "could not encode a roster header");
+                break;
+            }
+        };
+        push_varint(&mut body, count);
+        body.extend_from_slice(&items);
+        datagrams.push(frame(KIND_ROSTER, &body));
+    }
+    datagrams
 }
 
 /// Appends `value` as a postcard (LEB128) varint.
