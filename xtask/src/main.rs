@@ -10,6 +10,7 @@
 mod bench;
 mod demo;
 mod guests;
+mod sim;
 mod test;
 mod toolchain;
 mod util;
@@ -35,6 +36,7 @@ enum Command {
     Test(test::Args),
     Demo(demo::Args),
     Bench(bench::Args),
+    Sim(sim::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Sim(args) => sim::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use wedge_cluster::sim::scenario::{self, Scenario, ScenarioConfig};
@@ -43,6 +43,9 @@ struct Args {
     /// On failure, print every node's view.
     #[arg(long)]
     dump: bool,
+    /// How often each node reports a new load, in seconds (0: never).
+    #[arg(long, default_value_t = 2.0)]
+    load_every: f64,
 }
 
 fn main() -> ExitCode {
@@ -54,7 +57,7 @@ fn main() -> ExitCode {
     if args.table {
         println!("sim seed: {first}");
         let started = Instant::now();
-        let rows = scenario::table(&args.sizes, first, |report| {
+        let rows = scenario::table(&args.sizes, first, args.dump, |report| {
             println!("  {report}  [{:.1}s wall]", started.elapsed().as_secs_f64());
         });
         return match rows {
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
             let started = Instant::now();
             let mut config = ScenarioConfig::new(scenario, args.nodes, seed).with_loss(args.loss);
             config.sim.dump_on_failure = args.dump;
+            config.sim.load_interval = (args.load_every > 0.0).then(|| Duration::from_secs_f64(args.load_every));
             match scenario::run(&config) {
                 Ok(report) => println!("  {report}  [{:.2}s wall]", started.elapsed().as_secs_f64()),
                 Err(err) => {

@@ -256,6 +256,8 @@ pub struct Sim {
     seq: u64,
     check_queued: bool,
     safety: bool,
+    /// Whether the periodic load changes are applied (they keep their schedule either way).
+    load_updates: bool,
     detections: Vec<Detection>,
     watch: Option<Watch>,
     detected: Vec<Measured>,
@@ -292,6 +294,7 @@ impl Sim {
             seq: 0,
             check_queued: false,
             safety: false,
+            load_updates: true,
             detections: Vec::new(),
             watch: None,
             detected: Vec::new(),
@@ -380,6 +383,11 @@ impl Sim {
     /// Turns the safety checker on or off (see the module docs).
     pub fn set_safety(&mut self, on: bool) {
         self.safety = on;
+    }
+
+    /// Pauses or resumes the periodic load changes of [`SimConfig::load_interval`].
+    pub fn set_load_updates(&mut self, on: bool) {
+        self.load_updates = on;
     }
 
     /// Changes the loss probability from now on.
@@ -615,8 +623,22 @@ impl Sim {
                     if core.active_count() != live.len() - 1 {
                         let extra: Vec<String> =
                             core.active_members().filter(|m| !self.is_current(m)).map(|m| m.to_string()).collect();
+                        let missing: Vec<String> = live
+                            .iter()
+                            .filter(|&&j| j != i)
+                            .filter_map(|&j| {
+                                let identity = self.nodes[j].core.as_ref()?.identity();
+                                if core.active_members().any(|m| m == identity) {
+                                    return None;
+                                }
+                                let seen = core.member(identity.gossip_addr()).map_or("unknown".to_owned(), |v| {
+                                    format!("seen as {} {}", v.identity, v.state.as_str())
+                                });
+                                Some(format!("{identity} ({seen})"))
+                            })
+                            .collect();
                         return Some(format!(
-                            "{} counts {} members, {} others are live (not live: {extra:?})",
+                            "{} counts {} members, {} others are live (not live: {extra:?}; missing: {missing:?})",
                             self.nodes[i].name,
                             core.active_count(),
                             live.len() - 1
@@ -737,7 +759,9 @@ impl Sim {
                         functions_ready: self.rng.random_range(0..20),
                         applied_revision: self.rng.random_range(0..5),
                     };
-                    self.set_load(node, load);
+                    if self.load_updates {
+                        self.set_load(node, load);
+                    }
                     if let Some(every) = self.config.load_interval {
                         let next = every.mul_f64(0.5 + self.rng.random::<f64>());
                         self.push(now + next, Action::Load { node, epoch });

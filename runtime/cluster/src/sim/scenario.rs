@@ -122,23 +122,32 @@ pub struct Report {
     pub loss: f64,
     /// From the last node's start until the booted cluster agreed.
     pub boot: Duration,
-    /// Crash to last live node marking it down (crash scenario), or partition start to the
-    /// last cross-side mark (partition scenario: one per partitioned-off node).
-    pub detections: Vec<Duration>,
-    /// Convergences after the scenario's disruption (labelled).
+    /// Detections, labelled `crash <node>` (crash to the last live node marking it down) or
+    /// `partition: …` (cut to the last node of the other side marking it down).
+    pub detections: Vec<Measured>,
+    /// Convergences after the disruptions, labelled `restart spread`, `restart agreement`,
+    /// `heal` or `churn agreement`.
     pub convergences: Vec<Measured>,
-    /// Gossip bytes sent per node per second over the quiet window.
+    /// Gossip bytes sent per node per second over a quiet window, load gossip included
+    /// (every node changing its load every 1 to 3 s).
     pub bytes_per_node_sec: f64,
-    /// Datagrams sent per node per second over the quiet window.
+    /// Datagrams sent per node per second over the same window.
     pub datagrams_per_node_sec: f64,
+    /// Gossip bytes per node per second over a quiet window without load changes: the
+    /// membership protocol's own cost (with the periodic load refreshes).
+    pub membership_bytes_per_node_sec: f64,
+    /// Datagrams per node per second over that window.
+    pub membership_datagrams_per_node_sec: f64,
     /// The simulator's counters at the end.
     pub stats: SimStats,
     /// Virtual time simulated.
     pub virtual_time: Duration,
     /// Events processed.
     pub steps: u64,
-    /// [`Config::detection_bound`] for this size.
+    /// [`Config::detection_bound`] for this size (crashes are held to it).
     pub detection_bound: Duration,
+    /// [`Config::isolation_bound`] for this size (partitions are held to it).
+    pub isolation_bound: Duration,
     /// [`Config::convergence_bound`] for this size.
     pub convergence_bound: Duration,
     /// The probe period (for comparisons with SWIM's expectations).
@@ -148,16 +157,18 @@ pub struct Report {
 }
 
 impl Report {
-    /// The longest detection.
-    pub fn max_detection(&self) -> Option<Duration> {
-        self.detections.iter().max().copied()
+    /// The durations of the detections whose label starts with `prefix`, sorted.
+    pub fn detections_of(&self, prefix: &str) -> Vec<Duration> {
+        let mut times: Vec<Duration> =
+            self.detections.iter().filter(|m| m.label.starts_with(prefix)).map(|m| m.took).collect();
+        times.sort();
+        times
     }
 
-    /// The median detection.
-    pub fn median_detection(&self) -> Option<Duration> {
-        let mut sorted = self.detections.clone();
-        sorted.sort();
-        sorted.get(sorted.len() / 2).copied()
+    /// The median and the longest of the detections whose label starts with `prefix`.
+    pub fn detection_summary(&self, prefix: &str) -> Option<(Duration, Duration)> {
+        let times = self.detections_of(prefix);
+        Some((*times.get(times.len() / 2)?, *times.last()?))
     }
 
     /// The convergence measured under `label`.
@@ -171,24 +182,28 @@ impl fmt::Display for Report {
         let secs = |d: Duration| format!("{:.2}s", d.as_secs_f64());
         write!(
             f,
-            "{} n={} seed={} loss={}: boot {}, detection median {} max {} (bound {})",
+            "{} n={} seed={} loss={}: boot {}",
             self.scenario,
             self.nodes,
             self.seed,
             self.loss,
-            secs(self.boot),
-            self.median_detection().map_or("-".into(), secs),
-            self.max_detection().map_or("-".into(), secs),
-            secs(self.detection_bound),
+            secs(self.boot)
         )?;
+        for (prefix, bound) in [("crash", self.detection_bound), ("partition", self.isolation_bound)] {
+            if let Some((median, max)) = self.detection_summary(prefix) {
+                write!(f, ", {prefix} detection median {} max {} (bound {})", secs(median), secs(max), secs(bound))?;
+            }
+        }
         for m in &self.convergences {
             write!(f, ", {} {}", m.label, secs(m.took))?;
         }
         write!(
             f,
-            " (bound {}); {:.0} B/node/s, {:.1} datagrams/node/s; {} false downs, {} lost, {} core errors; {} virtual, {} steps",
+            " (bound {}); {:.0} B/node/s ({:.0} without load changes), {:.1} datagrams/node/s; {} false downs, \
+             {} lost, {} core errors; {} virtual, {} steps",
             secs(self.convergence_bound),
             self.bytes_per_node_sec,
+            self.membership_bytes_per_node_sec,
             self.datagrams_per_node_sec,
             self.stats.false_downs,
             self.stats.lost,
@@ -201,34 +216,51 @@ impl fmt::Display for Report {
 
 /// Runs one scenario.
 pub fn run(config: &ScenarioConfig) -> Result<Report, SimError> {
+    let phases: &[Scenario] = match config.scenario {
+        Scenario::Crash => &[Scenario::Crash],
+        Scenario::Partition => &[Scenario::Partition],
+        Scenario::Churn => &[Scenario::Churn],
+    };
+    run_phases(config, phases)
+}
+
+/// Boots a cluster, measures its traffic, then runs each scenario's disruption in turn.
+fn run_phases(config: &ScenarioConfig, phases: &[Scenario]) -> Result<Report, SimError> {
     let mut sim = Sim::new(config.sim.clone());
     let n = config.nodes.max(2);
     let membership = config.sim.membership.clone();
-    let detection_bound = membership.detection_bound(n);
-    let convergence_bound = membership.convergence_bound(n);
     let loss_free = config.sim.net.loss == 0.0;
     sim.set_safety(loss_free);
 
+    // Loads stay put until the quiet windows, so the first one measures membership alone.
+    sim.set_load_updates(false);
     let boot = boot(&mut sim, n, config.join_spacing, &membership)?;
 
-    let (bytes_before, datagrams_before) = sim.traffic();
-    sim.run_for(config.steady)?;
-    let (bytes_after, datagrams_after) = sim.traffic();
-    let per_node_sec = |delta: u64| delta as f64 / sim.live().len() as f64 / config.steady.as_secs_f64();
-    let bytes_per_node_sec = per_node_sec(bytes_after - bytes_before);
-    let datagrams_per_node_sec = per_node_sec(datagrams_after - datagrams_before);
-
-    let detections_before = sim.detected().len();
-    let convergences_before = sim.converged().len();
-    match config.scenario {
-        Scenario::Crash => crash(&mut sim, config.crashes, &membership, n)?,
-        Scenario::Partition => partition(&mut sim, &membership, n)?,
-        Scenario::Churn => churn(&mut sim, config.churn, &membership, n, loss_free)?,
+    // The quiet windows start once the boot's updates and first load statuses have all been
+    // sent their `max_transmissions` times: what is measured is the steady state.
+    for _ in 0..240 {
+        let drained = sim.live().iter().all(|&i| sim.core(i).is_none_or(|c| c.backlog() == (0, 0)));
+        if drained {
+            break;
+        }
+        sim.run_for(Duration::from_millis(500))?;
     }
-    // Each checker fails the run itself past its bound; this catches a stall.
-    let limit = detection_bound + convergence_bound * 4;
-    if !sim.run_until_settled(limit)? {
-        return Err(stalled(&sim, "the run did not settle"));
+    let (membership_bytes_per_node_sec, membership_datagrams_per_node_sec) = traffic_over(&mut sim, config.steady)?;
+    sim.set_load_updates(true);
+    let (bytes_per_node_sec, datagrams_per_node_sec) = traffic_over(&mut sim, config.steady)?;
+
+    for phase in phases {
+        match phase {
+            Scenario::Crash => crash(&mut sim, config.crashes, &membership, n)?,
+            Scenario::Partition => partition(&mut sim, &membership, n)?,
+            Scenario::Churn => churn(&mut sim, config.churn, &membership, n, loss_free)?,
+        }
+        // Each checker fails the run itself past its bound; this catches a stall.
+        let limit = membership.isolation_bound(n) + membership.convergence_bound(n) * 4;
+        if !sim.run_until_settled(limit)? {
+            return Err(stalled(&sim, "the run did not settle"));
+        }
+        sim.set_safety(loss_free);
     }
 
     Ok(Report {
@@ -237,18 +269,30 @@ pub fn run(config: &ScenarioConfig) -> Result<Report, SimError> {
         seed: sim.seed(),
         loss: config.sim.net.loss,
         boot,
-        detections: sim.detected()[detections_before..].iter().map(|m| m.took).collect(),
-        convergences: sim.converged()[convergences_before..].to_vec(),
+        detections: sim.detected().to_vec(),
+        convergences: sim.converged().iter().filter(|m| m.label != "boot").cloned().collect(),
         bytes_per_node_sec,
         datagrams_per_node_sec,
+        membership_bytes_per_node_sec,
+        membership_datagrams_per_node_sec,
         stats: sim.stats().clone(),
         virtual_time: sim.elapsed(),
         steps: sim.steps(),
-        detection_bound,
-        convergence_bound,
+        detection_bound: membership.detection_bound(n),
+        isolation_bound: membership.isolation_bound(n),
+        convergence_bound: membership.convergence_bound(n),
         probe_period: membership.probe_period,
         gossip_interval: membership.gossip_interval,
     })
+}
+
+/// Bytes and datagrams sent per live node per second over the next `window`.
+fn traffic_over(sim: &mut Sim, window: Duration) -> Result<(f64, f64), SimError> {
+    let (bytes_before, datagrams_before) = sim.traffic();
+    sim.run_for(window)?;
+    let (bytes_after, datagrams_after) = sim.traffic();
+    let per_node_sec = |delta: u64| delta as f64 / sim.live().len() as f64 / window.as_secs_f64();
+    Ok((per_node_sec(bytes_after - bytes_before), per_node_sec(datagrams_after - datagrams_before)))
 }
 
 /// How long a booted cluster of `n` may take to agree after its last node started: every
@@ -430,32 +474,35 @@ fn stalled(sim: &Sim, what: &str) -> SimError {
     SimError { seed: sim.seed(), step: sim.steps(), at: sim.elapsed(), message: what.to_owned() }
 }
 
-/// One row of the size table.
+/// One row of the size table: one cluster of that size through a crash phase, then a
+/// partition phase.
 #[derive(Debug, Clone)]
 pub struct TableRow {
     /// Cluster size.
     pub nodes: usize,
-    /// The crash run.
-    pub crash: Report,
-    /// The partition run.
-    pub partition: Report,
+    /// What the run measured.
+    pub report: Report,
 }
 
-/// Runs the crash and partition scenarios at each size (loss-free, default LAN config for
-/// that size), for the table.
-pub fn table(sizes: &[usize], seed: u64, mut progress: impl FnMut(&Report)) -> Result<Vec<TableRow>, SimError> {
+/// Runs, at each size, one loss-free cluster (default LAN config for that size) through the
+/// crash phase and then the partition phase, for the table.
+///
+/// With `dump`, a failure carries every node's view (see [`SimConfig::dump_on_failure`]).
+pub fn table(
+    sizes: &[usize],
+    seed: u64,
+    dump: bool,
+    mut progress: impl FnMut(&Report),
+) -> Result<Vec<TableRow>, SimError> {
     let mut rows = Vec::new();
     for &nodes in sizes {
-        let mut crash_config = ScenarioConfig::new(Scenario::Crash, nodes, seed);
+        let mut config = ScenarioConfig::new(Scenario::Crash, nodes, seed);
+        config.sim.dump_on_failure = dump;
         // Big clusters boot faster per node, or the boot alone takes minutes of virtual time.
-        crash_config.join_spacing = Duration::from_millis(if nodes > 100 { 5 } else { 10 });
-        let crash = run(&crash_config)?;
-        progress(&crash);
-        let mut partition_config = crash_config.clone();
-        partition_config.scenario = Scenario::Partition;
-        let partition = run(&partition_config)?;
-        progress(&partition);
-        rows.push(TableRow { nodes, crash, partition });
+        config.join_spacing = Duration::from_millis(if nodes > 100 { 5 } else { 10 });
+        let report = run_phases(&config, &[Scenario::Crash, Scenario::Partition])?;
+        progress(&report);
+        rows.push(TableRow { nodes, report });
     }
     Ok(rows)
 }
@@ -468,45 +515,50 @@ pub fn render_table(rows: &[TableRow]) -> String {
     let Some(first) = rows.first() else { return out };
     let _ = writeln!(
         out,
-        "Membership simulation: crash and partition scenarios, loss-free LAN (0.2-2 ms), `Config::lan(N)`, \
-         probe period T = {} ms, gossip interval G = {} ms, seed {}.\n",
-        first.crash.probe_period.as_millis(),
-        first.crash.gossip_interval.as_millis(),
-        first.crash.seed
+        "Membership simulation, loss-free LAN (0.2-2 ms one way), `Config::lan(N)` at each size: probe period \
+         T = {} ms, gossip interval G = {} ms; seed {}.\n",
+        first.report.probe_period.as_millis(),
+        first.report.gossip_interval.as_millis(),
+        first.report.seed
     );
     let _ = writeln!(
         out,
-        "| N | suspicion timeout (s) | detection median / max (s) | bound (s) | max / (log2 N · T) | \
-         restart spread (s) | spread / (log2 N · G) | restart agreement (s) | partition detection max (s) | \
-         heal convergence (s) | boot agreement (s) | gossip B/node/s | datagrams/node/s |"
+        "| N | suspicion timeout (s) | crash detection median / max (s) | detection bound (s) | \
+         max / (log2 N · T) | restart spread (s) | spread / (log2 N · G) | restart agreement (s) | \
+         partition detection median / max (s) | heal convergence (s) | convergence bound (s) | \
+         boot agreement (s) | B/node/s membership only | B/node/s with load gossip | datagrams/node/s |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
+        let r = &row.report;
         let log2n = (row.nodes as f64).log2();
-        let c = &row.crash;
-        let p = &row.partition;
         let ratio = |d: Option<Duration>, unit: Duration| {
             d.map_or("-".to_owned(), |d| format!("{:.2}", d.as_secs_f64() / (log2n * unit.as_secs_f64())))
         };
-        let suspicion = Config::lan(row.nodes).suspect_to_down_after;
-        let spread = c.convergence("restart spread");
+        let pair = |s: Option<(Duration, Duration)>| match s {
+            Some((median, max)) => format!("{} / {}", secs(Some(median)), secs(Some(max))),
+            None => "-".to_owned(),
+        };
+        let crash = r.detection_summary("crash");
+        let spread = r.convergence("restart spread");
         let _ = writeln!(
             out,
-            "| {} | {:.2} | {} / {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1} |",
+            "| {} | {:.2} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {:.0} | {:.1} |",
             row.nodes,
-            suspicion.as_secs_f64(),
-            secs(c.median_detection()),
-            secs(c.max_detection()),
-            c.detection_bound.as_secs_f64(),
-            ratio(c.max_detection(), c.probe_period),
+            Config::lan(row.nodes).suspect_to_down_after.as_secs_f64(),
+            pair(crash),
+            r.detection_bound.as_secs_f64(),
+            ratio(crash.map(|(_, max)| max), r.probe_period),
             secs(spread),
-            ratio(spread, c.gossip_interval),
-            secs(c.convergence("restart agreement")),
-            secs(p.max_detection()),
-            secs(p.convergence("heal")),
-            secs(Some(c.boot)),
-            c.bytes_per_node_sec,
-            c.datagrams_per_node_sec,
+            ratio(spread, r.gossip_interval),
+            secs(r.convergence("restart agreement")),
+            pair(r.detection_summary("partition")),
+            secs(r.convergence("heal")),
+            r.convergence_bound.as_secs_f64(),
+            secs(Some(r.boot)),
+            r.membership_bytes_per_node_sec,
+            r.bytes_per_node_sec,
+            r.datagrams_per_node_sec,
         );
     }
     let _ = writeln!(
@@ -514,14 +566,24 @@ pub fn render_table(rows: &[TableRow]) -> String {
         "\nSWIM expects the first detection of a failure after a constant number of probe periods \
          (e/(e-1) on average) and its dissemination to everyone in O(log N) gossip rounds; with the \
          suspicion timeout growing like log10 N (`Config::lan`), detection as a whole is O(log N), \
-         so the ratio columns should stay roughly flat as N grows. Detection: crash to the last live \
-         node marking the node down. Restart spread: restart to every live node counting the new \
-         incarnation as a member (one update's dissemination). Restart agreement: until every \
-         member list is exact again (the restarted nodes learn the roster from their seed). \
-         Partition detection: a third of the nodes cut off, until every node marked every node of \
-         the other side down. Heal convergence: partition healed to exact agreement (each node \
-         that was declared down rejoins one incarnation higher). Traffic: every byte of every \
-         datagram over a quiet 10 s window, with every node changing its load every 1-3 s."
+         so the ratio columns should stay roughly flat as N grows.\n\n\
+         - Crash detection: 3 nodes crash one after another; from each crash to the last live node \
+         marking it down.\n\
+         - Restart spread: the 3 restart (new incarnations, each joining through a random live node); \
+         until every live node counts the first one as a member (one update's dissemination). \
+         Restart agreement: until every member list is exact again.\n\
+         - Partition detection: then a third of the nodes is cut off; per node, until every node of \
+         the other side marked it down. Across a partition most gossip goes to unreachable members, \
+         so the tail comes from nodes finding the far side gone by probing it themselves.\n\
+         - Heal convergence: from the end of the partition to exact agreement. Every node was \
+         declared down by the other side and rejoins one incarnation higher, so all N new \
+         identities must spread: at hundreds of nodes this is bounded by packet space \
+         (`Config::spread_time`).\n\
+         - Traffic: all bytes of all datagrams over a quiet 10 s window, without load changes \
+         (membership and periodic load refreshes), then with every node changing its load every \
+         1-3 s; load broadcasts are rate-limited per node to `max(1 s, N · 100 ms)`, and at large \
+         N they fill the gossip packets (a node sends at most about (3/G + 2/T) packets of 1100 bytes \
+         a second, 22 KB/s)."
     );
     out
 }
