@@ -6,7 +6,9 @@
 //!   A member is a node id, a site, advertised addresses and an incarnation;
 //!   custom broadcasts carry each node's load summary.
 //! - [`sim`]: a deterministic simulator that runs many membership cores on a
-//!   virtual clock with loss, delay, partitions, crashes and restarts.
+//!   virtual clock with loss, delay, partitions, crashes and restarts, checks
+//!   safety, detection and convergence after every step, and replays any run
+//!   from its seed (`cargo xtask sim`, `SIM_SEED=<n>`).
 //! - [`pki`]: the cluster CA and node certificates (rcgen).
 //! - [`transport`]: one quinn endpoint per node, mutual TLS against the
 //!   cluster CA; gossip as QUIC datagrams, peer RPC on streams.

@@ -49,6 +49,9 @@
 //!   hundreds of nodes takes many minutes. A roster is at most [`MAX_ROSTER_DATAGRAMS`]
 //!   parts; a joiner asks again until it has every part of one.
 //!
+//! Load summaries are foca custom broadcasts riding on the gossip (see [`LoadSummary`]); a
+//! node broadcasts nothing until its load is first set.
+//!
 //! # Joining is a push-pull
 //!
 //! A joiner that already knows other members when its seed's roster arrives was in an island
@@ -58,8 +61,6 @@
 //! waiting for periodic announces. A node retries its seeds every [`Config::rejoin_interval`]
 //! (doubling up to [`Config::seed_refresh_interval`]) until one of them is a live member, and
 //! every [`Config::seed_refresh_interval`] after that.
-//!
-//! Load summaries are foca custom broadcasts riding on the gossip.
 //!
 //! # Leaving versus failing
 //!
@@ -103,7 +104,7 @@ use self::timers::{Timer, TimerQueue};
 
 /// Datagram kind: a foca packet follows.
 const KIND_FOCA: u8 = 0;
-/// Datagram kind: a join request (the joiner's identity) follows.
+/// Datagram kind: a join request (the joiner's identity, whether it wants a roster) follows.
 const KIND_JOIN: u8 = 1;
 /// Datagram kind: a roster (a list of foca members) follows.
 const KIND_ROSTER: u8 = 2;
@@ -264,7 +265,7 @@ pub struct MemberView {
     pub since: Instant,
     /// Its latest load summary, if one arrived.
     pub load: Option<LoadSummary>,
-    /// When that summary arrived (for itself: when it was last broadcast).
+    /// When that summary arrived (for itself: when it was last broadcast, if ever).
     pub load_updated_at: Option<Instant>,
     /// Whether this is the local node.
     pub local: bool,
@@ -369,13 +370,14 @@ pub struct Membership {
     /// Latest load summary per member; shared with foca's broadcast handler.
     table: SharedTable,
     /// The members as last reported, by gossip address; what [`Membership::members`] shows.
-    /// Bounded by foca's member list (pruned against it on every tick).
+    /// Bounded by foca's member list (pruned against it on a tick when their sizes differ).
     tracked: BTreeMap<SocketAddr, Tracked>,
     /// The addresses of the members reported suspect (a subset of `tracked`).
     suspects: BTreeSet<SocketAddr>,
     /// For the core's own choices (which down members to announce to, timer jitter).
     rng: Rng,
-    /// Seeds given to `join`, retried while isolated (at most [`MAX_SEEDS`]).
+    /// Seeds given to `join` (at most [`MAX_SEEDS`]), retried until one is a member, then every
+    /// `seed_refresh_interval`.
     seeds: Vec<SocketAddr>,
     load: LoadSummary,
     load_version: u64,
@@ -460,8 +462,8 @@ impl Membership {
             started: now,
             config,
         };
-        // The first status waits in foca's broadcast queue and goes out with the first gossip.
-        core.broadcast_status(now)?;
+        // Nothing is broadcast until a load is set: an unknown load and a zero one read the same,
+        // and a thousand nodes starting together would otherwise fill every packet for a minute.
         core.settle(now);
         Ok(core)
     }
@@ -629,7 +631,7 @@ impl Membership {
             state: if self.left { MemberState::Left } else { MemberState::Alive },
             since: self.started,
             load: Some(self.load),
-            load_updated_at: Some(self.last_load_broadcast),
+            load_updated_at: (self.load_version > 0).then_some(self.last_load_broadcast),
             local: true,
         });
         views.extend(self.tracked.iter().map(|(addr, t)| MemberView {
@@ -785,7 +787,8 @@ impl Membership {
     fn tick(&mut self, now: Instant) -> Result<(), MembershipError> {
         self.io.timers.push(now + self.config.view_refresh_interval, Timer::Tick);
         self.sweep(now);
-        let result = if (self.load_dirty && now >= self.next_load_allowed) || now >= self.next_load_refresh {
+        let refresh = self.load_version > 0 && now >= self.next_load_refresh;
+        let result = if (self.load_dirty && now >= self.next_load_allowed) || refresh {
             self.broadcast_status(now)
         } else {
             Ok(())
@@ -990,7 +993,9 @@ impl Membership {
             }
         }
         if rebroadcast {
-            if let Err(err) = self.broadcast_status(now) {
+            if self.load_version > 0
+                && let Err(err) = self.broadcast_status(now)
+            {
                 tracing::error!(%err, "could not broadcast status after rejoining");
             }
             // Introduce the new identity to a few members now. Whoever declared us down is
