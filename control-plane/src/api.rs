@@ -43,6 +43,20 @@ pub fn is_sha256_hex(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// The [`Sha256Hex`] of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> Sha256Hex {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Now, in milliseconds since the Unix epoch: the unit of every `*_unix_ms`
+/// field here.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// What an error answer carries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {

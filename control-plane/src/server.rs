@@ -33,7 +33,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::multipart::MultipartError;
@@ -57,7 +57,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::api::{
     DeploySpec, DesiredState, ErrorBody, FunctionInfo, FunctionSummary, LogPage, NodeReport, NodeStatus, Removed,
-    RollbackRequest, STATE_WAIT_MAX_MS, VersionRecord,
+    RollbackRequest, STATE_WAIT_MAX_MS, VersionRecord, now_unix_ms,
 };
 use crate::auth::{
     Role, Token, TokenError, TokenOrigin, Tokens, constant_time_eq, discard, require_token, resolve_token,
@@ -405,10 +405,6 @@ fn router(shared: Arc<Shared>, tokens: Tokens) -> Router {
 
 fn to_usize(bytes: u64) -> usize {
     usize::try_from(bytes).unwrap_or(usize::MAX)
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// An error answer: a status and one line for a person, as [`ErrorBody`].
@@ -985,6 +981,7 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
+    use crate::api::sha256_hex;
 
     const ADMIN: &str = "admin-test-token";
     const NODE: &str = "node-test-token";
@@ -998,10 +995,6 @@ mod tests {
 
     fn open(dir: &tempfile::TempDir) -> ControlPlane {
         ControlPlane::open(config(dir.path())).unwrap()
-    }
-
-    fn sha256_hex(bytes: &[u8]) -> String {
-        hex::encode(Sha256::digest(bytes))
     }
 
     /// A version stored behind the API's back (no compile check): for

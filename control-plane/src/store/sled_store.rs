@@ -136,17 +136,15 @@ use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use sled::transaction::{ConflictableTransactionError, ConflictableTransactionResult, TransactionError};
 use sled::transaction::{Transactional, TransactionalTree};
 use sled::{Db, Tree};
 use wedge_router::Route;
 
 use super::{NewVersion, Store, StoreError};
-use crate::api::{DesiredState, FunctionSummary, VersionRecord, is_sha256_hex};
+use crate::api::{DesiredState, FunctionSummary, VersionRecord, is_sha256_hex, now_unix_ms, sha256_hex};
 
 /// `meta` key of the revision counter.
 const REVISION_KEY: &[u8] = b"revision";
@@ -1146,10 +1144,6 @@ fn check_size(sha256: &str, actual: u64, recorded: u64) -> Result<(), StoreError
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 fn verify_hash(sha256: &str, bytes: &[u8]) -> Result<(), StoreError> {
     let actual = sha256_hex(bytes);
     if actual == sha256 {
@@ -1157,10 +1151,6 @@ fn verify_hash(sha256: &str, bytes: &[u8]) -> Result<(), StoreError> {
     } else {
         Err(StoreError::Corrupt(format!("artifact {sha256}: stored bytes hash to {actual}")))
     }
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A route read from the store; one that does not parse is corruption.

@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
-use wedge_control::api::{DesiredState, LogLine, NodeFunctionError, NodeReport, VersionRecord};
+use wedge_control::api::{DesiredState, LogLine, NodeFunctionError, NodeReport, VersionRecord, sha256_hex};
 use wedge_host::{Function, GuestLogLine, GuestLogSink, Host, HostConfig};
 use wedge_router::{Ingress, IngressConfig, Route, RouteTable};
 
 use crate::control_client::ControlClient;
-use crate::local_state::{LocalState, sha256_hex};
+use crate::local_state::LocalState;
 
 /// Guest lines buffered between reports; beyond it, lines are dropped.
 const LOG_LINES_BUFFERED_MAX: usize = 10_000;

@@ -19,8 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
-use wedge_control::api::{DesiredState, is_sha256_hex};
+use wedge_control::api::{DesiredState, is_sha256_hex, sha256_hex};
 
 /// The node's data directory, locked for as long as any clone lives.
 #[derive(Debug, Clone)]
@@ -125,11 +124,6 @@ impl LocalState {
         }
         Ok(())
     }
-}
-
-/// Lowercase hex sha256.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
