@@ -2,11 +2,12 @@
 //! the control plane deployed, keeps it on its own disk, and goes on serving
 //! it when the control plane is down.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use wedge_node::cluster::ClusterSettings;
 use wedge_node::follow::{FollowerConfig, FollowingNode};
 
 /// Arguments of `wedge node` (its help text is on `Command::Node`).
@@ -40,9 +41,49 @@ pub struct NodeArgs {
     #[arg(long, env = "WEDGE_NODE_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
 
-    /// This node's name, as `wedge info` lists it (default: the host name).
+    /// This node's name, as `wedge info` and `wedge members` list it, and
+    /// the name of its cluster certificate (default: the host name).
     #[arg(long, env = "WEDGE_NODE_NAME", value_name = "NAME")]
     name: Option<String>,
+
+    /// Where the admin listener binds: GET /healthz, and GET /v1/members
+    /// for `wedge members`. Unauthenticated and read-only: keep it on
+    /// loopback or a management network.
+    #[arg(long, env = "WEDGE_ADMIN", value_name = "ADDR", default_value = "127.0.0.1:7080")]
+    admin: SocketAddr,
+
+    /// Join a cluster: the cluster directory made by `wedge cluster init`
+    /// (ca.pem, and nodes/NAME.pem with its key; when those are missing and
+    /// ca-key.pem is there, the node issues its own certificate).
+    #[arg(long, env = "WEDGE_CLUSTER_DIR", value_name = "DIR")]
+    cluster_dir: Option<PathBuf>,
+
+    /// The site this node runs in (placement spreads replicas over sites)
+    /// [default: default].
+    #[arg(long, env = "WEDGE_SITE", value_name = "SITE")]
+    site: Option<String>,
+
+    /// Where the cluster transport (QUIC over UDP: gossip, peer traffic)
+    /// binds.
+    #[arg(long, env = "WEDGE_GOSSIP", value_name = "ADDR", default_value = "127.0.0.1:7946")]
+    gossip: SocketAddr,
+
+    /// The IP other nodes reach this one at, needed when --gossip or
+    /// --listen is an unspecified address such as 0.0.0.0.
+    #[arg(long, env = "WEDGE_ADVERTISE", value_name = "IP")]
+    advertise: Option<IpAddr>,
+
+    /// A node to join the cluster through, as HOST:PORT of its --gossip
+    /// (DNS names are resolved, and again every 30 s). Repeat it, or give a
+    /// comma-separated list in WEDGE_JOIN; every node may get the same list.
+    #[arg(long = "join", env = "WEDGE_JOIN", value_name = "HOST:PORT", value_delimiter = ',', value_parser = seed)]
+    join: Vec<String>,
+
+    /// About how many nodes the cluster will have: suspicion timeouts and
+    /// gossip repeat counts grow with its logarithm.
+    #[arg(long, env = "WEDGE_CLUSTER_SIZE", value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    cluster_size: u32,
 }
 
 impl std::fmt::Debug for NodeArgs {
@@ -54,6 +95,13 @@ impl std::fmt::Debug for NodeArgs {
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
             .field("name", &self.name)
+            .field("admin", &self.admin)
+            .field("cluster_dir", &self.cluster_dir)
+            .field("site", &self.site)
+            .field("gossip", &self.gossip)
+            .field("advertise", &self.advertise)
+            .field("join", &self.join)
+            .field("cluster_size", &self.cluster_size)
             .finish()
     }
 }
@@ -68,11 +116,41 @@ impl NodeArgs {
         };
         let token = node_token(self.token, self.token_file.as_deref(), std::env::var("WEDGE_NODE_TOKEN").ok())?;
         let name = self.name.unwrap_or_else(default_node_name);
-        let config = FollowerConfig::new(name, self.listen, data_dir, self.control, token);
+        let cluster = match self.cluster_dir {
+            Some(cluster_dir) => Some(ClusterSettings {
+                cluster_dir,
+                site: self.site.unwrap_or_else(|| "default".to_string()),
+                gossip: self.gossip,
+                advertise: self.advertise,
+                seeds: self.join,
+                expected_size: self.cluster_size as usize,
+            }),
+            None if !self.join.is_empty() || self.site.is_some() => {
+                bail!(
+                    "--join and --site need --cluster-dir DIR (the cluster's CA and certificates; see `wedge cluster init`)"
+                )
+            }
+            None => None,
+        };
+        let mut config = FollowerConfig::new(name, self.listen, data_dir, self.control, token);
+        config.cluster = cluster;
+        config.admin = Some(self.admin);
         let runtime = crate::daemon::runtime("wedge-worker")?;
         runtime.block_on(async move {
             let shutdown = crate::daemon::shutdown_signal()?;
             let node = FollowingNode::start(config).await?;
+            if let Some(admin) = node.admin_addr {
+                println!("wedge node admin on http://{admin}");
+            }
+            if let Some(agent) = &node.agent {
+                let identity = &agent.snapshot().members[0].identity;
+                println!(
+                    "wedge node gossip on {} (site {}, incarnation {})",
+                    identity.gossip_addr(),
+                    identity.site(),
+                    identity.incarnation()
+                );
+            }
             println!("wedge node serving on http://{}", node.local_addr);
             node.run(shutdown).await;
             anyhow::Ok(())
@@ -96,6 +174,17 @@ fn node_token(flag: Option<String>, file: Option<&Path>, env: Option<String>) ->
              WEDGE_NODE_TOKEN (WEDGE_TOKEN, the deployers' admin token, is not read by wedge node)"
         ),
     }
+}
+
+/// A join seed: `HOST:PORT` (an IPv6 host in brackets).
+fn seed(text: &str) -> Result<String, String> {
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.is_empty() || host.contains(char::is_whitespace) || host.contains(':') && !text.starts_with('[') {
+        return Err(format!("{text:?} is not HOST:PORT (write an IPv6 address as [ADDR]:PORT)"));
+    }
+    port.parse::<u16>().map_err(|_| format!("{text:?}: {port:?} is not a port number"))?;
+    Ok(text.to_string())
 }
 
 /// The host name made DNS-label-like (`Web_01.example` → `web-01`).
@@ -126,6 +215,19 @@ mod tests {
         let cli = crate::commands::Cli::try_parse_from(["wedge", "node", "--token", "s3cret-node-4f2a"]).unwrap();
         let debug = format!("{cli:?}");
         assert!(!debug.contains("s3cret") && debug.contains("<redacted>"), "{debug}");
+    }
+
+    #[test]
+    fn join_seeds_are_host_and_port() {
+        for good in ["127.0.0.1:7946", "seed.wedge.svc:7946", "[::1]:7946", "localhost:1"] {
+            assert_eq!(seed(good).unwrap(), good);
+        }
+        for bad in ["127.0.0.1", ":7946", "host:http", "host:70000", "::1:7946", "a b:1"] {
+            assert!(seed(bad).is_err(), "{bad}");
+        }
+        use clap::Parser;
+        let cli = crate::commands::Cli::try_parse_from(["wedge", "node", "--join", "a:1", "--join", "b:2"]).unwrap();
+        assert!(format!("{cli:?}").contains(r#"join: ["a:1", "b:2"]"#), "{cli:?}");
     }
 
     #[test]

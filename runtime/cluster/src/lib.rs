@@ -12,9 +12,12 @@
 //! - [`pki`]: the cluster CA and node certificates (rcgen).
 //! - [`transport`]: one quinn endpoint per node, mutual TLS against the
 //!   cluster CA; gossip as QUIC datagrams, peer RPC on streams.
+//! - [`agent`]: the async shell that runs a membership core over a transport
+//!   inside a node (one owner task, DNS seeds, snapshots, graceful leave).
 //!
 //! It must not know about functions, routes or the control plane.
 
+pub mod agent;
 pub mod membership;
 pub mod pki;
 pub mod sim;

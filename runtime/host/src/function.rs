@@ -128,6 +128,12 @@ impl Function {
         &self.inner.sha256
     }
 
+    /// How many instances of this function are running now (requests inside the guest).
+    pub fn running_instances(&self) -> usize {
+        let limit = usize::try_from(self.inner.limits.concurrency_max).unwrap_or(usize::MAX);
+        limit.saturating_sub(self.inner.running.available_permits())
+    }
+
     /// Creates and drops the per-request store without instantiating: the
     /// baseline the instantiate benchmark is compared with.
     #[doc(hidden)]

@@ -11,6 +11,10 @@
 //! - the **ingress** serves HTTP throughout; a swap never touches a request
 //!   in flight.
 //!
+//! With a cluster ([`ClusterSettings`]) the node also runs membership and
+//! publishes its load ([`crate::cluster`]); with an admin address it serves
+//! [`crate::admin`]. On shutdown it leaves the cluster before draining.
+//!
 //! On start, before talking to anyone, the node loads what it served last
 //! time from its own disk ([`LocalState`]), so a restart while the control
 //! plane is down serves everything it served before (static stability).
@@ -28,6 +32,10 @@ use wedge_control::api::{DesiredState, LogLine, NodeFunctionError, NodeReport, V
 use wedge_host::{Function, GuestLogLine, GuestLogSink, Host, HostConfig};
 use wedge_router::{Ingress, IngressConfig, Route, RouteTable};
 
+use wedge_cluster::agent::Agent;
+
+use crate::admin;
+use crate::cluster::ClusterSettings;
 use crate::control_client::ControlClient;
 use crate::local_state::LocalState;
 
@@ -64,6 +72,10 @@ pub struct FollowerConfig {
     pub long_poll: Duration,
     /// Longest time between two reports.
     pub report_interval: Duration,
+    /// The cluster to join, if any.
+    pub cluster: Option<ClusterSettings>,
+    /// Where the admin listener binds, if anywhere.
+    pub admin: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for FollowerConfig {
@@ -76,6 +88,8 @@ impl std::fmt::Debug for FollowerConfig {
             .field("token", &"<redacted>")
             .field("long_poll", &self.long_poll)
             .field("report_interval", &self.report_interval)
+            .field("cluster", &self.cluster)
+            .field("admin", &self.admin)
             .finish()
     }
 }
@@ -91,6 +105,8 @@ impl FollowerConfig {
             token,
             long_poll: Duration::from_secs(30),
             report_interval: Duration::from_secs(1),
+            cluster: None,
+            admin: None,
         }
     }
 }
@@ -111,7 +127,12 @@ pub struct FollowingNode {
     pub local_addr: SocketAddr,
     /// The ingress.
     pub ingress: Arc<Ingress>,
+    /// Where the admin listener listens, if it does.
+    pub admin_addr: Option<SocketAddr>,
+    /// Cluster membership, when the node is in a cluster.
+    pub agent: Option<Arc<Agent>>,
     listener: TcpListener,
+    admin_listener: Option<TcpListener>,
     config: FollowerConfig,
     client: ControlClient,
     applier: Applier,
@@ -157,13 +178,45 @@ impl FollowingNode {
             }
             None => tracing::info!("no saved state; waiting for the control plane"),
         }
-        Ok(Self { local_addr, ingress, listener, config, client, applier, serving, log_lines })
+        let admin_listener = match config.admin {
+            Some(addr) => {
+                Some(TcpListener::bind(addr).await.with_context(|| format!("cannot listen for admin on {addr}"))?)
+            }
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+        let agent = match &config.cluster {
+            Some(settings) => Some(crate::cluster::join(settings, &config.node_name, local_addr, &applier.local)?),
+            None => None,
+        };
+        Ok(Self {
+            local_addr,
+            ingress,
+            admin_addr,
+            agent,
+            listener,
+            admin_listener,
+            config,
+            client,
+            applier,
+            serving,
+            log_lines,
+        })
     }
 
     /// Serves until `shutdown` resolves, following the control plane and
-    /// reporting to it; then drains in-flight requests.
+    /// reporting to it; then leaves the cluster (so that the others record
+    /// "left", not "failed") and drains in-flight requests.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop_sender, stop) = watch::channel(false);
+        let admin =
+            self.admin_listener.map(|listener| tokio::spawn(admin::serve(listener, self.agent.clone(), stop.clone())));
+        let load = self.agent.clone().map(|agent| {
+            let serving = Arc::clone(&self.serving);
+            let revision = move || serving.lock().map_or(0, |serving| serving.revision);
+            tokio::spawn(crate::cluster::publish_load(agent, Arc::clone(&self.ingress), revision, stop.clone()))
+        });
+        let agent = self.agent.clone();
         let report_now = Arc::new(Notify::new());
         let follower = tokio::spawn(follow(
             self.config.clone(),
@@ -185,11 +238,18 @@ impl FollowingNode {
         ingress
             .serve(self.listener, async move {
                 shutdown.await;
+                if let Some(agent) = agent {
+                    agent.leave().await;
+                    tracing::info!("left the cluster");
+                }
                 let _ = stop_sender.send(true);
             })
             .await;
         let _ = follower.await;
         let _ = reporter.await;
+        for task in admin.into_iter().chain(load) {
+            let _ = task.await;
+        }
     }
 }
 

@@ -6,11 +6,14 @@
 //! the [`wedge_router::Ingress`] until shutdown. A node either serves a fixed
 //! set of functions ([`start`], for `wedge serve`) or follows a control plane
 //! ([`follow::FollowingNode`], for `wedge node`), keeping what it serves on its
-//! own disk ([`local_state`]).
+//! own disk ([`local_state`]); a following node may join a cluster
+//! ([`cluster`]) and serve an admin listener ([`admin`]).
 //!
 //! It must not parse command lines or read the environment: the `wedge`
 //! binary does that and hands over a [`NodeConfig`].
 
+pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod control_client;
 pub mod follow;

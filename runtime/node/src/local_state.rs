@@ -6,6 +6,7 @@
 //! <data-dir>/state.json          the last desired state applied (DesiredState JSON)
 //! <data-dir>/artifacts/<sha256>  components of that state, verified by hash
 //! <data-dir>/compiled/           the host's cache of compiled components
+//! <data-dir>/cluster.json        the node's cluster id and latest incarnation
 //! ```
 //!
 //! Every file is written to a temporary name, synced, then renamed, so a
@@ -20,6 +21,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use wedge_control::api::{DesiredState, is_sha256_hex, sha256_hex};
+
+/// What `cluster.json` holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ClusterRecord {
+    node_id: u64,
+    incarnation: u64,
+}
 
 /// The node's data directory, locked for as long as any clone lives.
 #[derive(Debug, Clone)]
@@ -69,6 +77,30 @@ impl LocalState {
     fn artifact_path(&self, sha256: &str) -> anyhow::Result<PathBuf> {
         anyhow::ensure!(is_sha256_hex(sha256), "{sha256:?} is not a sha256 in lowercase hex");
         Ok(self.dir.join("artifacts").join(sha256))
+    }
+
+    /// Starts a new life of this node in its cluster: returns its stable node id (made at
+    /// the first start) and an incarnation above every earlier one — the larger of the
+    /// stored incarnation plus one and `now_unix_ms` — and saves both before returning.
+    pub fn begin_incarnation(&self, now_unix_ms: u64) -> anyhow::Result<(u64, u64)> {
+        let path = self.dir.join("cluster.json");
+        let previous: Option<ClusterRecord> = match std::fs::read(&path) {
+            Ok(bytes) => Some(
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{}: not a node's cluster record", path.display()))?,
+            ),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let record = match previous {
+            Some(previous) => ClusterRecord {
+                node_id: previous.node_id,
+                incarnation: previous.incarnation.saturating_add(1).max(now_unix_ms),
+            },
+            None => ClusterRecord { node_id: crate::cluster::random_u64(), incarnation: now_unix_ms.max(1) },
+        };
+        write_atomically(&self.dir, &path, &serde_json::to_vec_pretty(&record)?)?;
+        Ok((record.node_id, record.incarnation))
     }
 
     /// The last desired state saved, if any.
@@ -211,6 +243,24 @@ mod tests {
         assert!(local.write_artifact("../escape", b"x").is_err());
         assert!(local.read_artifact("ABC").is_err());
         assert!(!dir.path().join("escape").exists());
+    }
+
+    #[test]
+    fn every_start_takes_a_higher_incarnation_and_keeps_the_node_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = LocalState::open(dir.path()).unwrap();
+        let (id, first) = local.begin_incarnation(1_000).unwrap();
+        assert_eq!(first, 1_000);
+        // The clock stepped back: the stored incarnation still wins.
+        assert_eq!(local.begin_incarnation(500).unwrap(), (id, 1_001));
+        // The clock moved on: it wins.
+        assert_eq!(local.begin_incarnation(5_000).unwrap(), (id, 5_000));
+        drop(local);
+        assert_eq!(LocalState::open(dir.path()).unwrap().begin_incarnation(0).unwrap(), (id, 5_001));
+        std::fs::write(dir.path().join("cluster.json"), b"[").unwrap();
+        let error = format!("{:#}", LocalState::open(dir.path()).unwrap().begin_incarnation(0).unwrap_err());
+        assert!(error.contains("cluster.json"), "{error}");
+        assert_eq!(std::fs::read(dir.path().join("cluster.json")).unwrap(), b"[", "left alone");
     }
 
     #[test]

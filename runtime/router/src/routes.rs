@@ -177,6 +177,12 @@ impl<T> RouteTable<T> {
         self.entries.iter().map(|(route, owner, _)| (route, owner.as_str()))
     }
 
+    /// Every route's owner and target (a function with several routes appears once per
+    /// route).
+    pub fn targets(&self) -> impl Iterator<Item = (&str, &T)> {
+        self.entries.iter().map(|(_, owner, target)| (owner.as_str(), target))
+    }
+
     /// Number of routes.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -303,6 +303,14 @@ pub enum MembershipError {
     /// This node's own status did not encode (a bug).
     #[error("could not encode this node's status: {0}")]
     Encode(#[source] postcard::Error),
+    /// A peer sent a packet in another member's name (see [`Membership::handle_peer_data`]).
+    #[error("peer {certified:?} sent gossip in the name of {claimed:?}; refused")]
+    Impersonation {
+        /// The name in the packet.
+        claimed: String,
+        /// The name in the sender's certificate.
+        certified: String,
+    },
     /// [`Membership::join`] after [`Membership::leave`]: a node that left is done.
     #[error("this node has left the cluster")]
     Left,
@@ -478,7 +486,9 @@ impl Membership {
         }
     }
 
-    /// Handles a datagram from a peer. Ignored once this node has left.
+    /// Handles a datagram from a peer, trusting the sender names in it (the simulator's
+    /// entry; a node behind the transport calls [`Membership::handle_peer_data`]). Ignored
+    /// once this node has left.
     pub fn handle_data(&mut self, now: Instant, datagram: &[u8]) -> Result<(), MembershipError> {
         if self.left {
             return Ok(());
@@ -496,6 +506,38 @@ impl Membership {
         };
         self.settle(now);
         result
+    }
+
+    /// Handles a datagram from a peer whose certificate names it `certified_name` (the
+    /// transport's [`Peer::name`](crate::transport::Peer::name)): a foca packet or a join
+    /// request that claims to come from a member of another name is refused with
+    /// [`MembershipError::Impersonation`] and changes nothing. Every certificate holder is
+    /// trusted to relay news about others (gossip and rosters carry it), but none may speak
+    /// as another node: its own headers name it.
+    pub fn handle_peer_data(
+        &mut self,
+        now: Instant,
+        certified_name: &str,
+        datagram: &[u8],
+    ) -> Result<(), MembershipError> {
+        if !self.left {
+            let claimed = match datagram.split_first() {
+                Some((&KIND_FOCA, packet)) => foca::Codec::<Identity>::decode_header(&mut foca::PostcardCodec, packet)
+                    .ok()
+                    .map(|header| header.src),
+                Some((&KIND_JOIN, request)) => {
+                    postcard::take_from_bytes::<(Identity, bool)>(request).ok().map(|((joiner, _), _)| joiner)
+                }
+                _ => None,
+            };
+            if let Some(claimed) = claimed.filter(|claimed| claimed.name() != certified_name) {
+                return Err(MembershipError::Impersonation {
+                    claimed: claimed.name().to_string(),
+                    certified: certified_name.to_string(),
+                });
+            }
+        }
+        self.handle_data(now, datagram)
     }
 
     /// Asks the node at `seed` (a gossip address) to bring this node into its cluster. The

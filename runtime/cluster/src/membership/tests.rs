@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,7 +30,8 @@ fn identity(i: usize, incarnation: u64) -> Identity {
 struct Net {
     now: Instant,
     cores: Vec<Option<Membership>>,
-    in_flight: VecDeque<(SocketAddr, Bytes)>,
+    /// Datagrams on their way: the sender's (certified) name, the recipient, the bytes.
+    in_flight: VecDeque<(Arc<str>, SocketAddr, Bytes)>,
     events: Vec<Vec<Event>>,
 }
 
@@ -51,19 +53,20 @@ impl Net {
         loop {
             for (i, core) in self.cores.iter_mut().enumerate() {
                 let Some(core) = core else { continue };
+                let name: Arc<str> = core.identity().name().into();
                 while let Some(output) = core.poll_output() {
                     match output {
-                        Output::Send { to, bytes } => self.in_flight.push_back((to, bytes)),
+                        Output::Send { to, bytes } => self.in_flight.push_back((name.clone(), to, bytes)),
                         Output::Event(event) => self.events[i].push(event),
                     }
                 }
             }
-            let Some((to, bytes)) = self.in_flight.pop_front() else { return };
+            let Some((from, to, bytes)) = self.in_flight.pop_front() else { return };
             let now = self.now;
             if let Some(Some(core)) =
                 self.cores.iter_mut().find(|c| c.as_ref().is_some_and(|c| c.identity().gossip_addr() == to))
             {
-                core.handle_data(now, &bytes).unwrap();
+                core.handle_peer_data(now, &from, &bytes).unwrap();
             }
         }
     }
@@ -218,6 +221,39 @@ fn bad_datagrams_are_refused_without_harm() {
     assert_eq!(core.active_count(), 1);
     net.advance(Duration::from_secs(2));
     assert_eq!(net.core(0).active_count(), 1);
+}
+
+#[test]
+fn a_peer_cannot_speak_in_another_members_name() {
+    let mut net = Net::new(3);
+    net.join_all();
+    // n1's own gossip and join requests, delivered as if n2's certificate had sent them.
+    let now = net.now;
+    net.core(1).set_load(now, LoadSummary { in_flight: 1, ..LoadSummary::default() }).unwrap();
+    let mut from_n1 = Vec::new();
+    while let Some(output) = net.core(1).poll_output() {
+        if let Output::Send { bytes, .. } = output {
+            from_n1.push(bytes);
+        }
+    }
+    let mut join = vec![KIND_JOIN];
+    join.extend(postcard::to_allocvec(&(identity(1, 1), true)).unwrap());
+    from_n1.push(join.into());
+    assert!(from_n1.iter().any(|bytes| bytes[0] == KIND_FOCA), "n1 gossiped");
+    let before = net.core(0).members();
+    for bytes in &from_n1 {
+        let error = net.core(0).handle_peer_data(now, "n2", bytes).unwrap_err();
+        assert!(
+            matches!(&error, MembershipError::Impersonation { claimed, certified } if claimed == "n1" && certified == "n2"),
+            "{error}"
+        );
+    }
+    assert_eq!(net.core(0).members(), before, "nothing changed");
+    assert!(net.core(0).poll_output().is_none(), "nothing answered");
+    // The same bytes under the right name are accepted.
+    for bytes in &from_n1 {
+        net.core(0).handle_peer_data(now, "n1", bytes).unwrap();
+    }
 }
 
 #[test]
