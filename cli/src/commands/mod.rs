@@ -2,6 +2,7 @@
 
 mod cluster;
 mod control;
+mod members;
 mod node;
 mod serve;
 mod values;
@@ -127,6 +128,26 @@ pub enum Command {
     ///   wedge cluster issue-cert --dir ./cluster --name edge-1 --force     # renew (valid a year)
     #[command(verbatim_doc_comment)]
     Cluster(cluster::ClusterArgs),
+
+    /// List the cluster's members as one node sees them: state, load, addresses.
+    ///
+    /// Asks the node's admin listener (plain HTTP, no token; `wedge node
+    /// --admin ADDR` says where it listens) for GET /v1/members. * marks the
+    /// node that answered; AGE is how long a member has been in its state;
+    /// LOAD is the last load it gossiped: requests in flight, wasm
+    /// instances, CPU, functions ready, desired-state revision applied.
+    ///
+    /// Examples:
+    ///
+    ///   wedge members                                       # the node at http://127.0.0.1:7080
+    ///
+    ///   wedge members --admin 10.0.0.11:7080
+    ///
+    ///   WEDGE_ADMIN_URL=http://edge-1:7080 wedge members
+    ///
+    ///   wedge members -o json | jq -r '.members[] | select(.state != "alive") | .name'
+    #[command(verbatim_doc_comment)]
+    Members(members::MembersArgs),
 
     /// Deploy a component to the control plane as a new version of a function.
     ///
@@ -262,6 +283,7 @@ impl Command {
             Command::Node(args) => args.run(),
             Command::Control(args) => args.run(),
             Command::Cluster(args) => args.run(),
+            Command::Members(args) => args.run(),
         }
     }
 }
