@@ -61,7 +61,20 @@ impl Server {
     /// the caller's) and waits until it prints `READY_PREFIX<addr>` on
     /// stdout.
     pub fn spawn(verb: &str, args: &[&str], ready_prefix: &str, envs: &[(&str, &str)]) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wedge"));
+        Server::spawn_in(&[], verb, args, ready_prefix, envs)
+    }
+
+    /// Like [`Server::spawn`], with `wedge` run by `wrapper` (for example
+    /// `["ip", "netns", "exec", "NS"]`); an empty wrapper runs it directly.
+    pub fn spawn_in(wrapper: &[&str], verb: &str, args: &[&str], ready_prefix: &str, envs: &[(&str, &str)]) -> Server {
+        let mut command = match wrapper.split_first() {
+            None => Command::new(env!("CARGO_BIN_EXE_wedge")),
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(env!("CARGO_BIN_EXE_wedge"));
+                command
+            }
+        };
         // The caller's WEDGE_* settings must not leak into the test.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("WEDGE_") {

@@ -565,7 +565,8 @@ impl Membership {
     /// broadcast, so that nodes do not fall in step), in which case the latest value goes out
     /// when that interval is over.
     pub fn set_load(&mut self, now: Instant, load: LoadSummary) -> Result<(), MembershipError> {
-        if self.left || load == self.load {
+        // The first load goes out even when it is all zeros: until then peers know none.
+        if self.left || (load == self.load && self.load_version > 0) {
             return Ok(());
         }
         self.load = load;
@@ -608,6 +609,7 @@ impl Membership {
         let mut first_error = None;
         while let Some((_, timer)) = self.io.timers.pop_due(now) {
             let result = match timer {
+                Timer::Foca(timer) if self.is_refuted_suspicion(&timer) => Ok(()),
                 Timer::Foca(timer) => {
                     self.swim.handle_timer(timer, effects!(self, now)).map_err(MembershipError::Protocol)
                 }
@@ -619,6 +621,20 @@ impl Membership {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Whether `timer` would declare down a member that is no longer suspect under the
+    /// suspected identity and incarnation (it refuted the suspicion, or a newer life replaced
+    /// it). foca 2.0.0 then changes nothing but still sends the member `TurnUndead` (its
+    /// condition check answers `Some` either way), which makes a member that refuted a
+    /// suspicion believe it was declared down and rejoin as a new incarnation: a node paused
+    /// for less than the suspicion timeout was seen to "restart". Such timers are dropped
+    /// here instead.
+    fn is_refuted_suspicion(&self, timer: &foca::Timer<Identity>) -> bool {
+        let foca::Timer::ChangeSuspectToDown { member_id, incarnation, .. } = timer else { return false };
+        !self.swim.iter_membership_state().any(|member| {
+            member.id() == member_id && member.incarnation() == *incarnation && member.state() == foca::State::Suspect
+        })
     }
 
     /// The next effect to carry out, if any. Drain this after every call into the core.

@@ -30,6 +30,9 @@ fn identity(i: usize, incarnation: u64) -> Identity {
 struct Net {
     now: Instant,
     cores: Vec<Option<Membership>>,
+    /// Paused cores (think SIGSTOP): their timers wait and datagrams to them are held.
+    paused: Vec<bool>,
+    held: Vec<(Arc<str>, SocketAddr, Bytes)>,
     /// Datagrams on their way: the sender's (certified) name, the recipient, the bytes.
     in_flight: VecDeque<(Arc<str>, SocketAddr, Bytes)>,
     events: Vec<Vec<Event>>,
@@ -41,7 +44,14 @@ impl Net {
         let cores = (0..nodes)
             .map(|i| Some(Membership::new(now, identity(i, 1), Config::lan(nodes), i as u64).unwrap()))
             .collect();
-        Self { now, cores, in_flight: VecDeque::new(), events: vec![Vec::new(); nodes] }
+        Self {
+            now,
+            cores,
+            paused: vec![false; nodes],
+            held: Vec::new(),
+            in_flight: VecDeque::new(),
+            events: vec![Vec::new(); nodes],
+        }
     }
 
     fn core(&mut self, i: usize) -> &mut Membership {
@@ -62,6 +72,15 @@ impl Net {
                 }
             }
             let Some((from, to, bytes)) = self.in_flight.pop_front() else { return };
+            if self
+                .paused
+                .iter()
+                .zip(&self.cores)
+                .any(|(&p, c)| p && c.as_ref().is_some_and(|c| c.identity().gossip_addr() == to))
+            {
+                self.held.push((from, to, bytes));
+                continue;
+            }
             let now = self.now;
             if let Some(Some(core)) =
                 self.cores.iter_mut().find(|c| c.as_ref().is_some_and(|c| c.identity().gossip_addr() == to))
@@ -76,19 +95,30 @@ impl Net {
         let until = self.now + by;
         loop {
             self.pump();
-            let next = self.cores.iter().flatten().filter_map(Membership::poll_timeout).min();
+            let running = || self.cores.iter().zip(&self.paused).filter(|(_, p)| !**p).filter_map(|(c, _)| c.as_ref());
+            let next = running().filter_map(Membership::poll_timeout).min();
             match next {
                 Some(at) if at <= until => {
                     self.now = self.now.max(at);
                     let now = self.now;
-                    for core in self.cores.iter_mut().flatten() {
-                        core.handle_timeout(now).unwrap();
+                    for (core, _) in self.cores.iter_mut().zip(&self.paused).filter(|(_, p)| !**p) {
+                        if let Some(core) = core {
+                            core.handle_timeout(now).unwrap();
+                        }
                     }
                 }
                 _ => break,
             }
         }
         self.now = until;
+    }
+
+    /// Resumes a paused core: it gets the datagrams held for it, and its late timers fire.
+    fn resume(&mut self, i: usize) {
+        self.paused[i] = false;
+        let now = self.now;
+        self.in_flight.extend(self.held.drain(..));
+        self.core(i).handle_timeout(now).unwrap();
     }
 
     fn join_all(&mut self) {
@@ -228,8 +258,8 @@ fn a_peer_cannot_speak_in_another_members_name() {
     let mut net = Net::new(3);
     net.join_all();
     // n1's own gossip and join requests, delivered as if n2's certificate had sent them.
-    let now = net.now;
-    net.core(1).set_load(now, LoadSummary { in_flight: 1, ..LoadSummary::default() }).unwrap();
+    let now = net.now + Duration::from_secs(1);
+    net.core(1).handle_timeout(now).unwrap();
     let mut from_n1 = Vec::new();
     while let Some(output) = net.core(1).poll_output() {
         if let Output::Send { bytes, .. } = output {
@@ -254,6 +284,32 @@ fn a_peer_cannot_speak_in_another_members_name() {
     for bytes in &from_n1 {
         net.core(0).handle_peer_data(now, "n1", bytes).unwrap();
     }
+}
+
+#[test]
+fn a_node_paused_for_less_than_the_suspicion_timeout_refutes_and_is_never_declared_down() {
+    let mut net = Net::new(5);
+    net.join_all();
+    let timeout = net.core(0).config().suspect_to_down_after;
+    net.paused[2] = true;
+    // Long enough for probes of it to fail (suspicion), shorter than the timeout.
+    net.advance(timeout * 2 / 3);
+    assert!(
+        (0..5).filter(|&i| i != 2).any(|i| net.state_of(i, 2) == Some(MemberState::Suspect)),
+        "nobody suspected the paused node"
+    );
+    net.resume(2);
+    net.advance(timeout * 4);
+    for i in (0..5).filter(|&i| i != 2) {
+        assert_eq!(net.state_of(i, 2), Some(MemberState::Alive), "n{i}");
+        assert!(
+            !net.events[i].iter().any(|e| matches!(e, Event::MemberDown(_) | Event::MemberReplaced { .. })),
+            "n{i}: {:?}",
+            net.events[i]
+        );
+    }
+    assert!(!net.events[2].iter().any(|e| matches!(e, Event::Rejoined(_))), "{:?}", net.events[2]);
+    assert_eq!(net.core(2).identity().incarnation(), 1);
 }
 
 #[test]
