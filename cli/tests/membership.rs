@@ -172,6 +172,14 @@ fn five_nodes_join_from_one_seed_detect_a_kill_and_tell_a_restart_and_a_leave_fr
         nodes[0].members().members.iter().all(|m| m.load.is_some())
     });
 
+    // Gossip traffic of a quiet five-node cluster, per node (loads included).
+    let sent = |nodes: &[Node]| nodes.iter().map(|n| n.members().gossip.bytes_sent).sum::<u64>();
+    let (before, window) = (sent(&nodes), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let per_node = (sent(&nodes) - before) as f64 / window.elapsed().as_secs_f64() / 5.0;
+    eprintln!("gossip sent per node: {per_node:.0} B/s (five quiet nodes, over 3 s)");
+    assert!(per_node > 0.0 && per_node < 20_000.0, "{per_node} B/s");
+
     // A pause shorter than the suspicion timeout: suspected at most, never down, no rejoin.
     let before = nodes[2].sees("n2").unwrap().incarnation;
     nodes[2].signal("-STOP");

@@ -69,9 +69,18 @@ pub enum Command {
     /// desired state and artifacts and report, but not deploy, roll back or
     /// delete. WEDGE_TOKEN (the deployers' admin token) is never read.
     ///
+    /// With --cluster-dir it also joins a cluster: SWIM gossip over QUIC
+    /// with mutual TLS (only nodes with a certificate from the cluster CA
+    /// get in), through the seeds given with --join. SIGTERM leaves the
+    /// cluster gracefully (the others record "left"), then drains. The admin
+    /// listener (--admin) answers /healthz and `wedge members`.
+    ///
     /// Examples:
     ///
     ///   wedge node --control http://127.0.0.1:7070 --token-file /etc/wedge/node-token
+    ///
+    ///   wedge node --name edge-2 --site fra --cluster-dir /etc/wedge/cluster \
+    ///       --gossip 0.0.0.0:7946 --advertise 10.0.1.12 --join seed.fra.example:7946
     ///
     ///   WEDGE_NODE_TOKEN=... wedge node --name edge-1 --listen 0.0.0.0:8080 --data-dir /var/lib/wedge/node
     #[command(verbatim_doc_comment)]
