@@ -81,6 +81,7 @@ pub fn deployment(function: &FunctionConfig) -> anyhow::Result<Deployment> {
         wedge_router::Route::parse(route).map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
     }
     let limits = limits_spec(&function.limits).map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
+    function.replicas.resolve().map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
     Ok(Deployment {
         name,
         component: function.component.clone(),
@@ -91,6 +92,7 @@ pub fn deployment(function: &FunctionConfig) -> anyhow::Result<Deployment> {
             config: function.config.clone(),
             env: function.env.clone(),
             allowed_outbound_hosts: function.allowed_outbound_hosts.clone(),
+            replicas: function.replicas,
         },
     })
 }

@@ -18,5 +18,6 @@ pub fn version_record(function: &str, version: u64) -> VersionRecord {
         env: Default::default(),
         allowed_outbound_hosts: Vec::new(),
         created_unix_ms: 0,
+        replicas: Default::default(),
     }
 }

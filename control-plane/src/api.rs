@@ -11,7 +11,7 @@
 //! | `POST /v1/functions/{name}/rollback` | [`RollbackRequest`] | [`VersionRecord`] (now active) |
 //! | `DELETE /v1/functions/{name}` | – | [`Removed`] |
 //! | `HEAD`/`GET /v1/artifacts/{sha256}` | – | the component bytes (`application/wasm`) |
-//! | `GET /v1/state?after=REV&wait_ms=MS` | – | [`DesiredState`]; waits (at most [`STATE_WAIT_MAX_MS`]) while the revision is `<= after` |
+//! | `GET /v1/state?after=REV&placement=GEN&wait_ms=MS` | – | [`DesiredState`]; waits (at most [`STATE_WAIT_MAX_MS`]) while the revision is `<= after` and the placement generation is `GEN` |
 //! | `POST /v1/nodes/{node}/report` | [`NodeReport`] | 204 |
 //! | `GET /v1/nodes` | – | `[NodeStatus]` |
 //! | `GET /v1/functions/{name}/logs?after=SEQ&wait_ms=MS&limit=N` | – | [`LogPage`] |
@@ -64,6 +64,49 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// The default least number of replicas of a function.
+pub const MIN_REPLICAS_DEFAULT: u32 = 2;
+/// The default most replicas of a function (autoscaling stays within).
+pub const MAX_REPLICAS_DEFAULT: u32 = 8;
+/// The most replicas any function may ask for.
+pub const REPLICAS_LIMIT: u32 = 64;
+
+/// How many replicas of a function run: at least `min`, at most `max`;
+/// autoscaling moves between them. `None` means the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicasSpec {
+    /// At least this many ([`MIN_REPLICAS_DEFAULT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<u32>,
+    /// At most this many ([`MAX_REPLICAS_DEFAULT`], or `min` if that is more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+}
+
+impl ReplicasSpec {
+    /// Whether both are defaults (then it is left out of JSON).
+    pub fn is_default(&self) -> bool {
+        *self == ReplicasSpec::default()
+    }
+
+    /// `(min, max)` with the defaults applied; an error names what is wrong.
+    pub fn resolve(&self) -> Result<(u32, u32), String> {
+        let min = self.min.unwrap_or(MIN_REPLICAS_DEFAULT);
+        let max = self.max.unwrap_or(MAX_REPLICAS_DEFAULT.max(min));
+        if min == 0 {
+            return Err("replicas: min must be at least 1".into());
+        }
+        if min > max {
+            return Err(format!("replicas: min {min} is more than max {max}"));
+        }
+        if max > REPLICAS_LIMIT {
+            return Err(format!("replicas: max {max} is more than the limit of {REPLICAS_LIMIT}"));
+        }
+        Ok((min, max))
+    }
+}
+
 /// Limits as numbers; `None` means the node's default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimitsSpec {
@@ -103,6 +146,9 @@ pub struct DeploySpec {
     /// Outbound HTTP allow-list.
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
+    /// How many replicas run it.
+    #[serde(default, skip_serializing_if = "ReplicasSpec::is_default")]
+    pub replicas: ReplicasSpec,
 }
 
 /// One stored version of a function: immutable once written.
@@ -128,6 +174,9 @@ pub struct VersionRecord {
     pub allowed_outbound_hosts: Vec<String>,
     /// When it was deployed, milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
+    /// How many replicas run it.
+    #[serde(default, skip_serializing_if = "ReplicasSpec::is_default")]
+    pub replicas: ReplicasSpec,
 }
 
 /// One function, as `wedge ls` shows it.
@@ -194,6 +243,15 @@ pub struct DesiredState {
     pub revision: u64,
     /// The active version of every function, by name.
     pub functions: Vec<VersionRecord>,
+    /// Where each function runs: its name → the names of the nodes that
+    /// serve it; every other node forwards its requests there. A node that is
+    /// not in a cluster serves every function whatever this says.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub placements: BTreeMap<String, Vec<String>>,
+    /// Changes whenever `placements` does (a fresh value at every start of
+    /// the control plane); long-polls pass it back as `placement`.
+    #[serde(default)]
+    pub placement_generation: u64,
 }
 
 /// A guest output line shipped from a node.
@@ -254,6 +312,30 @@ pub struct NodeReport {
     pub errors: Vec<NodeFunctionError>,
     /// Guest output since the last report (bounded by the node).
     pub logs: Vec<LogLine>,
+    /// The node's place in its cluster, when it is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<NodeCluster>,
+}
+
+/// What a node in a cluster reports of itself and of its view: what the
+/// placement scheduler decides from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCluster {
+    /// Its site.
+    pub site: String,
+    /// Its incarnation (rises with every restart).
+    pub incarnation: u64,
+    /// Requests in flight on the node.
+    pub in_flight: u32,
+    /// CPU use, thousandths of the machine.
+    pub cpu_permille: u16,
+    /// Requests in flight per function served here.
+    #[serde(default)]
+    pub function_in_flight: BTreeMap<String, u32>,
+    /// Members this node sees declared down or left: name → the incarnation
+    /// it saw go (a newer life of that node is not affected).
+    #[serde(default)]
+    pub down: BTreeMap<String, u64>,
 }
 
 /// `GET /v1/nodes`: what the control plane last heard from each node.
@@ -272,6 +354,9 @@ pub struct NodeStatus {
     /// Milliseconds since its last report. Nodes that stopped reporting stay
     /// listed (with a growing value) but no longer count as serving.
     pub last_seen_ms_ago: u64,
+    /// Its cluster report, if it is in a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<NodeCluster>,
 }
 
 impl LimitsSpec {

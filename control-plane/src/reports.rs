@@ -193,6 +193,7 @@ impl Reports {
                 errors: entry.report.errors.clone(),
                 last_seen_ms_ago: u64::try_from(now.saturating_duration_since(entry.seen).as_millis())
                     .unwrap_or(u64::MAX),
+                cluster: entry.report.cluster.clone(),
             })
             .collect();
         nodes.sort_by(|a, b| a.node.cmp(&b.node));

@@ -705,6 +705,7 @@ async fn deploy(
     let spec: DeploySpec = serde_json::from_slice(&upload.spec)
         .map_err(|error| ApiError::bad_request(format!("part `spec` is not a valid deploy spec: {error}")))?;
     validate::check_routes(&spec.routes)?;
+    spec.replicas.resolve().map_err(ApiError::bad_request)?;
     let function = spec.function_spec(&name);
     shared.compiler.check_spec(&function)?;
     if let Some(artifact) = &spec.artifact {

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
-use wedge_control::api::VersionRecord;
+use wedge_control::api::{ReplicasSpec, VersionRecord};
 
 use super::values::FunctionFlags;
 use crate::client::{Client, ClientError, ComponentPart, Reply, function_name};
@@ -47,6 +47,14 @@ pub struct DeployArgs {
 
     #[command(flatten)]
     function: FunctionFlags,
+
+    /// Run at least N replicas in the cluster (default 2).
+    #[arg(long, value_name = "N")]
+    min_replicas: Option<u32>,
+
+    /// Run at most N replicas; autoscaling stays between the two (default 8).
+    #[arg(long, value_name = "N")]
+    max_replicas: Option<u32>,
 
     #[command(flatten)]
     connection: ConnectionArgs,
@@ -110,13 +118,19 @@ impl DeployArgs {
     /// What to deploy, checked; and whether it came from a manifest.
     fn deployments(&self) -> anyhow::Result<(Vec<Deployment>, bool)> {
         if let Some(component) = &self.component {
-            let function = self.function.function(self.name.clone(), component.clone(), self.routes.clone());
+            let mut function = self.function.function(self.name.clone(), component.clone(), self.routes.clone());
+            function.replicas = ReplicasSpec { min: self.min_replicas, max: self.max_replicas };
             return Ok((manifest::plan(&[function])?, false));
         }
-        if self.name.is_some() || !self.routes.is_empty() || self.function.any() {
+        if self.name.is_some()
+            || !self.routes.is_empty()
+            || self.function.any()
+            || self.min_replicas.is_some()
+            || self.max_replicas.is_some()
+        {
             bail!(
-                "--name, --route, --env, --set, --allow-outbound and limits apply to a component named on the \
-                 command line; for a manifest, put them in the file"
+                "--name, --route, --env, --set, --allow-outbound, replicas and limits apply to a component named on \
+                 the command line; for a manifest, put them in the file"
             );
         }
         let path = self.manifest.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_MANIFEST));

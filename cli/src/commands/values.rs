@@ -75,6 +75,7 @@ impl FunctionFlags {
             config: self.config_values.iter().cloned().collect(),
             env: self.env.iter().cloned().collect(),
             allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+            replicas: Default::default(),
         }
     }
 }

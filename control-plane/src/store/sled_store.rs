@@ -838,6 +838,7 @@ impl Store for SledStore {
             env: new.spec.env.clone(),
             allowed_outbound_hosts: new.spec.allowed_outbound_hosts.clone(),
             created_unix_ms: new.now_unix_ms,
+            replicas: new.spec.replicas,
         };
         let function =
             FunctionRecord { active_version: version, latest_version: version, updated_unix_ms: new.now_unix_ms };
@@ -1047,7 +1048,12 @@ impl Store for SledStore {
             .into_iter()
             .map(|(name, record)| self.active_record(&name, &record))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(DesiredState { store_id: self.store_id.clone(), revision: self.stored_revision()?, functions })
+        Ok(DesiredState {
+            store_id: self.store_id.clone(),
+            revision: self.stored_revision()?,
+            functions,
+            ..DesiredState::default()
+        })
     }
 
     fn store_id(&self) -> &str {

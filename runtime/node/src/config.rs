@@ -92,6 +92,10 @@ pub struct FunctionConfig {
     /// Outbound HTTP allow-list.
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
+    /// How many replicas a cluster runs (`[function.replicas] min = 2, max = 8`);
+    /// `wedge deploy` sends it, `wedge serve` (one machine) has no use for it.
+    #[serde(default)]
+    pub replicas: wedge_control::api::ReplicasSpec,
 }
 
 /// Limits as written in TOML or on the command line.

@@ -274,6 +274,7 @@ impl Applier {
             store_id: self.served_from.0.clone(),
             revision: self.served_from.1,
             functions: self.loaded.values().map(|(record, _)| record.clone()).collect(),
+            ..DesiredState::default()
         }
     }
 
@@ -334,6 +335,7 @@ impl Applier {
             store_id: desired.store_id.clone(),
             revision: desired.revision,
             functions: next.values().map(|(record, _)| record.clone()).collect(),
+            ..DesiredState::default()
         };
         // Saved before it is served: whatever a client has seen this node
         // serve, a restart without the control plane serves too.
@@ -555,6 +557,7 @@ async fn report(
             serving: status.functions,
             errors: status.errors,
             logs: std::mem::take(&mut pending),
+            cluster: None,
         };
         match client.report(&config.node_name, &report).await {
             Ok(()) => {
@@ -611,7 +614,7 @@ mod tests {
     }
 
     fn state(store: &str, revision: u64, functions: Vec<VersionRecord>) -> DesiredState {
-        DesiredState { store_id: store.into(), revision, functions }
+        DesiredState { store_id: store.into(), revision, functions, ..DesiredState::default() }
     }
 
     #[test]

@@ -195,7 +195,12 @@ mod tests {
         assert!(local.load_state().unwrap().is_none());
         let sha = sha256_hex(b"abc");
         local.write_artifact(&sha, b"abc").unwrap();
-        let state = DesiredState { store_id: "store-1".into(), revision: 7, functions: vec![record("hello", &sha)] };
+        let state = DesiredState {
+            store_id: "store-1".into(),
+            revision: 7,
+            functions: vec![record("hello", &sha)],
+            ..DesiredState::default()
+        };
         local.save_state(&state).unwrap();
         drop(local);
 
