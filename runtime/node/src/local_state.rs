@@ -185,6 +185,7 @@ mod tests {
             env: Default::default(),
             allowed_outbound_hosts: vec![],
             created_unix_ms: 1,
+            replicas: Default::default(),
         }
     }
 
