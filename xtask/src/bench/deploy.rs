@@ -200,7 +200,7 @@ impl Cluster {
                 .args(["--name", &name, "--control", &cluster.control_url])
                 .arg("--data-dir")
                 .arg(run_dir.join(&name))
-                .args(["--listen", "127.0.0.1:0"]);
+                .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
             let log = log_dir.join(format!("deploy-{name}.log"));
             let (node, url) = spawn_ready(cmd, &name, "wedge node serving on ", &log)?;
             println!("  {name} at {url}");
