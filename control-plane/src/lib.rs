@@ -4,7 +4,9 @@
 //! durable [`store`] of artifacts and versions, validation of uploads before
 //! anything is stored, and the desired state that nodes follow (long-poll on
 //! `GET /v1/state`). It also keeps what nodes report: what they serve, what
-//! failed to load, and recent guest log lines for `wedge logs`.
+//! failed to load, and recent guest log lines for `wedge logs`. Its
+//! [`placement`] scheduler decides which nodes run each function and how
+//! many replicas it gets (spread over sites, autoscaled from node load).
 //!
 //! It must not run guest requests or know about node internals: nodes pull
 //! desired state and artifacts; the control plane never pushes.
@@ -14,6 +16,7 @@
 pub mod api;
 mod auth;
 pub mod config;
+pub mod placement;
 mod reports;
 mod server;
 pub mod store;
