@@ -55,7 +55,18 @@ fn start_node_at(name: &str, control_url: &str, data_dir: &Path) -> Server {
 
 fn node_args<'a>(name: &'a str, control_url: &'a str, data_dir: &'a Path) -> Vec<&'a str> {
     let data_dir = data_dir.to_str().unwrap();
-    vec!["--name", name, "--control", control_url, "--data-dir", data_dir, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
+    vec![
+        "--name",
+        name,
+        "--control",
+        control_url,
+        "--data-dir",
+        data_dir,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]
 }
 
 /// Runs a CLI verb against `control` with the right token and an empty
