@@ -5,12 +5,25 @@
 //! server with its protective limits (header read timeout, header size) and
 //! graceful drain on shutdown.
 //!
+//! It also forwards requests to the nodes that run their function, over the
+//! cluster's QUIC connections ([`Forwarder`], [`serve_forwarded`]: HTTP/1.1,
+//! one stream per request, hop counting, one retry), choosing the replica
+//! with a sans-IO power-of-two-choices balancer ([`Balancer`]: same site
+//! first, live load times latency).
+//!
 //! It must not know how functions run (that is `wedge-host`) or where the
 //! routes come from (that is `wedge-node`): the table maps to
 //! [`wedge_host::Function`] handles.
 
+mod balance;
+mod forward;
 mod ingress;
 mod routes;
 
+pub use balance::{Balancer, BalancerConfig, InvalidConfig, Replica, XorShift64};
+pub use forward::{
+    FORWARDED_BY_HEADER, ForwardConfig, ForwardStats, Forwarder, HOPS_HEADER, HOPS_MAX, HopLimitReached, ServeConfig,
+    check_hops, hops, remove_internal_headers, serve_forwarded,
+};
 pub use ingress::{Ingress, IngressConfig};
 pub use routes::{Route, RouteError, RouteTable};
