@@ -17,7 +17,8 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::de::DeserializeOwned;
 use wedge_control::api::{
-    DeploySpec, ErrorBody, FunctionInfo, FunctionSummary, LogPage, Removed, RollbackRequest, VersionRecord,
+    DeploySpec, ErrorBody, FunctionInfo, FunctionSummary, LogPage, PlacementReport, Removed, RollbackRequest,
+    VersionRecord,
 };
 
 use crate::profile::Connection;
@@ -91,6 +92,15 @@ impl Client {
     /// `GET /v1/functions/{name}`.
     pub fn function(&self, name: &str) -> Result<Reply<FunctionInfo>, ClientError> {
         self.json(self.request("GET", &format!("/v1/functions/{name}"), REQUEST_TIMEOUT).call())
+    }
+
+    /// `GET /v1/placement[?function=NAME]`.
+    pub fn placement(&self, function: Option<&str>) -> Result<Reply<PlacementReport>, ClientError> {
+        let path = match function {
+            Some(name) => format!("/v1/placement?function={name}"),
+            None => "/v1/placement".to_string(),
+        };
+        self.json(self.request("GET", &path, REQUEST_TIMEOUT).call())
     }
 
     /// `GET /v1/functions/{name}/versions`.

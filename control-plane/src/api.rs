@@ -13,6 +13,7 @@
 //! | `HEAD`/`GET /v1/artifacts/{sha256}` | – | the component bytes (`application/wasm`) |
 //! | `GET /v1/state?after=REV&placement=GEN&wait_ms=MS` | – | [`DesiredState`]; waits (at most [`STATE_WAIT_MAX_MS`]) while the revision is `<= after` and the placement generation is `GEN` |
 //! | `POST /v1/nodes/{node}/report` | [`NodeReport`] | 204 |
+//! | `GET /v1/placement?function=NAME` | – | [`PlacementReport`] (every function without `function`) |
 //! | `GET /v1/nodes` | – | `[NodeStatus]` |
 //! | `GET /v1/functions/{name}/logs?after=SEQ&wait_ms=MS&limit=N` | – | [`LogPage`] |
 //!
@@ -315,6 +316,20 @@ pub struct NodeReport {
     /// The node's place in its cluster, when it is in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<NodeCluster>,
+}
+
+/// `GET /v1/placement`: where functions run and why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlacementReport {
+    /// The placement generation in the desired state now.
+    pub generation: u64,
+    /// Function → the nodes running it.
+    pub placements: BTreeMap<String, Vec<String>>,
+    /// Function → how many replicas it should have now (autoscaling moves it
+    /// between the function's min and max).
+    pub targets: BTreeMap<String, u32>,
+    /// The scheduler's recent decisions with their reasons, oldest first.
+    pub decisions: Vec<crate::placement::Decision>,
 }
 
 /// What a node in a cluster reports of itself and of its view: what the

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::placement::SchedulerConfig;
+
 use crate::api::COMPONENT_BYTES_MAX_DEFAULT;
 
 const KIB: u64 = 1024;
@@ -77,6 +79,16 @@ pub struct ControlConfig {
     /// included) before it closes their connections. A change whose store
     /// call started is stored and announced either way.
     pub drain_timeout: Duration,
+    /// The placement scheduler's settings (autoscaling targets and windows).
+    pub placement: SchedulerConfig,
+    /// How often the scheduler runs (also at once after every deploy,
+    /// rollback or removal).
+    pub placement_interval: Duration,
+    /// A node not heard from for this long counts as down for placement
+    /// (nodes report every second; a node the others see down is down at
+    /// once). Also how long a started control plane listens to reports
+    /// before it publishes placements, so that it adopts what nodes serve.
+    pub placement_stale_after: Duration,
 }
 
 impl ControlConfig {
@@ -100,6 +112,9 @@ impl ControlConfig {
             connections_max: 4096,
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            placement: SchedulerConfig::default(),
+            placement_interval: Duration::from_millis(500),
+            placement_stale_after: Duration::from_secs(4),
         }
     }
 
@@ -133,6 +148,10 @@ impl ControlConfig {
         if self.instance_memory_bytes_max < MIB {
             return invalid("the per-instance memory maximum must be at least 1 MiB".into());
         }
+        if self.placement_interval.is_zero() || self.placement_stale_after < self.placement_interval {
+            return invalid("the placement interval must be more than zero and at most the placement staleness".into());
+        }
+        self.placement.validate().map_err(|error| ConfigError(format!("placement: {error}")))?;
         if self.node_stale_after < Duration::from_secs(1) {
             return invalid("the node staleness bound must be at least 1 s (nodes report every second)".into());
         }
@@ -169,6 +188,9 @@ impl std::fmt::Debug for ControlConfig {
             connections_max,
             header_read_timeout,
             drain_timeout,
+            placement,
+            placement_interval,
+            placement_stale_after,
         } = self;
         let redacted = |token: &Option<String>| token.as_ref().map(|_| "<redacted>");
         f.debug_struct("ControlConfig")
@@ -188,6 +210,9 @@ impl std::fmt::Debug for ControlConfig {
             .field("connections_max", connections_max)
             .field("header_read_timeout", header_read_timeout)
             .field("drain_timeout", drain_timeout)
+            .field("placement", placement)
+            .field("placement_interval", placement_interval)
+            .field("placement_stale_after", placement_stale_after)
             .finish()
     }
 }

@@ -18,6 +18,7 @@ mod auth;
 pub mod config;
 pub mod placement;
 mod reports;
+mod scheduling;
 mod server;
 pub mod store;
 pub mod validate;

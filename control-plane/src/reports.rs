@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::api::{LogLine, LogPage, NodeFunctionError, NodeReport, NodeStatus};
+use crate::api::{LogLine, LogPage, NodeCluster, NodeFunctionError, NodeReport, NodeStatus};
 
 /// Longest log line kept; longer ones are cut (at a character boundary) and
 /// marked with `…`.
@@ -45,6 +45,9 @@ pub(crate) const INGRESS_BYTES_MAX: usize = 256;
 /// and marked with `…`. Cut rather than refused: a node does not choose
 /// how long a compile error is, and a refused report would hide the node.
 pub(crate) const ERROR_BYTES_MAX: usize = 4 * 1024;
+
+/// Longest site name, and longest node name in `cluster.down`.
+pub(crate) const SITE_BYTES_MAX: usize = 64;
 
 /// Most bytes one node's kept report (what it serves, its errors, its
 /// ingress; strings plus [`ENTRY_OVERHEAD_BYTES`] an entry) may take. Room
@@ -227,6 +230,40 @@ impl Reports {
         (serving, failing)
     }
 
+    /// Every node heard from, as placement sees it: alive unless its last
+    /// report is `stale_after` old or older, or a report newer than its own
+    /// (from a node heard from within `stale_after`) lists it as down at its
+    /// current incarnation or a later one. The nodes' own SWIM view decides
+    /// fast (a killed node is down in seconds); silence decides when no
+    /// other node is left to tell. Sorted by name.
+    pub(crate) fn cluster_view(&self, now: Instant, stale_after: Duration) -> Vec<ClusterNode> {
+        let inner = self.lock();
+        let fresh = |entry: &NodeEntry| now.saturating_duration_since(entry.seen) < stale_after;
+        let mut nodes: Vec<ClusterNode> = inner
+            .nodes
+            .iter()
+            .map(|(name, entry)| {
+                let cluster = entry.report.cluster.clone().unwrap_or_default();
+                let declared_down = inner.nodes.values().any(|witness| {
+                    fresh(witness)
+                        && witness.seen > entry.seen
+                        && witness.report.cluster.as_ref().is_some_and(|view| {
+                            view.down.get(name).is_some_and(|&incarnation| incarnation >= cluster.incarnation)
+                        })
+                });
+                ClusterNode {
+                    name: name.clone(),
+                    alive: fresh(entry) && !declared_down,
+                    serving: entry.report.serving.iter().map(|(function, _)| function.clone()).collect(),
+                    in_cluster: entry.report.cluster.is_some(),
+                    cluster,
+                }
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        nodes
+    }
+
     /// Up to `limit` lines of `function` with `seq > after`, oldest first.
     /// With none, `next` is `after` itself.
     pub(crate) fn logs(&self, function: &str, after: u64, limit: usize) -> LogPage {
@@ -255,6 +292,19 @@ impl Reports {
     }
 }
 
+/// One node as placement sees it (see [`Reports::cluster_view`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClusterNode {
+    pub(crate) name: String,
+    pub(crate) alive: bool,
+    /// Functions it reported serving.
+    pub(crate) serving: Vec<String>,
+    /// Whether it reported a cluster (a node outside one serves everything).
+    pub(crate) in_cluster: bool,
+    /// Its cluster report (defaults when it is not in a cluster).
+    pub(crate) cluster: NodeCluster,
+}
+
 /// Checks what a report asks to keep against the limits above, and cuts
 /// error texts longer than [`ERROR_BYTES_MAX`]. The message says what is
 /// over which limit (the server answers it as a 400). Log lines are bounded
@@ -273,6 +323,24 @@ pub(crate) fn check_report(report: &mut NodeReport) -> Result<(), String> {
         wedge_host::validate_name(function)
             .map_err(|_| format!("{function:?} is not a function name (1-63 of a-z, 0-9, '-')"))?;
     }
+    if let Some(cluster) = &report.cluster {
+        if cluster.site.is_empty() || cluster.site.len() > SITE_BYTES_MAX {
+            return Err(format!("cluster.site must be 1 to {SITE_BYTES_MAX} bytes"));
+        }
+        for (what, entries) in [("function_in_flight", cluster.function_in_flight.len()), ("down", cluster.down.len())]
+        {
+            if entries > REPORT_ENTRIES_MAX {
+                return Err(format!("cluster.{what} has {entries} entries; at most {REPORT_ENTRIES_MAX}"));
+            }
+        }
+        for function in cluster.function_in_flight.keys() {
+            wedge_host::validate_name(function)
+                .map_err(|_| format!("{function:?} is not a function name (1-63 of a-z, 0-9, '-')"))?;
+        }
+        if let Some(name) = cluster.down.keys().find(|name| name.is_empty() || name.len() > SITE_BYTES_MAX) {
+            return Err(format!("cluster.down names {name:?}: node names are 1 to {SITE_BYTES_MAX} bytes"));
+        }
+    }
     for error in &mut report.errors {
         truncate_text(&mut error.error, ERROR_BYTES_MAX);
     }
@@ -289,7 +357,12 @@ fn kept_bytes(report: &NodeReport) -> u64 {
     let serving: usize = report.serving.iter().map(|(function, _)| function.len()).sum();
     let errors: usize = report.errors.iter().map(|e| e.function.len() + e.error.len()).sum();
     let entries = report.serving.len() + report.errors.len();
-    let strings = u64::try_from(report.ingress.len() + serving + errors).unwrap_or(u64::MAX);
+    let (cluster_strings, cluster_entries) = report.cluster.as_ref().map_or((0, 0), |cluster| {
+        let names: usize = cluster.function_in_flight.keys().chain(cluster.down.keys()).map(String::len).sum();
+        (cluster.site.len() + names, cluster.function_in_flight.len() + cluster.down.len())
+    });
+    let entries = entries + cluster_entries;
+    let strings = u64::try_from(report.ingress.len() + serving + errors + cluster_strings).unwrap_or(u64::MAX);
     let overhead = u64::try_from(entries).unwrap_or(u64::MAX).saturating_mul(ENTRY_OVERHEAD_BYTES);
     strings.saturating_add(overhead)
 }
@@ -320,7 +393,61 @@ fn truncate_text(text: &mut String, bytes_max: usize) {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use std::collections::BTreeMap;
+
     use super::*;
+
+    fn cluster_report(incarnation: u64, down: &[(&str, u64)]) -> NodeReport {
+        NodeReport {
+            cluster: Some(NodeCluster {
+                site: "east".into(),
+                incarnation,
+                down: down.iter().map(|(n, i)| (n.to_string(), *i)).collect::<BTreeMap<_, _>>(),
+                ..NodeCluster::default()
+            }),
+            ..NodeReport::default()
+        }
+    }
+
+    #[test]
+    fn a_node_is_down_when_a_newer_report_says_so_or_when_it_falls_silent() {
+        let reports = Reports::new(ReportLimits { nodes_max: 10, ..limits() }, 0);
+        let stale = Duration::from_secs(4);
+        let t0 = Instant::now();
+        let alive = |now| -> Vec<(String, bool)> {
+            reports.cluster_view(now, stale).into_iter().map(|n| (n.name, n.alive)).collect()
+        };
+        reports.record("a", cluster_report(5, &[]), t0, |_| true);
+        reports.record("b", cluster_report(7, &[]), t0, |_| true);
+        assert_eq!(alive(t0), [("a".into(), true), ("b".into(), true)]);
+        // b sees a down (at a's incarnation), after a's last report: a is down.
+        reports.record("b", cluster_report(7, &[("a", 5)]), t0 + Duration::from_secs(1), |_| true);
+        assert_eq!(alive(t0 + Duration::from_secs(1)), [("a".into(), false), ("b".into(), true)]);
+        // a restarts (a higher incarnation) and reports: alive, though b still lists its old life.
+        reports.record("a", cluster_report(6, &[]), t0 + Duration::from_secs(2), |_| true);
+        reports.record("b", cluster_report(7, &[("a", 5)]), t0 + Duration::from_secs(3), |_| true);
+        assert_eq!(alive(t0 + Duration::from_secs(3)), [("a".into(), true), ("b".into(), true)]);
+        // Silence: a stops reporting; b too later. Both fall stale.
+        assert_eq!(alive(t0 + Duration::from_secs(6)), [("a".into(), false), ("b".into(), true)]);
+        assert_eq!(alive(t0 + Duration::from_secs(7)), [("a".into(), false), ("b".into(), false)]);
+        // A stale witness is not believed.
+        let view = reports.cluster_view(t0 + Duration::from_secs(3), stale);
+        assert_eq!(view[0].cluster.incarnation, 6);
+        assert!(view.iter().all(|n| n.in_cluster));
+    }
+
+    #[test]
+    fn bad_cluster_reports_are_refused() {
+        let mut report = cluster_report(1, &[]);
+        report.cluster.as_mut().unwrap().site = String::new();
+        assert!(check_report(&mut report).unwrap_err().contains("site"));
+        let mut report = cluster_report(1, &[]);
+        report.cluster.as_mut().unwrap().function_in_flight.insert("Bad Name".into(), 1);
+        assert!(check_report(&mut report).unwrap_err().contains("Bad Name"));
+        let mut report = cluster_report(1, &[("", 1)]);
+        assert!(check_report(&mut report).unwrap_err().contains("down"));
+        check_report(&mut cluster_report(1, &[("x", 1)])).unwrap();
+    }
 
     const STALE_AFTER: Duration = Duration::from_secs(10);
 

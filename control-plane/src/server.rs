@@ -56,14 +56,16 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::api::{
-    DeploySpec, DesiredState, ErrorBody, FunctionInfo, FunctionSummary, LogPage, NodeReport, NodeStatus, Removed,
-    RollbackRequest, STATE_WAIT_MAX_MS, VersionRecord, now_unix_ms,
+    DeploySpec, DesiredState, ErrorBody, FunctionInfo, FunctionSummary, LogPage, NodeReport, NodeStatus,
+    PlacementReport, Removed, RollbackRequest, STATE_WAIT_MAX_MS, VersionRecord, now_unix_ms,
 };
 use crate::auth::{
     Role, Token, TokenError, TokenOrigin, Tokens, constant_time_eq, discard, require_token, resolve_token,
 };
 use crate::config::{ConfigError, ControlConfig, REPORT_BYTES_MAX, SAME_TOKENS, SPEC_BYTES_MAX};
+use crate::placement::Scheduler;
 use crate::reports::{self, ReportLimits, Reports};
+use crate::scheduling::{self, Scheduling};
 use crate::store::{NewVersion, SledStore, Store, StoreError};
 use crate::validate::{self, Compiler, ValidationError};
 
@@ -144,7 +146,9 @@ struct Shared {
     config: ControlConfig,
     store: Arc<dyn Store>,
     compiler: Compiler,
-    reports: Reports,
+    reports: Arc<Reports>,
+    /// Where functions run: the scheduler and its published placements.
+    scheduling: Arc<Scheduling>,
     /// The store's revision, bumped after every successful mutation; state
     /// long-polls wait on it.
     revision: watch::Sender<u64>,
@@ -194,7 +198,12 @@ impl ControlPlane {
             now_unix_ms(),
         );
         let refused_body_bytes_max = deploy_body_bytes_max(&config);
+        let scheduler =
+            Scheduler::new(config.placement.clone()).map_err(|error| ConfigError(format!("placement: {error}")))?;
+        let scheduling = Arc::new(Scheduling::new(scheduler, config.placement_stale_after));
+        let reports = Arc::new(reports);
         let shared = Shared {
+            scheduling,
             revision: watch::Sender::new(store.revision()),
             shutdown: watch::Sender::new(false),
             failure: watch::Sender::new(None),
@@ -260,6 +269,14 @@ impl ControlPlane {
     ) -> Result<(), ControlError> {
         let app = self.router();
         let config = &self.shared.config;
+        tokio::spawn(scheduling::run(
+            Arc::clone(&self.shared.scheduling),
+            Arc::clone(&self.shared.store),
+            Arc::clone(&self.shared.reports),
+            self.shared.revision.subscribe(),
+            config.placement_interval,
+            self.shared.shutdown.subscribe(),
+        ));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -392,6 +409,7 @@ fn router(shared: Arc<Shared>, tokens: Tokens) -> Router {
         .route("/artifacts/{sha256}", get(artifact).head(artifact_head))
         .route("/state", get(state))
         .route("/nodes", get(nodes))
+        .route("/placement", get(placement))
         .route("/nodes/{node}/report", post(report).layer(DefaultBodyLimit::max(to_usize(REPORT_BYTES_MAX))))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(tokens, require_token))
@@ -874,11 +892,12 @@ async fn artifact_head(
     Ok((headers, axum::body::Body::empty()).into_response())
 }
 
-/// `?after=&wait_ms=` of `/v1/state`.
+/// `?after=&placement=&wait_ms=` of `/v1/state`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StateQuery {
     after: Option<u64>,
+    placement: Option<u64>,
     wait_ms: Option<u64>,
 }
 
@@ -886,14 +905,60 @@ async fn state(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<StateQuery>, QueryRejection>,
 ) -> Result<Json<DesiredState>, ApiError> {
-    let Query(StateQuery { after, wait_ms }) = query?;
+    let Query(StateQuery { after, placement, wait_ms }) = query?;
     if let Some(after) = after {
         let wait = Duration::from_millis(wait_ms.unwrap_or(0).min(STATE_WAIT_MAX_MS));
-        let changes = shared.revision.subscribe();
-        let published = shared.revision.clone();
-        shared.long_poll(changes, wait, || *published.borrow() > after).await;
+        let (revision, scheduling) = (shared.revision.clone(), Arc::clone(&shared.scheduling));
+        let changed =
+            || *revision.borrow() > after || placement.is_some_and(|seen| scheduling.current().generation != seen);
+        // Either change wakes the poll: a placement change bumps its own watch.
+        let mut placements = shared.scheduling.subscribe();
+        let revisions = shared.revision.subscribe();
+        let woken = async {
+            loop {
+                if placements.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                if changed() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = shared.long_poll(revisions, wait, changed) => {}
+            () = woken => {}
+        }
     }
-    blocking(&shared, |store| store.desired_state()).await.map(Json)
+    let mut state = blocking(&shared, |store| store.desired_state()).await?;
+    let published = shared.scheduling.current();
+    state.placement_generation = published.generation;
+    state.placements = published.placements.clone();
+    Ok(Json(state))
+}
+
+/// `?function=` of `/v1/placement`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlacementQuery {
+    function: Option<String>,
+}
+
+async fn placement(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<PlacementQuery>, QueryRejection>,
+) -> Result<Json<PlacementReport>, ApiError> {
+    let Query(PlacementQuery { function }) = query?;
+    if let Some(name) = &function {
+        let exists = blocking(&shared, {
+            let name = name.clone();
+            move |store| store.desired_state().map(|state| state.functions.iter().any(|f| f.function == name))
+        })
+        .await?;
+        if !exists {
+            return Err(ApiError::not_found(format!("no function named {name:?}")));
+        }
+    }
+    Ok(Json(shared.scheduling.report(function.as_deref())))
 }
 
 /// `?after=&wait_ms=&limit=` of `/v1/functions/{name}/logs`.

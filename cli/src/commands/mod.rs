@@ -11,6 +11,7 @@ mod deploy;
 mod info;
 mod logs;
 mod ls;
+mod placement;
 mod rm;
 mod rollback;
 mod versions;
@@ -238,6 +239,18 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Versions(versions::VersionsArgs),
 
+    /// Show where each function runs and why: its nodes, its replica
+    /// target (autoscaling moves it between --min-replicas and
+    /// --max-replicas) and the scheduler's recent decisions with reasons.
+    ///
+    /// Examples:
+    ///
+    ///   wedge placement
+    ///
+    ///   wedge placement hello -o json
+    #[command(verbatim_doc_comment)]
+    Placement(placement::PlacementArgs),
+
     /// Make an older version active again: no rebuild, no upload.
     ///
     /// Examples:
@@ -286,6 +299,7 @@ impl Command {
             Command::Ls(args) => args.run(),
             Command::Info(args) => args.run(),
             Command::Versions(args) => args.run(),
+            Command::Placement(args) => args.run(),
             Command::Rollback(args) => args.run(),
             Command::Rm(args) => args.run(),
             Command::Logs(args) => args.run(),

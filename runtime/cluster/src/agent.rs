@@ -13,6 +13,9 @@
 //! [`SEED_REFRESH`] after that, and hands each address to the core, which retries them
 //! itself until one is a live member.
 //!
+//! A member declared down or gone has its connections closed
+//! ([`Transport::drop_peer`]), so that requests waiting on it fail over at once.
+//!
 //! Leaving ([`Agent::leave`]) hands the core `Leave`, sends what it emits, gives the
 //! transport [`LEAVE_FLUSH`] to put those datagrams on the wire, then closes the transport.
 //!
@@ -247,6 +250,11 @@ impl Agent {
         self.load.send_replace(Some(load));
     }
 
+    /// The transport membership runs over (peer RPC shares it).
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
     /// Gossip traffic so far.
     pub fn gossip_stats(&self) -> GossipStats {
         let c = &self.counters;
@@ -390,6 +398,9 @@ impl Owner {
                 }
                 Output::Event(event) => {
                     log_event(&event);
+                    if let Event::MemberDown(identity) | Event::MemberLeft(identity) = &event {
+                        self.transport.drop_peer(identity.gossip_addr());
+                    }
                     self.changed = true;
                     // No subscribers is fine: the snapshot carries the state.
                     let _ = self.events.send(event);

@@ -110,6 +110,8 @@ mod code {
     pub(super) const EVICTED: VarInt = VarInt::from_u32(1);
     /// The peer's certificate carries no valid node name.
     pub(super) const NO_NODE_NAME: VarInt = VarInt::from_u32(2);
+    /// Membership declared the peer down.
+    pub(super) const PEER_DOWN: VarInt = VarInt::from_u32(3);
     /// Stream refused: the receiving side's channel is full.
     pub(super) const STREAM_BUSY: VarInt = VarInt::from_u32(1);
     /// Stream refused: bad, late or unknown-version header.
@@ -703,6 +705,21 @@ impl Transport {
             lock(&shared.pool).touch(connection.stable_id());
             bump(&shared.counters.streams_opened, 1);
             return Ok(PeerStream { peer, kind, send, recv });
+        }
+    }
+
+    /// Closes every connection to the peer at `addr` (membership declared
+    /// it down): streams waiting on it fail at once instead of at the idle
+    /// timeout, so their callers can go elsewhere. A later send connects
+    /// anew.
+    pub fn drop_peer(&self, addr: SocketAddr) {
+        let mut pool = lock(&self.shared.pool);
+        let ids: Vec<usize> = pool.connections.iter().filter(|(_, e)| e.peer.addr == addr).map(|(id, _)| *id).collect();
+        for id in ids {
+            if let Some(entry) = pool.connections.get(&id) {
+                entry.connection.close(code::PEER_DOWN, b"declared down");
+            }
+            pool.remove(id);
         }
     }
 

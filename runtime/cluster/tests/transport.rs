@@ -520,3 +520,29 @@ async fn loopback_measurements() {
     println!("1 MiB stream echo (open, send, receive back): median {echo50:?}");
     drop(echo);
 }
+
+#[tokio::test]
+async fn dropping_a_peer_fails_its_waiting_streams_at_once() {
+    let cluster = Cluster::new();
+    let a = cluster.node("client");
+    let b = cluster.node("server");
+    // The server takes the stream and never answers (think: a peer that froze).
+    let mut incoming = b.accept_streams().unwrap();
+    let held = tokio::spawn(async move { incoming.recv().await });
+    let mut stream = a.open_stream(addr(&b), StreamKind(7)).await.unwrap();
+    stream.send.write_all(b"hello").await.unwrap();
+    let _held = held.await.unwrap();
+    let waiting = tokio::spawn(async move { stream.recv.read_to_end(1024).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "the read ended before the peer was dropped");
+    let dropped = Instant::now();
+    a.drop_peer(addr(&b));
+    let read = tokio::time::timeout(DEADLINE, waiting).await.expect("the read still waits").unwrap();
+    assert!(read.is_err(), "the read of a dropped peer succeeded: {read:?}");
+    assert!(dropped.elapsed() < Duration::from_secs(1), "{:?}", dropped.elapsed());
+    // A later stream connects anew.
+    let mut again = b.accept_streams();
+    assert!(again.take().is_none(), "streams were taken once");
+    a.open_stream(addr(&b), StreamKind(7)).await.unwrap();
+    assert_eq!(a.stats().connects, 2);
+}

@@ -134,6 +134,12 @@ impl Function {
         limit.saturating_sub(self.inner.running.available_permits())
     }
 
+    /// Whether every instance slot of this function is taken (a request now
+    /// would wait for none: it gets a 503).
+    pub fn is_saturated(&self) -> bool {
+        self.inner.running.available_permits() == 0
+    }
+
     /// Creates and drops the per-request store without instantiating: the
     /// baseline the instantiate benchmark is compared with.
     #[doc(hidden)]

@@ -26,7 +26,7 @@ use wedge_cluster::membership::{Config, Identity, LoadSummary, NodeId};
 use wedge_cluster::pki::{ClusterCa, NodeCert, PkiError};
 use wedge_cluster::transport::{Transport, TransportConfig};
 
-use wedge_router::Ingress;
+use wedge_router::{Ingress, Target};
 
 use crate::admin::stopped;
 use crate::local_state::LocalState;
@@ -148,8 +148,10 @@ pub async fn publish_load(
     loop {
         let table = ingress.routes();
         let mut running = BTreeMap::new();
-        for (owner, function) in table.targets() {
-            running.insert(owner, function.running_instances());
+        for (owner, target) in table.targets() {
+            if let Target::Local(function) = target {
+                running.insert(owner, function.running_instances());
+            }
         }
         let instances = u32::try_from(running.values().sum::<usize>()).unwrap_or(u32::MAX);
         agent.set_load(LoadSummary {

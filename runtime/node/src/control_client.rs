@@ -61,8 +61,9 @@ impl ControlClient {
 
     /// Desired state newer than `after`, or the current one after waiting
     /// up to `wait` for a change.
-    pub async fn desired_state(&self, after: u64, wait: Duration) -> anyhow::Result<DesiredState> {
-        let path = format!("/v1/state?after={after}&wait_ms={}", wait.as_millis());
+    /// (Also as soon as the placement generation differs from `placement`.)
+    pub async fn desired_state(&self, after: u64, placement: u64, wait: Duration) -> anyhow::Result<DesiredState> {
+        let path = format!("/v1/state?after={after}&placement={placement}&wait_ms={}", wait.as_millis());
         let body = self.call(Method::GET, &path, None, wait + LONG_POLL_SLACK, STATE_BYTES_MAX).await?;
         serde_json::from_slice(&body).context("desired state from the control plane is not valid JSON")
     }

@@ -28,9 +28,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
-use wedge_control::api::{DesiredState, LogLine, NodeFunctionError, NodeReport, VersionRecord, sha256_hex};
+use wedge_cluster::membership::MemberState;
+use wedge_control::api::{
+    DesiredState, LogLine, NodeCluster, NodeFunctionError, NodeReport, VersionRecord, sha256_hex,
+};
 use wedge_host::{Function, GuestLogLine, GuestLogSink, Host, HostConfig};
-use wedge_router::{Ingress, IngressConfig, Route, RouteTable};
+use wedge_router::{
+    ForwardConfig, Forwarder, Forwarding, Ingress, IngressConfig, Replica, ReplicaSource, Route, RouteTable,
+    ServeConfig, Target, serve_forwarded,
+};
 
 use wedge_cluster::agent::Agent;
 
@@ -158,14 +164,18 @@ impl FollowingNode {
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
-        let ingress = Ingress::new(IngressConfig::default(), RouteTable::new());
+        let node_labels = config.cluster.as_ref().map(|cluster| (config.node_name.clone(), cluster.site.clone()));
+        let ingress = Ingress::new(IngressConfig { node: node_labels, ..IngressConfig::default() }, RouteTable::new());
         let serving = Arc::new(Mutex::new(Serving::default()));
+        let placements = Arc::new(PlacementBook::default());
         let mut applier = Applier {
             host,
             local,
             ingress: Arc::clone(&ingress),
             loaded: BTreeMap::new(),
-            served_from: (String::new(), 0),
+            served_from: (String::new(), 0, 0),
+            me: config.cluster.as_ref().map(|_| config.node_name.clone()),
+            placements: Arc::clone(&placements),
             saved: None,
             serving: Arc::clone(&serving),
         };
@@ -186,7 +196,18 @@ impl FollowingNode {
         };
         let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
         let agent = match &config.cluster {
-            Some(settings) => Some(crate::cluster::join(settings, &config.node_name, local_addr, &applier.local)?),
+            Some(settings) => {
+                let agent = crate::cluster::join(settings, &config.node_name, local_addr, &applier.local)?;
+                let forwarder = Forwarder::new(Arc::clone(agent.transport()), &settings.site, ForwardConfig::default())
+                    .context("request forwarding")?;
+                let replicas = ClusterReplicas {
+                    agent: Arc::clone(&agent),
+                    me: config.node_name.clone(),
+                    placements: Arc::clone(&placements),
+                };
+                ingress.enable_forwarding(Forwarding { forwarder, replicas: Arc::new(replicas) });
+                Some(agent)
+            }
             None => None,
         };
         Ok(Self {
@@ -216,6 +237,15 @@ impl FollowingNode {
             let revision = move || serving.lock().map_or(0, |serving| serving.revision);
             tokio::spawn(crate::cluster::publish_load(agent, Arc::clone(&self.ingress), revision, stop.clone()))
         });
+        let forwarded = self.agent.as_ref().and_then(|agent| agent.transport().accept_streams()).map(|streams| {
+            let ingress = Arc::clone(&self.ingress);
+            let handler = move |request| {
+                let ingress = Arc::clone(&ingress);
+                async move { ingress.handle_forwarded(request).await }
+            };
+            tokio::spawn(serve_forwarded(streams, handler, ServeConfig::default()))
+        });
+        let cluster = self.agent.clone().map(|agent| (agent, Arc::clone(&self.ingress)));
         let agent = self.agent.clone();
         let report_now = Arc::new(Notify::new());
         let follower = tokio::spawn(follow(
@@ -225,15 +255,14 @@ impl FollowingNode {
             Arc::clone(&report_now),
             stop.clone(),
         ));
-        let reporter = tokio::spawn(report(
-            self.config.clone(),
-            self.client,
-            self.local_addr,
-            self.serving,
-            self.log_lines,
+        let sources = ReportSources {
+            ingress_addr: self.local_addr,
+            serving: self.serving,
+            log_lines: self.log_lines,
+            cluster,
             report_now,
-            stop,
-        ));
+        };
+        let reporter = tokio::spawn(report(self.config.clone(), self.client, sources, stop));
         let ingress = Arc::clone(&self.ingress);
         ingress
             .serve(self.listener, async move {
@@ -250,6 +279,42 @@ impl FollowingNode {
         for task in admin.into_iter().chain(load) {
             let _ = task.await;
         }
+        // The transport closed when the node left: the server of forwarded requests has ended.
+        if let Some(task) = forwarded {
+            let _ = task.await;
+        }
+    }
+}
+
+/// The replicas of a function as this node sees them: the nodes it is placed
+/// on (but this one) that membership holds alive — suspect ones only when no
+/// other is left — with their gossiped load.
+struct ClusterReplicas {
+    agent: Arc<Agent>,
+    me: String,
+    placements: Arc<PlacementBook>,
+}
+
+impl ReplicaSource for ClusterReplicas {
+    fn replicas(&self, function: &str) -> Vec<Replica> {
+        let placed = self.placements.nodes_of(function);
+        let snapshot = self.agent.snapshot();
+        let candidates = |wanted: MemberState| -> Vec<Replica> {
+            snapshot
+                .members
+                .iter()
+                .filter(|m| !m.local && m.state == wanted && m.identity.name() != self.me)
+                .filter(|m| placed.iter().any(|node| node == m.identity.name()))
+                .map(|m| Replica {
+                    node: m.identity.name().to_string(),
+                    site: m.identity.site().to_string(),
+                    addr: m.identity.gossip_addr(),
+                    gossiped_in_flight: m.load.map_or(0, |load| load.in_flight),
+                })
+                .collect()
+        };
+        let alive = candidates(MemberState::Alive);
+        if alive.is_empty() { candidates(MemberState::Suspect) } else { alive }
     }
 }
 
@@ -258,23 +323,72 @@ struct Applier {
     host: Host,
     local: LocalState,
     ingress: Arc<Ingress>,
-    /// Every function served now, with the version record it came from.
-    loaded: BTreeMap<String, (VersionRecord, Function)>,
+    /// Every function routed now, with the version record it came from, and
+    /// whether it runs here or is forwarded.
+    loaded: BTreeMap<String, (VersionRecord, Placed)>,
+    /// This node's name when it is in a cluster: then it runs only what is
+    /// placed on it. Outside a cluster it runs everything.
+    me: Option<String>,
+    /// The placements applied (what `replicas` reads).
+    placements: Arc<PlacementBook>,
     /// The store and revision the served state came from, as saved on disk.
-    served_from: (String, u64),
+    /// (store id, revision, placement generation.)
+    served_from: (String, u64, u64),
     /// What was last written to `state.json` (to skip rewriting it unchanged).
     saved: Option<DesiredState>,
     serving: Arc<Mutex<Serving>>,
 }
 
+/// Where a routed function runs.
+#[derive(Clone)]
+enum Placed {
+    /// On this node.
+    Here(Function),
+    /// On other nodes only: requests are forwarded.
+    Elsewhere,
+}
+
+/// The placements this node applied, readable by the ingress (through
+/// [`ClusterReplicas`]) while the follower writes them.
+#[derive(Default)]
+pub struct PlacementBook {
+    placements: std::sync::RwLock<BTreeMap<String, Vec<String>>>,
+}
+
+impl PlacementBook {
+    /// The nodes `function` is placed on.
+    pub fn nodes_of(&self, function: &str) -> Vec<String> {
+        self.placements.read().unwrap_or_else(|p| p.into_inner()).get(function).cloned().unwrap_or_default()
+    }
+
+    fn set(&self, placements: BTreeMap<String, Vec<String>>) {
+        *self.placements.write().unwrap_or_else(|p| p.into_inner()) = placements;
+    }
+}
+
 impl Applier {
-    /// What this node serves, as a desired state (what `state.json` holds).
+    /// What this node serves and routes, as a desired state (what
+    /// `state.json` holds).
     fn served(&self) -> DesiredState {
+        let functions: Vec<VersionRecord> = self.loaded.values().map(|(record, _)| record.clone()).collect();
+        let placements = self.placements.placements.read().unwrap_or_else(|p| p.into_inner()).clone();
         DesiredState {
             store_id: self.served_from.0.clone(),
             revision: self.served_from.1,
-            functions: self.loaded.values().map(|(record, _)| record.clone()).collect(),
-            ..DesiredState::default()
+            functions,
+            placements,
+            placement_generation: self.served_from.2,
+        }
+    }
+
+    /// Whether `name` runs here under `desired`: everything outside a
+    /// cluster; in one, what is placed here, and a function the control
+    /// plane placed nowhere yet keeps running where it ran.
+    fn runs_here(&self, desired: &DesiredState, name: &str) -> bool {
+        let Some(me) = &self.me else { return true };
+        match desired.placements.get(name) {
+            Some(nodes) => nodes.iter().any(|node| node == me),
+            None => matches!(self.loaded.get(name), Some((_, Placed::Here(_)))),
         }
     }
 
@@ -289,19 +403,29 @@ impl Applier {
         let mut errors = Vec::new();
         // Artifacts of what is wanted stay on disk even when loading them
         // failed, so a retry does not fetch them again.
-        let wanted: BTreeSet<String> = desired.functions.iter().map(|r| r.artifact.clone()).collect();
-        for record in desired.functions {
+        let wanted: BTreeSet<String> = desired
+            .functions
+            .iter()
+            .filter(|r| self.runs_here(&desired, &r.function))
+            .map(|r| r.artifact.clone())
+            .collect();
+        let mut failed_elsewhere = Vec::new();
+        for record in desired.functions.clone() {
             let name = record.function.clone();
-            if let Some((current, function)) = self.loaded.get(&name)
+            if !self.runs_here(&desired, &name) {
+                next.insert(name, (record, Placed::Elsewhere));
+                continue;
+            }
+            if let Some((current, Placed::Here(function))) = self.loaded.get(&name)
                 && *current == record
             {
-                next.insert(name, (current.clone(), function.clone()));
+                next.insert(name, (current.clone(), Placed::Here(function.clone())));
                 continue;
             }
             match self.load(&record, client).await {
                 Ok(function) => {
                     tracing::info!(function = %name, version = record.version, sha256 = %record.artifact.get(..12).unwrap_or_default(), "loaded");
-                    next.insert(name, (record, function));
+                    next.insert(name, (record, Placed::Here(function)));
                 }
                 Err(error) => {
                     tracing::warn!(function = %name, version = record.version, "cannot load: {error:#}");
@@ -311,16 +435,26 @@ impl Applier {
                         version: record.version,
                         error: format!("{error:#}"),
                     });
-                    if let Some(previous) = self.loaded.remove(&name) {
-                        next.insert(name, previous);
+                    match self.loaded.remove(&name) {
+                        Some(previous @ (_, Placed::Here(_))) => {
+                            next.insert(name, previous);
+                        }
+                        // Not runnable here: its other replicas may answer.
+                        _ => failed_elsewhere.push(record),
                     }
                 }
             }
         }
         let mut table = RouteTable::new();
-        for (name, (record, function)) in &next {
+        let routed = next.iter().map(|(name, (record, placed))| (name, record, placed.clone()));
+        let failed = failed_elsewhere.iter().map(|record| (&record.function, record, Placed::Elsewhere));
+        for (name, record, placed) in routed.chain(failed) {
+            let target = match placed {
+                Placed::Here(function) => Target::Local(function),
+                Placed::Elsewhere => Target::Remote(name.as_str().into()),
+            };
             for text in &record.routes {
-                let inserted = Route::parse(text).and_then(|route| table.insert(route, name, function.clone()));
+                let inserted = Route::parse(text).and_then(|route| table.insert(route, name, target.clone()));
                 if let Err(error) = inserted {
                     errors.push(NodeFunctionError {
                         node: String::new(),
@@ -335,7 +469,8 @@ impl Applier {
             store_id: desired.store_id.clone(),
             revision: desired.revision,
             functions: next.values().map(|(record, _)| record.clone()).collect(),
-            ..DesiredState::default()
+            placements: desired.placements.clone(),
+            placement_generation: desired.placement_generation,
         };
         // Saved before it is served: whatever a client has seen this node
         // serve, a restart without the control plane serves too.
@@ -349,12 +484,13 @@ impl Applier {
                 Err(error) => tracing::warn!("saving the served state failed: {error}"),
             }
         }
+        self.placements.set(desired.placements.clone());
         self.ingress.set_routes(table);
         self.loaded = next;
-        self.served_from = (desired.store_id, desired.revision);
-        // Only now may the artifacts of what is neither served nor wanted go.
+        self.served_from = (desired.store_id, desired.revision, desired.placement_generation);
+        // Only now may the artifacts of what is neither served nor wanted here go.
         let mut keep = wanted;
-        keep.extend(served.functions.iter().map(|r| r.artifact.clone()));
+        keep.extend(self.here().map(|(record, _)| record.artifact.clone()));
         let local = self.local.clone();
         let removed = tokio::task::spawn_blocking(move || local.remove_artifacts_except(&keep)).await;
         if let Ok(Err(error)) = removed {
@@ -362,15 +498,24 @@ impl Applier {
         }
         *self.serving.lock().unwrap_or_else(|p| p.into_inner()) = Serving {
             revision: desired.revision,
-            functions: served.functions.iter().map(|r| (r.function.clone(), r.version)).collect(),
+            functions: self.here().map(|(r, _)| (r.function.clone(), r.version)).collect(),
             errors,
         };
         tracing::info!(
             revision = desired.revision,
             functions = served.functions.len(),
+            here = self.here().count(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "applied desired state"
         );
+    }
+
+    /// The functions that run here.
+    fn here(&self) -> impl Iterator<Item = (&VersionRecord, &Function)> {
+        self.loaded.values().filter_map(|(record, placed)| match placed {
+            Placed::Here(function) => Some((record, function)),
+            Placed::Elsewhere => None,
+        })
     }
 
     async fn load(&self, record: &VersionRecord, client: Option<&ControlClient>) -> anyhow::Result<Function> {
@@ -434,7 +579,10 @@ fn decide(served: &DesiredState, desired: &DesiredState) -> Decision {
             offered: desired.store_id.clone(),
         };
     }
-    if served.store_id == desired.store_id && served.revision == desired.revision && by_name(served) == by_name(desired)
+    if served.store_id == desired.store_id
+        && served.revision == desired.revision
+        && by_name(served) == by_name(desired)
+        && served.placements == desired.placements
     {
         Decision::UpToDate
     } else {
@@ -453,6 +601,7 @@ async fn follow(
     // The first poll asks for the current state whatever its revision, so a
     // restart catches up at once.
     let mut after = 0;
+    let mut placement = 0;
     let mut retry_delay = Duration::from_millis(200);
     let mut unreachable_since: Option<Instant> = None;
     // Whether the last desired state could not be served exactly (a load
@@ -461,7 +610,7 @@ async fn follow(
     loop {
         let wait = if behind { LOAD_RETRY } else { config.long_poll };
         let polled = tokio::select! {
-            polled = client.desired_state(after, wait) => polled,
+            polled = client.desired_state(after, placement, wait) => polled,
             _ = stop.changed() => return,
         };
         match polled {
@@ -479,6 +628,7 @@ async fn follow(
                     );
                 }
                 after = desired.revision;
+                placement = desired.placement_generation;
                 match decide(&served, &desired) {
                     Decision::UpToDate => behind = false,
                     Decision::Apply => {
@@ -513,18 +663,56 @@ async fn follow(
     }
 }
 
+/// What the control plane's scheduler needs from a node in a cluster: its
+/// site, life and load, per-function in-flight, and whom it sees gone.
+fn cluster_report(agent: &Agent, ingress: &Ingress) -> NodeCluster {
+    let snapshot = agent.snapshot();
+    let me = &snapshot.members[0];
+    let load = me.load.unwrap_or_default();
+    let mut function_in_flight = BTreeMap::new();
+    for (name, target) in ingress.routes().targets() {
+        if let Target::Local(function) = target {
+            let running = u32::try_from(function.running_instances()).unwrap_or(u32::MAX);
+            function_in_flight.insert(name.to_string(), running);
+        }
+    }
+    let down = snapshot
+        .members
+        .iter()
+        .filter(|m| matches!(m.state, MemberState::Down | MemberState::Left))
+        .map(|m| (m.identity.name().to_string(), m.identity.incarnation()))
+        .collect();
+    NodeCluster {
+        site: me.identity.site().to_string(),
+        incarnation: me.identity.incarnation(),
+        in_flight: function_in_flight.values().sum(),
+        cpu_permille: load.cpu_permille,
+        function_in_flight,
+        down,
+    }
+}
+
+/// What the reporter reads.
+struct ReportSources {
+    ingress_addr: SocketAddr,
+    serving: Arc<Mutex<Serving>>,
+    log_lines: mpsc::Receiver<GuestLogLine>,
+    /// Membership and the ingress, in a cluster: for [`cluster_report`].
+    cluster: Option<(Arc<Agent>, Arc<Ingress>)>,
+    /// Notified after every applied change: report at once.
+    report_now: Arc<Notify>,
+}
+
 /// The reporter task: what this node serves plus guest output, at least
 /// every `report_interval`, at once after a change, and shortly after guest
 /// output.
 async fn report(
     config: FollowerConfig,
     client: ControlClient,
-    ingress_addr: SocketAddr,
-    serving: Arc<Mutex<Serving>>,
-    mut log_lines: mpsc::Receiver<GuestLogLine>,
-    report_now: Arc<Notify>,
+    sources: ReportSources,
     mut stop: watch::Receiver<bool>,
 ) {
+    let ReportSources { ingress_addr, serving, mut log_lines, cluster, report_now } = sources;
     let mut interval = tokio::time::interval(config.report_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing_since: Option<Instant> = None;
@@ -557,7 +745,7 @@ async fn report(
             serving: status.functions,
             errors: status.errors,
             logs: std::mem::take(&mut pending),
-            cluster: None,
+            cluster: cluster.as_ref().map(|(agent, ingress)| cluster_report(agent, ingress)),
         };
         match client.report(&config.node_name, &report).await {
             Ok(()) => {

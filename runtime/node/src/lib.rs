@@ -26,7 +26,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use wedge_host::{FunctionSpec, Host, HostConfig};
-use wedge_router::{Ingress, IngressConfig, Route, RouteTable};
+use wedge_router::{Ingress, IngressConfig, Route, RouteTable, Target};
 
 pub use config::{FunctionConfig, FunctionsFile, NodeConfig};
 
@@ -75,7 +75,7 @@ pub async fn start(config: &NodeConfig) -> anyhow::Result<(RunningNode, TcpListe
         let loaded =
             host.load(function.spec, &wasm).map_err(|error| anyhow::anyhow!("{}: {error}", function.source))?;
         for route in function.routes {
-            table.insert(route, &name, loaded.clone()).with_context(|| function.source.clone())?;
+            table.insert(route, &name, Target::Local(loaded.clone())).with_context(|| function.source.clone())?;
         }
         loaded_names.push((name, loaded.sha256()[..12].to_string()));
     }

@@ -1,6 +1,15 @@
 //! The hyper server of a node: accepts HTTP/1.1 and HTTP/2 (cleartext),
 //! gives every request an id, looks up its route and hands it to the
 //! function, and on shutdown stops accepting and drains what is in flight.
+//!
+//! In a cluster every node has every route; a route's [`Target`] says
+//! whether its function runs here or elsewhere. A request for a function
+//! that runs elsewhere, or that runs here but has no free instance slot
+//! while it also runs elsewhere, is forwarded ([`Forwarding`]) to a replica
+//! the [`Forwarder`] picks from those [`ReplicaSource`] names. A response
+//! made here carries `x-wedge-node` and `x-wedge-site`. Requests that
+//! arrive from peers ([`Ingress::handle_forwarded`]) run here when they
+//! can, else go on (the hop limit stops loops).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,7 +27,46 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 use wedge_host::{Function, ResponseBody};
 
-use crate::RouteTable;
+use crate::{Forwarder, Replica, RouteTable, remove_internal_headers};
+
+/// Where a route's requests go.
+#[derive(Clone)]
+pub enum Target {
+    /// The function runs on this node.
+    Local(Function),
+    /// The function (this name) runs on other nodes only.
+    Remote(Arc<str>),
+}
+
+impl Target {
+    /// The function's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Local(function) => function.name(),
+            Target::Remote(name) => name,
+        }
+    }
+}
+
+/// Who may run a function besides this node: the nodes it is placed on that
+/// membership holds alive, with their gossiped load.
+pub trait ReplicaSource: Send + Sync {
+    /// The replicas of `function` on other nodes.
+    fn replicas(&self, function: &str) -> Vec<Replica>;
+}
+
+/// What an ingress in a cluster needs to send requests elsewhere.
+pub struct Forwarding {
+    /// Sends requests to peers.
+    pub forwarder: Forwarder,
+    /// Says where each function runs.
+    pub replicas: Arc<dyn ReplicaSource>,
+}
+
+/// `x-wedge-node`: the node that ran the function.
+const NODE_HEADER: &str = "x-wedge-node";
+/// `x-wedge-site`: that node's site.
+const SITE_HEADER: &str = "x-wedge-site";
 
 /// Limits of the HTTP server itself (the functions have their own).
 #[derive(Debug, Clone)]
@@ -37,6 +85,9 @@ pub struct IngressConfig {
     /// HTTP/2 keep-alive ping interval; a peer that does not answer within
     /// the same time is disconnected.
     pub http2_keep_alive: Duration,
+    /// This node's name and site, for `x-wedge-node` and `x-wedge-site`
+    /// on the responses it makes (none outside a cluster).
+    pub node: Option<(String, String)>,
 }
 
 impl Default for IngressConfig {
@@ -48,6 +99,7 @@ impl Default for IngressConfig {
             drain_timeout: Duration::from_secs(30),
             connections_max: 10_000,
             http2_keep_alive: Duration::from_secs(30),
+            node: None,
         }
     }
 }
@@ -81,25 +133,55 @@ pub struct Ingress {
     config: IngressConfig,
     /// Swapped whole when desired state changes; a request holds the table
     /// it started with, so a swap never affects one in flight.
-    routes: RwLock<Arc<RouteTable<Function>>>,
+    routes: RwLock<Arc<RouteTable<Target>>>,
     ids: RequestIds,
+    /// Set once when the node joins a cluster.
+    forwarding: std::sync::OnceLock<Forwarding>,
+    /// `x-wedge-node` and `x-wedge-site` values.
+    node_headers: Option<(HeaderValue, HeaderValue)>,
 }
 
 impl Ingress {
     /// An ingress serving `routes`.
-    pub fn new(config: IngressConfig, routes: RouteTable<Function>) -> Arc<Self> {
-        Arc::new(Self { config, routes: RwLock::new(Arc::new(routes)), ids: RequestIds::new() })
+    pub fn new(config: IngressConfig, routes: RouteTable<Target>) -> Arc<Self> {
+        let node_headers = config
+            .node
+            .as_ref()
+            .and_then(|(node, site)| Some((HeaderValue::from_str(node).ok()?, HeaderValue::from_str(site).ok()?)));
+        Arc::new(Self {
+            config,
+            routes: RwLock::new(Arc::new(routes)),
+            ids: RequestIds::new(),
+            forwarding: std::sync::OnceLock::new(),
+            node_headers,
+        })
+    }
+
+    /// Lets the ingress forward requests to peers; only the first call counts.
+    pub fn enable_forwarding(&self, forwarding: Forwarding) {
+        let _ = self.forwarding.set(forwarding);
+    }
+
+    /// The forwarder, once forwarding is enabled.
+    pub fn forwarder(&self) -> Option<&Forwarder> {
+        self.forwarding.get().map(|forwarding| &forwarding.forwarder)
     }
 
     /// The current route table.
-    pub fn routes(&self) -> Arc<RouteTable<Function>> {
+    pub fn routes(&self) -> Arc<RouteTable<Target>> {
         Arc::clone(&self.routes.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Replaces the route table; requests that already looked up their
     /// function finish with it.
-    pub fn set_routes(&self, routes: RouteTable<Function>) {
+    pub fn set_routes(&self, routes: RouteTable<Target>) {
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+    }
+
+    /// Serves a request a peer forwarded here (it arrived over the cluster
+    /// transport, with its hop count and request id).
+    pub async fn handle_forwarded(&self, request: http::Request<Incoming>) -> http::Response<ResponseBody> {
+        self.route(request, None).await
     }
 
     /// Serves connections from `listener` until `shutdown` completes, then
@@ -172,6 +254,17 @@ impl Ingress {
     }
 
     async fn dispatch(&self, mut request: http::Request<Incoming>, peer: SocketAddr) -> http::Response<ResponseBody> {
+        // Hop counts and the forwarding node's name are for peers to set.
+        remove_internal_headers(request.headers_mut());
+        self.route(request, Some(peer)).await
+    }
+
+    /// Routes a request from a client (`peer`) or from a node (`None`).
+    async fn route(
+        &self,
+        mut request: http::Request<Incoming>,
+        peer: Option<SocketAddr>,
+    ) -> http::Response<ResponseBody> {
         let started = Instant::now();
         let id = match request.headers().get(REQUEST_ID) {
             Some(id) if !id.is_empty() && id.len() <= 128 => id.clone(),
@@ -192,15 +285,29 @@ impl Ingress {
         }
         let path = request.uri().path().to_string();
         let method = request.method().clone();
-        let function = self.routes().lookup(host.as_deref(), &path).cloned();
+        let target = self.routes().lookup(host.as_deref(), &path).cloned();
         // Debug level: at the default level a request costs no span; the
         // events that matter (failures, guest output) carry the function
         // and request id themselves.
         let span = tracing::debug_span!("request", id = %id.to_str().unwrap_or("?"), %method, %path,
-            function = function.as_ref().map_or("-", |f| f.name()));
+            function = target.as_ref().map_or("-", |f| f.name()));
         let mut response = async {
-            match &function {
-                Some(function) => function.handle(request).await,
+            match &target {
+                Some(Target::Local(function)) => match self.elsewhere_if_busy(function) {
+                    Some((forwarding, replicas)) => forwarding.forwarder.forward(request, replicas).await,
+                    None => self.run_here(function, request).await,
+                },
+                Some(Target::Remote(name)) => match self.forwarding.get() {
+                    Some(forwarding) => {
+                        let replicas = forwarding.replicas.replicas(name);
+                        forwarding.forwarder.forward(request, replicas).await
+                    }
+                    None => wedge_host::error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("function {name} does not run on this node"),
+                        None,
+                    ),
+                },
                 None => wedge_host::error_response(
                     StatusCode::NOT_FOUND,
                     &format!("no route for {}{}", host.as_deref().unwrap_or(""), path),
@@ -212,8 +319,30 @@ impl Ingress {
         .await;
         response.headers_mut().insert(REQUEST_ID, id);
         span.in_scope(|| {
-            tracing::debug!(%peer, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "answered");
+            let from = peer.map_or_else(|| "a peer".to_string(), |peer| peer.to_string());
+            tracing::debug!(%from, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "answered");
         });
         response
+    }
+
+    /// Runs `request` on the local `function`, naming this node in the answer.
+    async fn run_here(&self, function: &Function, request: http::Request<Incoming>) -> http::Response<ResponseBody> {
+        let mut response = function.handle(request).await;
+        if let Some((node, site)) = &self.node_headers {
+            response.headers_mut().insert(NODE_HEADER, node.clone());
+            response.headers_mut().insert(SITE_HEADER, site.clone());
+        }
+        response
+    }
+
+    /// When `function` has no free instance slot here and runs elsewhere too:
+    /// where to send the request instead.
+    fn elsewhere_if_busy(&self, function: &Function) -> Option<(&Forwarding, Vec<Replica>)> {
+        if !function.is_saturated() {
+            return None;
+        }
+        let forwarding = self.forwarding.get()?;
+        let replicas = forwarding.replicas.replicas(function.name());
+        (!replicas.is_empty()).then_some((forwarding, replicas))
     }
 }

@@ -25,5 +25,5 @@ pub use forward::{
     FORWARDED_BY_HEADER, ForwardConfig, ForwardStats, Forwarder, HOPS_HEADER, HOPS_MAX, HopLimitReached, ServeConfig,
     check_hops, hops, remove_internal_headers, serve_forwarded,
 };
-pub use ingress::{Ingress, IngressConfig};
+pub use ingress::{Forwarding, Ingress, IngressConfig, ReplicaSource, Target};
 pub use routes::{Route, RouteError, RouteTable};
