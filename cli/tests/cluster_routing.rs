@@ -313,3 +313,99 @@ fn two_replicas_in_two_sites_answer_everywhere_and_survive_a_kill_and_a_lost_sit
         });
     }
 }
+
+#[test]
+fn load_scales_a_function_up_and_quiet_scales_it_down_without_flapping() {
+    let _measuring = common::measuring();
+    let dirs = dirs();
+    // Short windows so that the test takes seconds, not minutes.
+    let control = Server::spawn(
+        "control",
+        &[
+            "--data-dir",
+            dirs.control.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--scale-up-at",
+            "4",
+            "--scale-down-at",
+            "1",
+            "--scale-up-window",
+            "2s",
+            "--scale-down-window",
+            "4s",
+            "--scale-cooldown",
+            "2s",
+        ],
+        "wedge control listening on http://",
+        &[("WEDGE_TOKEN", TOKEN), ("WEDGE_NODE_TOKEN", NODE_TOKEN)],
+    );
+    let mut nodes = Vec::new();
+    let mut seed = None;
+    for name in ["n1", "n2", "n3"] {
+        let (node, gossip) = start_node(name, "east", &control, &dirs.cluster, &dirs.nodes.join(name), seed);
+        seed.get_or_insert(gossip);
+        nodes.push(node);
+    }
+    let sleep = wasm("guest-sleep");
+    let args = ["deploy", sleep.to_str().unwrap(), "--name", "sleepy", "--route", "/sleep"];
+    ok(&control, &[&args[..], &["--min-replicas", "1", "--max-replicas", "3"]].concat());
+    let replicas = || placement(&control, "sleepy").placements.get("sleepy").map_or(0, Vec::len);
+    wait_until(Duration::from_secs(30), "one replica placed", || replicas() == 1);
+    for node in &nodes {
+        let url = node.url("/sleep?ms=1");
+        wait_until(Duration::from_secs(30), &format!("{url} answers"), || common::get(&url).status == 200);
+    }
+
+    // 24 clients each keep one 200 ms request in flight: about 24 in flight, 24 per replica.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..24)
+        .map(|i| {
+            let url = nodes[i % nodes.len()].url("/sleep?ms=200");
+            let (stop, failures) = (Arc::clone(&stop), Arc::clone(&failures));
+            std::thread::spawn(move || {
+                let client = agent();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                    match client.get(&url).call() {
+                        Ok(response) if response.status() == 200 => {}
+                        Ok(response) => failures.lock().unwrap().push(response.status().to_string()),
+                        Err(error) => failures.lock().unwrap().push(error.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+    let up = wait_until(Duration::from_secs(30), "scaled up to three replicas", || replicas() == 3);
+    eprintln!("scaled up to 3 replicas {up:?} into the load");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(replicas(), 3, "the scale-up did not hold under steady load");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "{} requests failed: {:?}", failures.len(), &failures[..3.min(failures.len())]);
+
+    // Quiet: back down to the minimum, one step at a time, and no step back up.
+    let quiet = Instant::now();
+    let down = wait_until(Duration::from_secs(40), "scaled down to one replica", || replicas() == 1);
+    eprintln!("scaled down to 1 replica {down:?} after the load stopped");
+    let report = placement(&control, "sleepy");
+    let steps: Vec<&str> = report
+        .decisions
+        .iter()
+        .filter_map(|d| match d.action {
+            wedge_control::placement::Action::ScaleUp { .. } => Some("up"),
+            wedge_control::placement::Action::ScaleDown { .. } => Some("down"),
+            _ => None,
+        })
+        .collect();
+    eprintln!("scaling steps: {steps:?}");
+    let first_down = steps.iter().position(|s| *s == "down").unwrap();
+    assert!(steps[..first_down].iter().all(|s| *s == "up") && steps[first_down..].iter().all(|s| *s == "down"));
+    assert!(steps.len() <= 4, "too many steps (flapping?): {steps:?}");
+    assert!(report.decisions.iter().all(|d| !d.reason.is_empty()));
+    assert!(quiet.elapsed() >= Duration::from_secs(4), "scaled down before the window");
+}

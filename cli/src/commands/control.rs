@@ -49,6 +49,38 @@ pub struct ControlArgs {
     /// function (`wedge info`); `GET /v1/nodes` still lists it.
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     node_stale_after: std::time::Duration,
+
+    #[command(flatten)]
+    autoscale: AutoscaleArgs,
+}
+
+/// When the placement scheduler adds and removes replicas (each function
+/// stays within its --min-replicas and --max-replicas).
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Autoscaling")]
+struct AutoscaleArgs {
+    /// Add replicas when the average requests in flight per replica stays
+    /// above this for --scale-up-window.
+    #[arg(long, default_value_t = 8.0, value_name = "N")]
+    scale_up_at: f64,
+
+    /// Remove a replica when the average stays below this for
+    /// --scale-down-window (at most half of --scale-up-at, so that one step
+    /// cannot cross the other threshold).
+    #[arg(long, default_value_t = 2.0, value_name = "N")]
+    scale_down_at: f64,
+
+    /// How long the load must stay high before scaling up.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    scale_up_window: std::time::Duration,
+
+    /// How long the load must stay low before scaling down.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    scale_down_window: std::time::Duration,
+
+    /// The least time between two scaling steps of a function.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    scale_cooldown: std::time::Duration,
 }
 
 impl std::fmt::Debug for ControlArgs {
@@ -61,6 +93,7 @@ impl std::fmt::Debug for ControlArgs {
             .field("node_token", &redacted(&self.node_token))
             .field("max_component_size", &self.max_component_size)
             .field("node_stale_after", &self.node_stale_after)
+            .field("autoscale", &self.autoscale)
             .finish()
     }
 }
@@ -79,6 +112,11 @@ impl ControlArgs {
         config.node_token = self.node_token;
         config.node_stale_after = self.node_stale_after;
         config.component_bytes_max = self.max_component_size;
+        config.placement.scale_up_in_flight_per_replica = self.autoscale.scale_up_at;
+        config.placement.scale_down_in_flight_per_replica = self.autoscale.scale_down_at;
+        config.placement.scale_up_window = self.autoscale.scale_up_window;
+        config.placement.scale_down_window = self.autoscale.scale_down_window;
+        config.placement.scale_cooldown = self.autoscale.scale_cooldown;
         let runtime = crate::daemon::runtime("wedge-control")?;
         runtime.block_on(async move {
             // Watch for SIGTERM before announcing readiness, so a supervisor

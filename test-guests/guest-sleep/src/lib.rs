@@ -3,8 +3,9 @@
 //! `200 slept N ms`.
 //!
 //! Exists for the graceful-drain test (a request in flight when SIGTERM
-//! arrives must still complete) and the concurrency-limit test (a second
-//! request while one runs gets 503).
+//! arrives must still complete), the concurrency-limit test (a second
+//! request while one runs gets 503) and the autoscaling test (requests that
+//! stay in flight long enough to count as load).
 
 use std::time::Duration;
 
