@@ -5,6 +5,7 @@
 //! mean little on their own). Reports go to `<target>/bench/<bench>.{md,json}`.
 //! `cargo xtask bench` with no subcommand lists the benches.
 
+mod cluster;
 mod deploy;
 mod serve;
 mod wrk;
@@ -30,6 +31,7 @@ pub struct Args {
 enum Bench {
     Serve(serve::Args),
     Deploy(deploy::Args),
+    Cluster(cluster::Args),
     Instantiate(InstantiateArgs),
 }
 
@@ -55,6 +57,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         Some(Bench::Serve(args)) => serve::run(args),
         Some(Bench::Deploy(args)) => deploy::run(args),
+        Some(Bench::Cluster(args)) => cluster::run(args),
         Some(Bench::Instantiate(args)) => instantiate(args),
     }
 }
