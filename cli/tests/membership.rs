@@ -49,10 +49,10 @@ struct Node {
 }
 
 impl Node {
-    /// Starts node `name` in `site`; `gossip` may be port 0.
-    fn start(cluster_dir: &Path, data_dir: &Path, name: &str, site: &str, gossip: &str, join: &[SocketAddr]) -> Node {
+    /// Starts node `name` in `site`; `gossip` may be port 0; `join` are
+    /// `HOST:PORT` seeds.
+    fn start(cluster_dir: &Path, data_dir: &Path, name: &str, site: &str, gossip: &str, join: &[String]) -> Node {
         let (cluster, data) = (cluster_dir.to_str().unwrap(), data_dir.to_str().unwrap());
-        let joins: Vec<String> = join.iter().map(ToString::to_string).collect();
         let mut args = vec![
             "--name",
             name,
@@ -73,7 +73,7 @@ impl Node {
             "--cluster-size",
             "5",
         ];
-        for seed in &joins {
+        for seed in join {
             args.extend(["--join", seed.as_str()]);
         }
         let server =
@@ -96,7 +96,7 @@ impl Node {
     }
 
     /// The same node again: same name, data directory and gossip address.
-    fn restart(&self, join: &[SocketAddr]) -> Node {
+    fn restart(&self, join: &[String]) -> Node {
         Node::start(&self.cluster_dir, &self.data_dir, &self.name, &self.site, &self.gossip.to_string(), join)
     }
 
@@ -148,7 +148,7 @@ fn five_nodes_join_from_one_seed_detect_a_kill_and_tell_a_restart_and_a_leave_fr
     let mut nodes = vec![seed];
     for (i, name) in names.iter().enumerate().skip(1) {
         let seed_addr = nodes[0].gossip;
-        nodes.push(Node::start(&cluster_dir, &data(i), name, site(i), "127.0.0.1:0", &[seed_addr]));
+        nodes.push(Node::start(&cluster_dir, &data(i), name, site(i), "127.0.0.1:0", &[seed_addr.to_string()]));
     }
     let joined = wait_until(Duration::from_secs(30), "all five see all five alive", || {
         all_see(&nodes.iter().collect::<Vec<_>>(), &names, "alive")
@@ -207,7 +207,8 @@ fn five_nodes_join_from_one_seed_detect_a_kill_and_tell_a_restart_and_a_leave_fr
 
     // Restarted on the same data directory and address: a higher incarnation, alive again.
     let seed_addr = nodes[0].gossip;
-    let restarted = nodes[4].restart(&[seed_addr]);
+    // By name this time: seeds may be DNS names.
+    let restarted = nodes[4].restart(&[format!("localhost:{}", seed_addr.port())]);
     nodes[4] = restarted;
     let rejoined = wait_until(Duration::from_secs(30), "everyone sees the new n4 alive", || {
         nodes.iter().all(|o| o.sees("n4").is_some_and(|m| m.state == "alive" && m.incarnation > old_incarnation))
@@ -250,10 +251,11 @@ fn a_node_with_a_certificate_from_another_ca_never_gets_in() {
     init_cluster(&ours);
     init_cluster(&theirs);
     let a = Node::start(&ours, &dir.path().join("a"), "a", "east", "127.0.0.1:0", &[]);
-    let b = Node::start(&ours, &dir.path().join("b"), "b", "east", "127.0.0.1:0", &[a.gossip]);
+    let b = Node::start(&ours, &dir.path().join("b"), "b", "east", "127.0.0.1:0", &[a.gossip.to_string()]);
     wait_until(Duration::from_secs(30), "a and b see each other", || all_see(&[&a, &b], &["a", "b"], "alive"));
     // The outsider even takes a member's name: its certificate is from the wrong CA.
-    let outsider = Node::start(&theirs, &dir.path().join("x"), "b", "east", "127.0.0.1:0", &[a.gossip, b.gossip]);
+    let seeds = [a.gossip.to_string(), b.gossip.to_string()];
+    let outsider = Node::start(&theirs, &dir.path().join("x"), "b", "east", "127.0.0.1:0", &seeds);
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
         for member in [&a, &b] {

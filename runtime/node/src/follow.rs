@@ -279,9 +279,10 @@ impl FollowingNode {
         for task in admin.into_iter().chain(load) {
             let _ = task.await;
         }
-        // The transport closed when the node left: the server of forwarded requests has ended.
+        // The node left the cluster and closed its transport: stop taking forwarded requests
+        // (the transport keeps the channel's sender, so the server would wait forever).
         if let Some(task) = forwarded {
-            let _ = task.await;
+            task.abort();
         }
     }
 }
