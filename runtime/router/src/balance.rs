@@ -94,7 +94,11 @@ pub struct BalancerConfig {
     /// Default 0.25.
     pub latency_ewma_weight: f64,
     /// A latency average with no sample for this long is not trusted (see
-    /// the module docs). Default 30 s.
+    /// the module docs). Default 2 s: at light load (one request at a time)
+    /// two choices always compare the same two replicas, and the one not
+    /// picked gets no new sample, so one slow early sample would keep it
+    /// idle for as long as its average is believed (seen in
+    /// `cargo xtask bench cluster` with a 30 s setting).
     pub latency_stale_after: Duration,
     /// Nodes remembered at most (see the module docs). Default 1024.
     pub nodes_max: usize,
@@ -105,7 +109,7 @@ impl Default for BalancerConfig {
         Self {
             failure_penalty: Duration::from_secs(3),
             latency_ewma_weight: 0.25,
-            latency_stale_after: Duration::from_secs(30),
+            latency_stale_after: Duration::from_secs(2),
             nodes_max: 1024,
         }
     }
@@ -424,8 +428,30 @@ mod tests {
         let candidates = [replica("fast", "s", 1), replica("new", "s", 0)];
         assert_eq!(histogram(&mut balancer, &candidates, "s", 4, 50), [0, 50]);
         // A stale average is not trusted either.
-        let later = now + Duration::from_secs(31);
+        let later = now + Duration::from_secs(3);
         assert_eq!(balancer.fresh_latency_us("slow", later), None);
+    }
+
+    #[test]
+    fn one_slow_early_answer_does_not_starve_a_replica_at_light_load() {
+        let candidates = [replica("a", "s", 0), replica("b", "s", 0)];
+        let mut balancer = Balancer::new(BalancerConfig::default());
+        let mut rng = XorShift64::new(11);
+        let mut now = Instant::now();
+        balancer.answered("a", now, Duration::from_millis(1));
+        balancer.answered("b", now, Duration::from_millis(50));
+        // One request at a time for 10 s, every answer taking 1 ms wherever it runs.
+        let mut seen = [0usize; 2];
+        for _ in 0..10_000 {
+            now += Duration::from_millis(1);
+            let i = balancer.pick(&candidates, "s", &[], now, &mut || rng.next_u64()).unwrap();
+            balancer.started(&candidates[i].node);
+            balancer.answered(&candidates[i].node, now, Duration::from_millis(1));
+            balancer.finished(&candidates[i].node);
+            seen[i] += 1;
+        }
+        // b is avoided while its slow sample is believed, then shares the load.
+        assert!(seen[1] > 3_000, "{seen:?}");
     }
 
     #[test]
