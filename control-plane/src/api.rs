@@ -323,6 +323,10 @@ pub struct NodeReport {
 pub struct PlacementReport {
     /// The placement generation in the desired state now.
     pub generation: u64,
+    /// Whether nodes are given these placements yet: a control plane that
+    /// just started first listens to the nodes' reports for a few seconds.
+    #[serde(default)]
+    pub published: bool,
     /// Function → the nodes running it.
     pub placements: BTreeMap<String, Vec<String>>,
     /// Function → how many replicas it should have now (autoscaling moves it

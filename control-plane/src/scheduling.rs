@@ -124,6 +124,7 @@ impl Scheduling {
         let wanted = |name: &str| function.is_none_or(|f| f == name);
         PlacementReport {
             generation: self.current().generation,
+            published: self.started.elapsed() >= self.warm_up,
             placements: scheduler
                 .placements()
                 .iter()

@@ -52,6 +52,9 @@ fn render(report: &PlacementReport) -> String {
         table.row(vec![function.clone(), format!("{} of {target}", nodes.len()), nodes.join(", ")]);
     }
     let mut text = table.render();
+    if !report.published {
+        text.push_str("(not given to the nodes yet: the control plane just started and is hearing from them first)\n");
+    }
     let recent: Vec<&Decision> = report.decisions.iter().rev().take(DECISIONS_SHOWN).collect();
     if !recent.is_empty() {
         text.push_str("\nrecent decisions (newest first):\n");
@@ -96,6 +99,7 @@ mod tests {
         };
         let report = PlacementReport {
             generation: 7,
+            published: true,
             placements: BTreeMap::from([("hello".to_string(), vec!["n1".to_string(), "n3".to_string()])]),
             targets: BTreeMap::from([("hello".to_string(), 2)]),
             decisions: vec![
