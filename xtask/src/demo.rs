@@ -1,143 +1,380 @@
-//! `cargo xtask demo`: the example functions served by a real `wedge` on this machine.
+//! `cargo xtask demo`: the example functions on a whole wedge cluster on this machine.
 //!
-//! Builds the guests and the release `wedge` binary, writes a `wedge serve` config that
-//! points at the freshly built components by absolute path (into the target directory,
-//! never into the source tree), prints what to try, and then becomes `wedge serve`.
-//! The config format is the CLI's; this module only writes one instance of it.
+//! Builds the guests and the release `wedge`, starts `wedge up` (a control plane and
+//! nodes in two sites on 127.0.0.1, its state in `<target>/demo/cluster`), deploys
+//! hello, echo and json-api with `wedge deploy`, waits until each answers through every
+//! node's ingress, prints curl lines to try, and on Ctrl-C stops the cluster and waits
+//! for it. It drives `wedge` only as a person would — its command line (`wedge up
+//! --output json`, `wedge deploy`) and HTTP —; what a cluster is stays `wedge up`'s
+//! business.
+//!
+//! `wedge up` runs in a process group of its own, so a terminal's Ctrl-C reaches only
+//! this process, which passes each signal on as one SIGTERM (the first stops the
+//! cluster gracefully, a second makes `wedge up` kill it at once). Unix only, like
+//! `wedge` itself; signals are sent with the `kill` program (this crate links no libc).
 
-use std::fs;
-use std::path::Path;
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use serde::Serialize;
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
 
 use crate::guests;
 use crate::util::{self, Workspace};
 
-/// Serve the example functions (hello, echo, json-api) with a local `wedge`
+/// How long `wedge up` gets to print its cluster (it gives itself 60 s per phase).
+const UP_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long the deployed examples get to answer through every node.
+const SERVED_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `wedge up` gets to stop (it allows 15 s for the nodes, 10 s for the
+/// control plane) before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(40);
+/// A signal this soon after the stop began is the one that began it, delivered twice
+/// (to the process group and by a wrapper such as `timeout`): not passed on.
+const SIGNAL_REPEAT_MIN: Duration = Duration::from_secs(1);
+/// How often signals, `wedge up` and the examples are checked.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Run the example functions (hello, echo, json-api) on a local wedge cluster
 ///
-/// Builds the guest components and `wedge` (release), writes
-/// `<target>/demo/functions.toml` routing /hello, /echo and /api to them, prints curl
-/// commands to try, then runs `wedge serve --config <that file>` in the foreground.
-/// Stop it with Ctrl-C. Edit the generated file and run `wedge serve --config` yourself
-/// to experiment with routes, limits and config values.
+/// Builds the guest components and `wedge` (release), runs `wedge up` (a control plane
+/// and --nodes nodes in two sites, all on 127.0.0.1, state and logs in
+/// `<target>/demo/cluster`), deploys hello on /hello, echo on /echo and json-api on
+/// /api, waits until each answers through every node, then prints curl commands to try
+/// and how to deploy more. Stop it with Ctrl-C: the nodes leave the cluster, then
+/// everything stops. The next run brings the same cluster back and deploys again.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
-    listen: String,
+    /// How many nodes to run (`wedge up --nodes`, 1 to 16).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    nodes: u16,
+    /// The control plane's port (`wedge up --port`); the nodes' ports follow from it
+    /// (node i serves on BASE+1010+i).
+    #[arg(long, default_value_t = 7070, value_name = "BASE")]
+    port: u16,
 }
 
-/// `[[function]]` of `wedge serve --config`.
-#[derive(Serialize)]
-struct Function<'a> {
-    name: &'a str,
-    component: &'a Path,
-    /// Path prefixes, optionally with a host (`api.example.com/hello`).
-    routes: Vec<&'a str>,
-    allowed_outbound_hosts: Vec<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    limits: Option<Limits<'a>>,
-    /// Values the guest reads with `config::get`.
-    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_table")]
-    config: Vec<(&'a str, &'a str)>,
+/// An example as the demo deploys it.
+struct Example {
+    /// Its guest package, also the function's name.
+    package: &'static str,
+    route: &'static str,
+    /// More `wedge deploy` flags: the limits and config values the demo shows.
+    flags: &'static [&'static str],
+    /// A path that answers 200 once it is served.
+    probe: &'static str,
 }
 
-/// `[function.limits]`; the demo shows two of them.
-#[derive(Serialize)]
-struct Limits<'a> {
-    memory: &'a str,
-    timeout: &'a str,
+const EXAMPLES: [Example; 3] = [
+    Example {
+        package: "hello",
+        route: "/hello",
+        flags: &["--memory", "64MiB", "--timeout", "2s", "--set", "greeting=Hello from the demo"],
+        probe: "/hello",
+    },
+    Example { package: "echo", route: "/echo", flags: &[], probe: "/echo" },
+    Example { package: "json-api", route: "/api", flags: &["--set", "base_path=/api"], probe: "/api/items" },
+];
+
+/// What `wedge up --output json` prints.
+#[derive(Deserialize)]
+struct Cluster {
+    control: String,
+    token: String,
+    ingress: Vec<Ingress>,
+    admin: Vec<String>,
 }
 
-#[derive(Serialize)]
-struct File<'a> {
-    function: Vec<Function<'a>>,
-}
-
-fn as_table<S: serde::Serializer>(pairs: &[(&str, &str)], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_map(pairs.iter().copied())
+/// One node's ingress.
+#[derive(Deserialize)]
+struct Ingress {
+    name: String,
+    site: String,
+    url: String,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let ws = Workspace::load()?;
     let components = guests::build_all(&ws, false)?;
-    let dir = ws.target_dir.join("demo");
-    fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
-    let config = dir.join("functions.toml");
-    let text = functions_toml(
-        guests::find(&components, "hello")?,
-        guests::find(&components, "echo")?,
-        guests::find(&components, "json-api")?,
-    )?;
-    fs::write(&config, text).with_context(|| format!("could not write {}", config.display()))?;
-
+    let examples = EXAMPLES
+        .iter()
+        .map(|example| Ok((example, guests::find(&components, example.package)?.to_path_buf())))
+        .collect::<Result<Vec<_>>>()?;
     util::run(ws.cargo().args(["build", "--release", "-p", "wedge-cli"]))?;
-    let base = format!("http://{}", args.listen);
-    println!("\nwedge demo: config {}", config.display());
-    println!("try, in another terminal:");
-    println!("  curl -i {base}/hello");
-    println!("  curl -i --data 'any body at all' {base}/echo");
-    println!("  curl -i {base}/api/items");
-    println!("  curl -i {base}/api/items/1");
-    println!("  curl -i -H 'content-type: application/json' --data '{{\"name\":\"kite\"}}' {base}/api/items");
-    println!("stop with Ctrl-C\n");
+    let wedge = ws.release_bin("wedge");
+    let dir = ws.target_dir.join("demo").join("cluster");
 
-    let mut cmd = Command::new(ws.release_bin("wedge"));
-    cmd.arg("serve").arg("--config").arg(&config).args(["--listen", &args.listen]);
-    exec(cmd)
-}
+    let signals = watch_signals()?;
+    let mut up = Up::start(&wedge, &dir, &args)?;
+    let cluster = up.cluster(&signals)?;
+    for (example, component) in &examples {
+        let deployed = util::run(&mut deploy(&wedge, &cluster, example, component));
+        up.check(&signals)?;
+        deployed?;
+    }
+    wait_served(&cluster, &mut up, &signals)?;
 
-/// The demo's `functions.toml`: hello on /hello, echo on /echo, json-api on /api.
-fn functions_toml(hello: &Path, echo: &Path, json_api: &Path) -> Result<String> {
-    let file = File {
-        function: vec![
-            Function {
-                name: "hello",
-                component: hello,
-                routes: vec!["/hello"],
-                allowed_outbound_hosts: vec![],
-                limits: Some(Limits { memory: "64MiB", timeout: "2s" }),
-                config: vec![("greeting", "Hello from the demo")],
-            },
-            Function {
-                name: "echo",
-                component: echo,
-                routes: vec!["/echo"],
-                allowed_outbound_hosts: vec![],
-                limits: None,
-                config: vec![],
-            },
-            Function {
-                name: "json-api",
-                component: json_api,
-                routes: vec!["/api"],
-                allowed_outbound_hosts: vec![],
-                limits: None,
-                config: vec![("base_path", "/api")],
-            },
-        ],
+    let sites = {
+        let mut sites: Vec<&str> = cluster.ingress.iter().map(|i| i.site.as_str()).collect();
+        sites.sort_unstable();
+        sites.dedup();
+        sites.len()
     };
-    Ok(format!(
-        "# Written by `cargo xtask demo`; rewritten on every run.\n\n{}",
-        toml::to_string(&file).context("could not serialise the demo config")?
-    ))
+    println!(
+        "\nwedge demo: hello, echo and json-api run on {} nodes in {sites} sites (state and logs in {})",
+        cluster.ingress.len(),
+        dir.display()
+    );
+    let (first, other) = (&cluster.ingress[0], cluster.ingress.get(1).unwrap_or(&cluster.ingress[0]));
+    println!("try, in another terminal ({} is in {}, {} in {}):", first.name, first.site, other.name, other.site);
+    for line in curl_lines(&first.url, &other.url) {
+        println!("  {line}");
+    }
+    println!("deploy more and look around:");
+    println!("  export WEDGE_CONTROL={} WEDGE_TOKEN={}", cluster.control, cluster.token);
+    println!("  {} ls", wedge.display());
+    println!("  {} members --admin {}", wedge.display(), cluster.admin[0]);
+    println!("stop with Ctrl-C\n");
+    up.run_until_signalled(&signals)
 }
 
-/// Replaces this process with `cmd` (so Ctrl-C and the exit status are wedge's own).
-#[cfg(unix)]
-fn exec(mut cmd: Command) -> Result<()> {
-    use std::os::unix::process::CommandExt;
-    let shown = util::display(&cmd);
-    eprintln!("$ {shown}");
-    Err(cmd.exec()).with_context(|| format!("could not start `{shown}`"))
+/// `wedge deploy` of one example, to the cluster's control plane.
+fn deploy(wedge: &Path, cluster: &Cluster, example: &Example, component: &Path) -> Command {
+    let mut cmd = Command::new(wedge);
+    cmd.arg("deploy").arg(component).args(["--name", example.package, "--route", example.route]);
+    cmd.args(example.flags);
+    // The environment pair wins over any profile of the user's; a named profile would not.
+    cmd.env("WEDGE_CONTROL", &cluster.control).env("WEDGE_TOKEN", &cluster.token).env_remove("WEDGE_PROFILE");
+    cmd
 }
 
-#[cfg(not(unix))]
-fn exec(mut cmd: Command) -> Result<()> {
-    util::run(&mut cmd)
+/// Waits until every example answers 200 through every node's ingress.
+fn wait_served(cluster: &Cluster, up: &mut Up, signals: &Receiver<()>) -> Result<()> {
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
+    let started = Instant::now();
+    for example in &EXAMPLES {
+        for node in &cluster.ingress {
+            let url = format!("{}{}", node.url, example.probe);
+            loop {
+                let answer = match agent.get(&url).call() {
+                    Ok(response) => response.status().to_string(),
+                    Err(ureq::Error::Status(status, _)) => status.to_string(),
+                    Err(error) => error.to_string(),
+                };
+                if answer == "200" {
+                    break;
+                }
+                if started.elapsed() > SERVED_TIMEOUT {
+                    bail!(
+                        "{url} ({}) did not answer 200 within {}s (last: {answer}); the nodes' logs are in {}",
+                        node.name,
+                        SERVED_TIMEOUT.as_secs(),
+                        up.dir.join("logs").display()
+                    );
+                }
+                up.check(signals)?;
+            }
+        }
+    }
+    eprintln!("every example answers through all {} nodes", cluster.ingress.len());
+    Ok(())
+}
+
+/// Curl commands that show the examples, through two nodes' ingress URLs.
+fn curl_lines(first: &str, other: &str) -> Vec<String> {
+    vec![
+        format!("curl -i {first}/hello"),
+        format!("curl -i {other}/hello"),
+        format!("curl -i --data 'any body at all' {other}/echo"),
+        format!("curl -i {first}/api/items"),
+        format!("curl -i {other}/api/items/1"),
+        format!("curl -i -H 'content-type: application/json' --data '{{\"name\":\"kite\"}}' {first}/api/items"),
+    ]
+}
+
+/// The `wedge up` child. Dropping it stops the cluster (SIGTERM, then wait).
+struct Up {
+    child: Child,
+    /// Its `--dir`.
+    dir: PathBuf,
+    /// Its stdout, line by line (a thread reads it, so waits stay bounded).
+    lines: Receiver<String>,
+    /// Set once it was reaped.
+    status: Option<ExitStatus>,
+}
+
+impl Up {
+    /// Starts `wedge up --output json` in a process group of its own.
+    fn start(wedge: &Path, dir: &Path, args: &Args) -> Result<Up> {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(wedge);
+        cmd.arg("up").arg("--dir").arg(dir).args(["--output", "json"]);
+        cmd.args(["--nodes", &args.nodes.to_string(), "--port", &args.port.to_string()]);
+        let shown = util::display(&cmd);
+        eprintln!("$ {shown}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("could not start `{shown}`"))?;
+        let stdout = BufReader::new(child.stdout.take().context("no stdout")?);
+        // Unbounded, but `wedge up -o json` prints one line.
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Up { child, dir: dir.to_path_buf(), lines, status: None })
+    }
+
+    /// Waits for its JSON line.
+    fn cluster(&mut self, signals: &Receiver<()>) -> Result<Cluster> {
+        let started = Instant::now();
+        loop {
+            match self.lines.recv_timeout(POLL_INTERVAL) {
+                Ok(line) => {
+                    return serde_json::from_str(&line)
+                        .with_context(|| format!("`wedge up --output json` printed {line:?}, not its cluster"));
+                }
+                Err(RecvTimeoutError::Timeout) if started.elapsed() > UP_TIMEOUT => {
+                    bail!("wedge up did not print its cluster within {}s", UP_TIMEOUT.as_secs())
+                }
+                // Its stdout closed: it exited, and `check` says how.
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => self.check(signals)?,
+            }
+        }
+    }
+
+    /// Whether it exited.
+    fn poll(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// An error if a signal arrived (the cluster is then stopped when `self` drops) or
+    /// if `wedge up` exited; waits up to [`POLL_INTERVAL`] for a signal first.
+    fn check(&mut self, signals: &Receiver<()>) -> Result<()> {
+        if signals.recv_timeout(POLL_INTERVAL).is_ok() {
+            bail!("interrupted");
+        }
+        match self.poll() {
+            Some(status) => Err(anyhow!("wedge up exited ({status}); its messages are above")),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends SIGTERM unless it was reaped (until then its pid is its own); false when
+    /// that failed.
+    fn terminate(&mut self) -> bool {
+        use std::os::unix::process::CommandExt;
+        if self.poll().is_some() {
+            return true;
+        }
+        // In a process group of its own: a signal to ours (a wrapper such as `timeout`
+        // passes one on to the whole group) must not stop `kill` before it signalled.
+        let sent = util::succeeds(Command::new("kill").args(["-TERM", &self.child.id().to_string()]).process_group(0));
+        if !sent {
+            eprintln!("could not send SIGTERM to wedge up (is `kill` on PATH?); trying again");
+        }
+        sent
+    }
+
+    /// Runs until a signal, then stops the cluster; an error if `wedge up` ends first
+    /// or does not stop cleanly.
+    fn run_until_signalled(mut self, signals: &Receiver<()>) -> Result<()> {
+        loop {
+            match signals.recv_timeout(POLL_INTERVAL) {
+                Ok(()) => break,
+                Err(RecvTimeoutError::Disconnected) => bail!("the signal watcher stopped"),
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(status) = self.poll() {
+                        bail!("wedge up stopped by itself ({status}); its messages are above");
+                    }
+                }
+            }
+        }
+        match self.stop(signals) {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => bail!("wedge up did not stop cleanly ({status}); its messages are above"),
+            None => bail!(
+                "wedge up did not stop within {}s; killed it (the processes it started may still run)",
+                STOP_TIMEOUT.as_secs()
+            ),
+        }
+    }
+
+    /// SIGTERM, passing on later signals too (see [`SIGNAL_REPEAT_MIN`]), and waits;
+    /// kills it after [`STOP_TIMEOUT`]. Its exit status, or `None` when it had to be
+    /// killed.
+    fn stop(&mut self, signals: &Receiver<()>) -> Option<ExitStatus> {
+        let mut sent = self.terminate();
+        let began = Instant::now();
+        while began.elapsed() < STOP_TIMEOUT {
+            if let Some(status) = self.poll() {
+                return Some(status);
+            }
+            let repeated = signals.recv_timeout(POLL_INTERVAL).is_ok() && began.elapsed() >= SIGNAL_REPEAT_MIN;
+            if !sent || repeated {
+                sent = self.terminate();
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if self.poll().is_none() {
+            // Without a signal watcher: a stop on the way out of an error.
+            let (_sender, none) = mpsc::channel();
+            if self.stop(&none).is_none() {
+                eprintln!(
+                    "wedge up did not stop within {}s; killed it (the processes it started may still run)",
+                    STOP_TIMEOUT.as_secs()
+                );
+            }
+        }
+    }
+}
+
+/// Watches SIGINT and SIGTERM from now on, on a thread of its own; each one arrives as
+/// a message.
+fn watch_signals() -> Result<Receiver<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (mut term, mut interrupt) = runtime
+        .block_on(async {
+            Ok::<_, std::io::Error>((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))
+        })
+        .context("could not watch SIGINT and SIGTERM")?;
+    // A few pending are plenty; more are dropped.
+    let (sender, receiver) = mpsc::sync_channel(4);
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+                if let Err(mpsc::TrySendError::Disconnected(())) = sender.try_send(()) {
+                    return;
+                }
+            }
+        });
+    });
+    Ok(receiver)
 }
 
 #[cfg(test)]
@@ -145,21 +382,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_demo_config_has_the_documented_shape() -> Result<()> {
-        let text =
-            functions_toml(Path::new("/t/hello.wasm"), Path::new("/t/echo.wasm"), Path::new("/t/json-api.wasm"))?;
-        let value: toml::Value = toml::from_str(&text)?;
-        let functions = value["function"].as_array().context("[[function]]")?;
-        assert_eq!(functions.len(), 3);
-        let hello = &functions[0];
-        assert_eq!(hello["component"].as_str(), Some("/t/hello.wasm"));
-        assert_eq!(hello["routes"][0].as_str(), Some("/hello"));
-        // A key of [[function]] itself, not of its config table.
-        assert!(hello["allowed_outbound_hosts"].is_array());
-        assert_eq!(hello["limits"]["memory"].as_str(), Some("64MiB"));
-        assert_eq!(hello["config"]["greeting"].as_str(), Some("Hello from the demo"));
-        assert_eq!(functions[2]["config"]["base_path"].as_str(), Some("/api"));
-        assert!(functions[1].get("config").is_none());
+    fn the_cluster_json_of_wedge_up_is_read() -> Result<()> {
+        let line = r#"{"control":"http://127.0.0.1:7070","token":"t0k","ingress":[{"name":"node-1","site":"site-a","url":"http://127.0.0.1:8081"}],"admin":["http://127.0.0.1:7081"]}"#;
+        let cluster: Cluster = serde_json::from_str(line)?;
+        assert_eq!((cluster.control.as_str(), cluster.token.as_str()), ("http://127.0.0.1:7070", "t0k"));
+        assert_eq!(cluster.ingress[0].name, "node-1");
+        assert_eq!(cluster.ingress[0].site, "site-a");
+        assert_eq!(cluster.admin, ["http://127.0.0.1:7081"]);
+        let lines = curl_lines(&cluster.ingress[0].url, "http://127.0.0.1:8082");
+        assert_eq!(lines[0], "curl -i http://127.0.0.1:8081/hello");
+        assert_eq!(lines[2], "curl -i --data 'any body at all' http://127.0.0.1:8082/echo");
         Ok(())
+    }
+
+    #[test]
+    fn every_example_is_deployed_on_its_route_with_the_documented_settings() {
+        let packages: Vec<&str> = EXAMPLES.iter().map(|e| e.package).collect();
+        assert_eq!(packages, ["hello", "echo", "json-api"]);
+        for example in &EXAMPLES {
+            assert!(example.probe.starts_with(example.route), "{}", example.package);
+        }
+        assert!(EXAMPLES[0].flags.contains(&"greeting=Hello from the demo"));
+        assert!(EXAMPLES[2].flags.contains(&"base_path=/api"));
     }
 }

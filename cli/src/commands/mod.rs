@@ -5,6 +5,7 @@ mod control;
 mod members;
 mod node;
 mod serve;
+mod up;
 mod values;
 // The deployer's verbs: clients of the control plane.
 mod deploy;
@@ -56,6 +57,36 @@ pub enum Command {
     /// command line; functions from --config take theirs from the file.
     #[command(verbatim_doc_comment)]
     Serve(serve::ServeArgs),
+
+    /// Run a whole cluster on this machine: a control plane and N nodes in
+    /// S sites, each its own process on 127.0.0.1, until Ctrl-C.
+    ///
+    /// Makes the cluster CA the first time (DIR/cluster), starts the
+    /// control plane, then the nodes (node-1 is every node's gossip seed),
+    /// waits until every node sees all of them alive, and prints the
+    /// ingress URLs, the control plane's URL and its admin token (with -o
+    /// json, one JSON object: control, token, ingress, admin). Ctrl-C or
+    /// SIGTERM stops the nodes (they leave the cluster), then the control
+    /// plane. The same --dir next time brings the same cluster back: same
+    /// CA, tokens and deployments. Each process's output is in DIR/logs.
+    ///
+    /// Ports, all on 127.0.0.1; --port BASE moves them all:
+    ///
+    ///   control plane     BASE           7070
+    ///   node i admin      BASE+10+i      7081, 7082, ...
+    ///   node i gossip     BASE+30+i      7101, 7102, ...  (UDP)
+    ///   node i ingress    BASE+1010+i    8081, 8082, ...
+    ///
+    /// Examples:
+    ///
+    ///   wedge up                                            # 3 nodes in 2 sites, state in ./.wedge
+    ///
+    ///   wedge up --nodes 5 --sites 3 --dir /tmp/wedge-lab --port 17070
+    ///
+    ///   wedge up -o json > cluster.json &                   # the line appears once all are up
+    ///   export WEDGE_CONTROL=$(jq -r .control cluster.json) WEDGE_TOKEN=$(jq -r .token cluster.json)
+    #[command(verbatim_doc_comment)]
+    Up(up::UpArgs),
 
     /// Run a worker node that serves what a control plane deploys.
     ///
@@ -295,6 +326,7 @@ impl Command {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
             Command::Serve(args) => args.run(),
+            Command::Up(args) => args.run(),
             Command::Deploy(args) => args.run(),
             Command::Ls(args) => args.run(),
             Command::Info(args) => args.run(),
