@@ -5,6 +5,7 @@
 //! mean little on their own). Reports go to `<target>/bench/<bench>.{md,json}`.
 //! `cargo xtask bench` with no subcommand lists the benches.
 
+mod children;
 mod cluster;
 mod deploy;
 mod serve;

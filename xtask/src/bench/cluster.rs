@@ -22,8 +22,8 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -33,7 +33,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::wrk::{self, Load, Sample};
+use super::children::{Proc, Wedge};
+use super::wrk::{self, Load, Sample, fmt_us, median};
 use crate::guests;
 use crate::util::{self, Workspace};
 
@@ -118,53 +119,6 @@ pub struct Args {
     /// Concurrent connections of the balance run (and of the local-first check).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=64))]
     balance_connections: u32,
-}
-
-/// A running child process; killed when dropped.
-struct Proc {
-    child: Child,
-    /// What it is, for messages (`control`, `node-1`, …).
-    name: String,
-    log: PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    /// A note on how the process ended, if it did.
-    fn exit_note(&mut self) -> Option<String> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => {
-                Some(format!("{} exited ({status}); its output:\n{}", self.name, util::log_tail(&self.log)))
-            }
-            _ => None,
-        }
-    }
-}
-
-/// How to start `wedge` children: the release binary, an environment without the
-/// caller's `WEDGE_*` variables, and an empty config directory (no user profile).
-struct Wedge {
-    program: PathBuf,
-    config_home: PathBuf,
-}
-
-impl Wedge {
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.program);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("WEDGE_") {
-                cmd.env_remove(&key);
-            }
-        }
-        cmd.env("WEDGE_TOKEN", TOKEN).env("XDG_CONFIG_HOME", &self.config_home).stdin(Stdio::null());
-        cmd
-    }
 }
 
 /// One `wedge node`.
@@ -442,7 +396,7 @@ pub fn run(args: Args) -> Result<()> {
     let components = guests::build(&ws, &guests::only(guests::discover(&ws)?, &[FUNCTION])?, false)?;
     let hello = guests::find(&components, FUNCTION)?.to_path_buf();
     util::run(ws.cargo().args(["build", "--release", "-p", "wedge-cli"]))?;
-    let wedge = Wedge { program: ws.release_bin("wedge"), config_home };
+    let wedge = Wedge { program: ws.release_bin("wedge"), config_home, token: TOKEN };
     let wedge_version = util::output(wedge.command().arg("--version"))
         .map(|v| v.trim().to_owned())
         .unwrap_or_else(|_| "unknown version".to_owned());
@@ -851,37 +805,6 @@ fn output_within(mut cmd: Command, deadline: Duration) -> Result<String> {
     String::from_utf8(out.stdout).with_context(|| format!("`{shown}` printed non-UTF-8 output"))
 }
 
-/// The median of each metric of the rounds on its own; errors are summed.
-fn median(rounds: &[Sample]) -> Sample {
-    let of = |metric: fn(&Sample) -> f64| {
-        let mut values: Vec<f64> = rounds.iter().map(metric).collect();
-        values.sort_by(f64::total_cmp);
-        let n = values.len();
-        match n {
-            0 => f64::NAN,
-            _ if n % 2 == 1 => values[n / 2],
-            _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-        }
-    };
-    Sample {
-        requests_per_sec: of(|s| s.requests_per_sec),
-        p50_us: of(|s| s.p50_us),
-        p99_us: of(|s| s.p99_us),
-        errors: rounds.iter().map(|s| s.errors).sum(),
-    }
-}
-
-/// Microseconds for people: `812 µs`, `1.23 ms`, `2.01 s`.
-fn fmt_us(us: f64) -> String {
-    if us < 1000.0 {
-        format!("{us:.0} µs")
-    } else if us < 1e6 {
-        format!("{:.2} ms", us / 1e3)
-    } else {
-        format!("{:.2} s", us / 1e6)
-    }
-}
-
 /// `, N failed: {…}` when a run had failures, else nothing.
 fn failures_note(tally: &Tally) -> String {
     match tally.failed() {
@@ -1067,12 +990,5 @@ mod tests {
         assert_eq!(a.by_node, BTreeMap::from([("node-1".into(), 2), ("node-2".into(), 1)]));
         assert_eq!((a.failed(), a.elsewhere("node-1")), (1, 1));
         assert_eq!(by_node(&a), "node-1 2, node-2 1");
-    }
-
-    #[test]
-    fn median_takes_each_metric_on_its_own() {
-        let s = |rps, p50| Sample { requests_per_sec: rps, p50_us: p50, p99_us: p50 * 2.0, errors: 1 };
-        let m = median(&[s(3.0, 10.0), s(1.0, 30.0), s(2.0, 20.0)]);
-        assert_eq!((m.requests_per_sec, m.p50_us, m.p99_us, m.errors), (2.0, 20.0, 40.0, 3));
     }
 }

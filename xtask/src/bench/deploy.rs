@@ -17,8 +17,8 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use super::children::{Proc, Wedge};
 use crate::guests;
 use crate::util::{self, Workspace};
 
@@ -122,53 +123,6 @@ impl Kind {
             Self::NewArtifact => ("hello-K.wasm", "round-K-new-artifact"),
         };
         format!("wedge deploy {file} --name {FUNCTION} --route {ROUTE} --set greeting={greeting}")
-    }
-}
-
-/// A running child process; killed when dropped.
-struct Proc {
-    child: Child,
-    /// What it is, for messages (`control`, `node-1`, …).
-    name: String,
-    log: PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    /// A note on how the process ended, if it did.
-    fn exit_note(&mut self) -> Option<String> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => {
-                Some(format!("{} exited ({status}); its output:\n{}", self.name, util::log_tail(&self.log)))
-            }
-            _ => None,
-        }
-    }
-}
-
-/// How to start `wedge` children: the release binary, an environment without the
-/// caller's `WEDGE_*` variables, and an empty config directory (no user profile).
-struct Wedge {
-    program: PathBuf,
-    config_home: PathBuf,
-}
-
-impl Wedge {
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.program);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("WEDGE_") {
-                cmd.env_remove(&key);
-            }
-        }
-        cmd.env("WEDGE_TOKEN", TOKEN).env("XDG_CONFIG_HOME", &self.config_home).stdin(Stdio::null());
-        cmd
     }
 }
 
@@ -325,7 +279,7 @@ pub fn run(args: Args) -> Result<()> {
     let hello = guests::find(&components, "hello")?.to_path_buf();
     let hello_bytes = fs::read(&hello).with_context(|| format!("could not read {}", hello.display()))?;
     util::run(ws.cargo().args(["build", "--release", "-p", "wedge-cli"]))?;
-    let wedge = Wedge { program: ws.release_bin("wedge"), config_home };
+    let wedge = Wedge { program: ws.release_bin("wedge"), config_home, token: TOKEN };
     let wedge_version = util::output(wedge.command().arg("--version"))
         .map(|v| v.trim().to_owned())
         .unwrap_or_else(|_| "unknown version".to_owned());

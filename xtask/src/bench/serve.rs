@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::wrk::{self, Load, Sample};
+use super::wrk::{self, Load, Sample, fmt_us, median};
 use crate::guests;
 use crate::util::{self, Workspace};
 
@@ -441,36 +441,6 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// The median of each metric on its own.
-fn median(rounds: &[Sample]) -> Sample {
-    let of = |metric: fn(&Sample) -> f64| {
-        let mut values: Vec<f64> = rounds.iter().map(metric).collect();
-        values.sort_by(f64::total_cmp);
-        let n = values.len();
-        match n {
-            0 => f64::NAN,
-            _ if n % 2 == 1 => values[n / 2],
-            _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-        }
-    };
-    Sample {
-        requests_per_sec: of(|s| s.requests_per_sec),
-        p50_us: of(|s| s.p50_us),
-        p99_us: of(|s| s.p99_us),
-        errors: rounds.iter().map(|s| s.errors).sum(),
-    }
-}
-
-fn fmt_us(us: f64) -> String {
-    if us < 1000.0 {
-        format!("{us:.0} µs")
-    } else if us < 1e6 {
-        format!("{:.2} ms", us / 1e3)
-    } else {
-        format!("{:.2} s", us / 1e6)
-    }
-}
-
 fn markdown(report: &Report) -> String {
     let mut md = String::new();
     md.push_str(&format!("## bench serve: the {} component\n\n", report.guest));
@@ -520,18 +490,6 @@ fn markdown(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample(rps: f64, p50: f64) -> Sample {
-        Sample { requests_per_sec: rps, p50_us: p50, p99_us: p50 * 3.0, errors: 1 }
-    }
-
-    #[test]
-    fn median_takes_each_metric_on_its_own() {
-        let m = median(&[sample(3.0, 10.0), sample(1.0, 30.0), sample(2.0, 20.0)]);
-        assert_eq!((m.requests_per_sec, m.p50_us, m.errors), (2.0, 20.0, 3));
-        let even = median(&[sample(1.0, 10.0), sample(4.0, 20.0)]);
-        assert_eq!(even.requests_per_sec, 2.5);
-    }
 
     #[test]
     fn durations_are_whole_seconds() {
