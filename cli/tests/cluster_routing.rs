@@ -13,11 +13,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Server, agent, wasm};
+use common::{Server, agent, wait_until, wasm};
 use wedge_cluster::agent::MembersReport;
 use wedge_control::api::PlacementReport;
 
@@ -84,42 +84,14 @@ fn start_node(
     (Node { server, name: name.into(), site: site.into(), admin }, gossip)
 }
 
-/// `wedge ARGS` against `control` with the admin token.
-fn wedge(control: &Server, args: &[&str]) -> Output {
-    let config_home = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wedge"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("WEDGE_") {
-            command.env_remove(&key);
-        }
-    }
-    command
-        .args(args)
-        .env("WEDGE_CONTROL", format!("http://{}", control.addr))
-        .env("WEDGE_TOKEN", TOKEN)
-        .env("XDG_CONFIG_HOME", config_home.path())
-        .output()
-        .unwrap()
-}
-
 fn ok(control: &Server, args: &[&str]) -> String {
-    let output = wedge(control, args);
+    let output = common::wedge_against(control.addr, TOKEN, args);
     assert!(output.status.success(), "wedge {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap()
 }
 
 fn placement(control: &Server, function: &str) -> PlacementReport {
     serde_json::from_str(&ok(control, &["placement", function, "--output", "json"])).unwrap()
-}
-
-/// Polls `done` every 100 ms for at most `limit`; returns how long it took.
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    started.elapsed()
 }
 
 /// What a steady load saw.

@@ -76,20 +76,7 @@ fn wedge(control: &Server, args: &[&str]) -> Output {
 }
 
 fn wedge_with_token(control: &Server, token: &str, args: &[&str]) -> Output {
-    let config_home = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wedge"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("WEDGE_") {
-            command.env_remove(&key);
-        }
-    }
-    command
-        .args(args)
-        .env("WEDGE_CONTROL", format!("http://{}", control.addr))
-        .env("WEDGE_TOKEN", token)
-        .env("XDG_CONFIG_HOME", config_home.path())
-        .output()
-        .unwrap()
+    common::wedge_against(control.addr, token, args)
 }
 
 /// Runs a verb that must succeed; returns its stdout.

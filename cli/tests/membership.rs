@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Server, get};
+use common::{Server, get, wait_until};
 use wedge_cluster::agent::{MemberRecord, MembersReport};
 
 /// Nodes have no control plane here: nothing listens on this port, so
@@ -115,16 +115,6 @@ impl Node {
         let status = Command::new("kill").args([signal, &self.server.pid().to_string()]).status().unwrap();
         assert!(status.success(), "kill {signal}");
     }
-}
-
-/// Polls `done` every 50 ms until it holds, for at most `limit`; returns how long it took.
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    started.elapsed()
 }
 
 /// Whether every node in `observers` sees each name in `names` in `state`.

@@ -21,6 +21,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::wait_until;
 use serde_json::Value;
 use wedge_cluster::agent::MembersReport;
 
@@ -38,16 +39,6 @@ fn wedge(args: &[&str], envs: &[(&str, &str)]) -> Command {
 
 fn output(args: &[&str], envs: &[(&str, &str)]) -> Output {
     wedge(args, envs).stdin(Stdio::null()).output().unwrap()
-}
-
-/// Polls `done` every 100 ms until it holds, for at most `limit`; returns how long it took.
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    started.elapsed()
 }
 
 /// A port base whose ports for three nodes are all free now, below the ephemeral range

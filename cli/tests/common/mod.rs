@@ -253,3 +253,34 @@ pub fn time_gets(url: &str, n: usize) -> Vec<Duration> {
         })
         .collect()
 }
+
+/// Polls `done` every 50 ms until it holds, failing the test after `limit`;
+/// returns how long it took.
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}
+
+/// `wedge ARGS` against the control plane at `control` with `token` and an
+/// empty config directory (no profile of the user's), without the caller's
+/// `WEDGE_*` variables.
+pub fn wedge_against(control: SocketAddr, token: &str, args: &[&str]) -> std::process::Output {
+    let config_home = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wedge"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("WEDGE_") {
+            command.env_remove(&key);
+        }
+    }
+    command
+        .args(args)
+        .env("WEDGE_CONTROL", format!("http://{control}"))
+        .env("WEDGE_TOKEN", token)
+        .env("XDG_CONFIG_HOME", config_home.path())
+        .output()
+        .unwrap()
+}
