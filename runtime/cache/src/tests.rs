@@ -137,7 +137,19 @@ fn entries_survive_reopen() {
         used = cache.bytes_used();
         cache.flush().unwrap();
     }
-    let cache = open(&dir, CacheConfig::default());
+    // sled releases its file lock when its background flusher has let go of the
+    // dropped database, a moment after the drop: retry the reopen for a while.
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let cache = loop {
+        match Cache::open(dir.path(), CacheConfig::default()) {
+            Ok(cache) => break cache,
+            Err(CacheError::Storage(error)) if std::time::Instant::now() < give_up => {
+                assert!(error.to_string().contains("lock"), "{error}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(error) => panic!("reopening the cache: {error}"),
+        }
+    };
     assert_eq!(cache.bytes_used(), used);
     let ns = cache.namespace("f");
     assert_eq!(ns.get(b"live", 500).unwrap(), Some(b"v".to_vec()));
