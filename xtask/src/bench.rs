@@ -84,3 +84,17 @@ fn instantiate(args: InstantiateArgs) -> Result<()> {
             .args(&args.criterion_args),
     )
 }
+
+/// Prints a bench's markdown report and writes it, with the report as JSON, to
+/// `<bench_dir>/<name>.md` and `<name>.json`.
+fn write_report(bench_dir: &std::path::Path, name: &str, markdown: &str, report: &impl serde::Serialize) -> Result<()> {
+    use anyhow::Context;
+    println!("\n{markdown}");
+    let md_path = bench_dir.join(format!("{name}.md"));
+    let json_path = bench_dir.join(format!("{name}.json"));
+    std::fs::write(&md_path, markdown).with_context(|| format!("could not write {}", md_path.display()))?;
+    std::fs::write(&json_path, serde_json::to_string_pretty(report)? + "\n")
+        .with_context(|| format!("could not write {}", json_path.display()))?;
+    println!("written to {} and {}", md_path.display(), json_path.display());
+    Ok(())
+}

@@ -548,14 +548,7 @@ pub fn run(args: Args) -> Result<()> {
         balance,
     };
 
-    let markdown = markdown(&report);
-    println!("\n{markdown}");
-    let md_path = bench_dir.join("cluster.md");
-    let json_path = bench_dir.join("cluster.json");
-    fs::write(&md_path, &markdown).with_context(|| format!("could not write {}", md_path.display()))?;
-    fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("could not write {}", json_path.display()))?;
-    println!("written to {} and {}", md_path.display(), json_path.display());
+    super::write_report(&bench_dir, "cluster", &markdown(&report), &report)?;
     // The stores and compiled code of this run are of no further use.
     let _ = fs::remove_dir_all(&run_dir);
     Ok(())

@@ -261,14 +261,7 @@ pub fn run(mut args: Args) -> Result<()> {
         ratios,
     };
 
-    let markdown = markdown(&report);
-    println!("\n{markdown}");
-    let md_path = bench_dir.join("serve.md");
-    let json_path = bench_dir.join("serve.json");
-    fs::write(&md_path, &markdown).with_context(|| format!("could not write {}", md_path.display()))?;
-    fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("could not write {}", json_path.display()))?;
-    println!("written to {} and {}", md_path.display(), json_path.display());
+    super::write_report(&bench_dir, "serve", &markdown(&report), &report)?;
     Ok(())
 }
 
