@@ -17,6 +17,10 @@
 //! | `GET /v1/nodes` | – | `[NodeStatus]` |
 //! | `GET /v1/functions/{name}/logs?after=SEQ&wait_ms=MS&limit=N` | – | [`LogPage`] |
 //!
+//! Outside `/v1`, without a token: `GET /healthz` answers `ok` while the
+//! process serves (liveness); `GET /readyz` answers a [`ReadyReport`], 200
+//! when ready and 503 when not. A node's admin listener answers the same two.
+//!
 //! Every `/v1` request needs `Authorization: Bearer <token>`; without the
 //! right one the answer is 401 and nothing changes. The admin token may
 //! call everything; the node token only `GET /v1/state`,
@@ -34,6 +38,50 @@ pub const STATE_WAIT_MAX_MS: u64 = 60_000;
 
 /// Default largest component accepted by a deploy (50 MiB).
 pub const COMPONENT_BYTES_MAX_DEFAULT: u64 = 50 * 1024 * 1024;
+
+/// What `GET /readyz` answers, on the control plane and on a node's admin
+/// listener: 200 when every check holds, 503 naming the ones that do not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyReport {
+    /// Whether every check holds.
+    pub ready: bool,
+    /// The names of the checks that do not hold.
+    pub missing: Vec<String>,
+    /// Every check by name (control plane: `store`, `serving`; node:
+    /// `joined`, `desired_state`).
+    pub checks: BTreeMap<String, ReadyCheck>,
+}
+
+impl ReadyReport {
+    /// The report of `checks`.
+    pub fn new(checks: impl IntoIterator<Item = (&'static str, ReadyCheck)>) -> Self {
+        let checks: BTreeMap<String, ReadyCheck> =
+            checks.into_iter().map(|(name, check)| (name.to_string(), check)).collect();
+        let missing: Vec<String> = checks.iter().filter(|(_, check)| !check.ok).map(|(name, _)| name.clone()).collect();
+        ReadyReport { ready: missing.is_empty(), missing, checks }
+    }
+}
+
+/// One readiness check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyCheck {
+    /// Whether it holds.
+    pub ok: bool,
+    /// Why, for a person.
+    pub detail: String,
+}
+
+impl ReadyCheck {
+    /// A check that holds, because `detail`.
+    pub fn ok(detail: impl Into<String>) -> Self {
+        ReadyCheck { ok: true, detail: detail.into() }
+    }
+
+    /// A check that does not hold, because `detail`.
+    pub fn missing(detail: impl Into<String>) -> Self {
+        ReadyCheck { ok: false, detail: detail.into() }
+    }
+}
 
 /// A component's identity: lowercase hex sha256 of its bytes (64 chars).
 pub type Sha256Hex = String;
@@ -316,6 +364,30 @@ pub struct NodeReport {
     /// The node's place in its cluster, when it is in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<NodeCluster>,
+    /// What each function served on this node has done since the node
+    /// started: the control plane derives request rates, error ratios and
+    /// latency quantiles from the difference between two reports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<FunctionTraffic>,
+}
+
+/// Counters of one function on one node since the node started. They only
+/// grow; a value lower than in the previous report means the node restarted
+/// (counting starts again from zero), as with Prometheus counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FunctionTraffic {
+    /// The function.
+    pub function: String,
+    /// Requests the function answered on this node (any status).
+    pub requests: u64,
+    /// Of those, answers with a 5xx status (guest failures and host limits).
+    pub errors: u64,
+    /// Upper bounds of the latency histogram's buckets, in seconds,
+    /// ascending (the `+Inf` bucket is implied: it holds `requests`).
+    pub duration_bounds_seconds: Vec<f64>,
+    /// Requests that took at most the matching bound (cumulative, one count
+    /// per bound), from arrival at the host to the response head.
+    pub duration_counts: Vec<u64>,
 }
 
 /// `GET /v1/placement`: where functions run and why.

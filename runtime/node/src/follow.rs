@@ -747,6 +747,7 @@ async fn report(
             errors: status.errors,
             logs: std::mem::take(&mut pending),
             cluster: cluster.as_ref().map(|(agent, ingress)| cluster_report(agent, ingress)),
+            traffic: Vec::new(),
         };
         match client.report(&config.node_name, &report).await {
             Ok(()) => {
