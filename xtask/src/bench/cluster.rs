@@ -20,21 +20,20 @@
 //! alike; every wait and every load loop is bounded in count and in time.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Write};
+use std::fs;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::children::{Proc, Wedge};
-use super::wrk::{self, Load, Sample, fmt_us, median};
+use super::children::{Proc, Wedge, after, spawn_ready};
+use super::wrk::{self, Latency, Load, Sample, fmt_us, median};
 use crate::guests;
 use crate::util::{self, Workspace};
 
@@ -55,8 +54,6 @@ const NODES: usize = 3;
 const REPLICAS: usize = 2;
 /// The one site every node is in.
 const SITE: &str = "a";
-/// How long a process may take to print its readiness line.
-const START_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a `wedge` CLI command (init, deploy, placement) may run.
 const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
 /// How long the cluster may take to form, place the function and serve it everywhere
@@ -216,35 +213,6 @@ impl Cluster {
             serde_json::from_str(&text).with_context(|| format!("`wedge placement` printed {text:?}"))?;
         let nodes = report["placements"][FUNCTION].as_array().cloned().unwrap_or_default();
         Ok(nodes.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
-    }
-}
-
-/// The rest of the first line in `lines` that starts with `prefix`.
-fn after(lines: &[String], prefix: &str) -> Result<String> {
-    lines
-        .iter()
-        .find_map(|l| l.strip_prefix(prefix))
-        .map(|rest| rest.trim().to_owned())
-        .with_context(|| format!("no line starting with {prefix:?} in {lines:?}"))
-}
-
-/// Latency percentiles (nearest rank) of one series of requests.
-#[derive(Clone, Copy, Serialize)]
-struct Latency {
-    samples: usize,
-    p50_us: f64,
-    p90_us: f64,
-    p99_us: f64,
-    max_us: f64,
-}
-
-impl Latency {
-    fn of(mut us: Vec<f64>) -> Self {
-        us.sort_by(f64::total_cmp);
-        let n = us.len();
-        // Nearest rank: the smallest value with at least p of the samples at or below it.
-        let rank = |p: f64| if n == 0 { f64::NAN } else { us[((p * n as f64).ceil() as usize).clamp(1, n) - 1] };
-        Self { samples: n, p50_us: rank(0.5), p90_us: rank(0.9), p99_us: rank(0.99), max_us: rank(1.0) }
     }
 }
 
@@ -724,49 +692,6 @@ fn get_node(agent: &ureq::Agent, url: &str) -> Result<String, String> {
     }
 }
 
-/// Starts `cmd` with its output in `log` and waits (at most [`START_DEADLINE`]) for the
-/// stdout line starting with `ready`; returns the process and the lines up to that one.
-fn spawn_ready(mut cmd: Command, name: &str, ready: &'static str, log: &Path) -> Result<(Proc, Vec<String>)> {
-    let log_file = File::create(log).with_context(|| format!("could not create {}", log.display()))?;
-    cmd.stdout(Stdio::piped()).stderr(log_file.try_clone()?);
-    let shown = util::display(&cmd);
-    let mut child = cmd.spawn().with_context(|| format!("could not start `{shown}`"))?;
-    let stdout = child.stdout.take().context("the child has no stdout pipe")?;
-    let proc = Proc { child, name: name.to_owned(), log: log.to_path_buf() };
-    let (tx, rx) = mpsc::channel();
-    // Copies stdout to the log for the life of the process (so the pipe never fills),
-    // and hands over the lines up to the readiness line.
-    thread::spawn(move || {
-        let mut log_file = log_file;
-        let mut tx = Some(tx);
-        let mut lines = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = writeln!(log_file, "{line}");
-            if tx.is_some() {
-                let is_ready = line.starts_with(ready);
-                lines.push(line);
-                if is_ready && let Some(tx) = tx.take() {
-                    let _ = tx.send(std::mem::take(&mut lines));
-                }
-            }
-        }
-    });
-    match rx.recv_timeout(START_DEADLINE) {
-        Ok(lines) => Ok((proc, lines)),
-        Err(RecvTimeoutError::Timeout) => {
-            bail!(
-                "`{shown}` did not print {ready:?} within {}s; its output:\n{}",
-                START_DEADLINE.as_secs(),
-                util::log_tail(log)
-            )
-        }
-        Err(RecvTimeoutError::Disconnected) => {
-            bail!("`{shown}` closed its stdout before printing {ready:?}; its output:\n{}", util::log_tail(log))
-        }
-    }
-}
-
 /// Runs `cmd` to completion within `deadline` (else kills it) and returns its stdout;
 /// fails with its stderr unless it exits with 0.
 fn output_within(mut cmd: Command, deadline: Duration) -> Result<String> {
@@ -961,15 +886,6 @@ fn by_node(tally: &Tally) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn latency_takes_nearest_rank_percentiles() {
-        let l = Latency::of((1..=100).rev().map(f64::from).collect());
-        assert_eq!((l.samples, l.p50_us, l.p90_us, l.p99_us, l.max_us), (100, 50.0, 90.0, 99.0, 100.0));
-        let one = Latency::of(vec![7.0]);
-        assert_eq!((one.p50_us, one.p99_us), (7.0, 7.0));
-        assert!(Latency::of(Vec::new()).p50_us.is_nan());
-    }
 
     #[test]
     fn tallies_count_answers_by_node_and_failures() {

@@ -16,17 +16,16 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::process::{Command, ExitStatus};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::children::{Proc, Wedge};
+use super::children::{Proc, Wedge, after, spawn_ready};
 use crate::guests;
 use crate::util::{self, Workspace};
 
@@ -39,8 +38,6 @@ const FUNCTION: &str = "bench";
 const ROUTE: &str = "/bench";
 /// Name of the custom section that makes each new-artifact component unique.
 const SECTION: &str = "wedge-bench";
-/// How long a process may take to print its readiness line.
-const START_DEADLINE: Duration = Duration::from_secs(60);
 /// How long one `wedge deploy` may run (a new artifact is compiled by the control plane
 /// to validate it before it answers).
 const DEPLOY_DEADLINE: Duration = Duration::from_secs(60);
@@ -142,8 +139,9 @@ impl Cluster {
         let control_dir = run_dir.join("control");
         let mut cmd = wedge.command();
         cmd.arg("control").arg("--data-dir").arg(&control_dir).args(["--listen", "127.0.0.1:0"]);
-        let (control, control_url) =
+        let (control, lines) =
             spawn_ready(cmd, "control", "wedge control listening on ", &log_dir.join("deploy-control.log"))?;
+        let control_url = after(&lines, "wedge control listening on ")?;
         println!("  control plane at {control_url}");
         let mut cluster = Self { nodes: Vec::new(), control, control_url, node_urls: Vec::new() };
         for i in 1..=nodes {
@@ -156,7 +154,8 @@ impl Cluster {
                 .arg(run_dir.join(&name))
                 .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
             let log = log_dir.join(format!("deploy-{name}.log"));
-            let (node, url) = spawn_ready(cmd, &name, "wedge node serving on ", &log)?;
+            let (node, lines) = spawn_ready(cmd, &name, "wedge node serving on ", &log)?;
+            let url = after(&lines, "wedge node serving on ")?;
             println!("  {name} at {url}");
             cluster.node_urls.push(format!("{url}{ROUTE}"));
             cluster.nodes.push(node);
@@ -580,7 +579,8 @@ fn cold_start(wedge: &Wedge, agent: &ureq::Agent, hello: &Path, round: u32, log_
         .args(["--route", ROUTE, "--set", &format!("greeting={greeting}"), "--no-cache"])
         .args(["--listen", "127.0.0.1:0"]);
     let started = Instant::now();
-    let (mut server, url) = spawn_ready(cmd, "wedge serve", "wedge serving on ", &log_dir.join("deploy-serve.log"))?;
+    let (mut server, lines) = spawn_ready(cmd, "wedge serve", "wedge serving on ", &log_dir.join("deploy-serve.log"))?;
+    let url = after(&lines, "wedge serving on ")?;
     let urls = [format!("{url}{ROUTE}")];
     let expected = format!("{greeting}\n");
     let mut unexpected = BTreeMap::new();
@@ -590,47 +590,6 @@ fn cold_start(wedge: &Wedge, agent: &ureq::Agent, hello: &Path, round: u32, log_
         None => err,
     })?;
     Ok(times[0].as_secs_f64() * 1e3)
-}
-
-/// Starts `cmd` with its output in `log` and waits (at most [`START_DEADLINE`]) for the
-/// stdout line starting with `ready`; returns the process and the rest of that line
-/// (the URL it serves on).
-fn spawn_ready(mut cmd: Command, name: &str, ready: &'static str, log: &Path) -> Result<(Proc, String)> {
-    let log_file = File::create(log).with_context(|| format!("could not create {}", log.display()))?;
-    cmd.stdout(Stdio::piped()).stderr(log_file.try_clone()?);
-    let shown = util::display(&cmd);
-    let mut child = cmd.spawn().with_context(|| format!("could not start `{shown}`"))?;
-    let stdout = child.stdout.take().context("the child has no stdout pipe")?;
-    let proc = Proc { child, name: name.to_owned(), log: log.to_path_buf() };
-    let (tx, rx) = mpsc::channel();
-    // Copies stdout to the log for the life of the process (so the pipe never fills),
-    // and hands over the readiness line.
-    thread::spawn(move || {
-        let mut log_file = log_file;
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = writeln!(log_file, "{line}");
-            if let Some(rest) = line.strip_prefix(ready)
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(rest.trim().to_owned());
-            }
-        }
-    });
-    match rx.recv_timeout(START_DEADLINE) {
-        Ok(url) => Ok((proc, url)),
-        Err(RecvTimeoutError::Timeout) => {
-            bail!(
-                "`{shown}` did not print {ready:?} within {}s; its output:\n{}",
-                START_DEADLINE.as_secs(),
-                util::log_tail(log)
-            )
-        }
-        Err(RecvTimeoutError::Disconnected) => {
-            bail!("`{shown}` closed its stdout before printing {ready:?}; its output:\n{}", util::log_tail(log))
-        }
-    }
 }
 
 /// GETs `url`; returns the status and body (an error only when there is no HTTP answer).

@@ -9,7 +9,6 @@
 //! success, error or panic alike; every wait has a deadline.
 
 use std::fs::{self, File};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use super::children::free_port;
 use super::wrk::{self, Load, Sample, fmt_us, median};
 use crate::guests;
 use crate::util::{self, Workspace};
@@ -425,13 +425,6 @@ fn get(url: &str) -> Result<(Vec<String>, String)> {
         .collect();
     headers.sort();
     Ok((headers, response.into_string()?))
-}
-
-/// Asks the OS for a free port on 127.0.0.1. (Another process could take it before the
-/// server binds it; on a bench machine that does not happen, and a failed bind shows.)
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("could not find a free port")?;
-    Ok(listener.local_addr()?.port())
 }
 
 fn markdown(report: &Report) -> String {

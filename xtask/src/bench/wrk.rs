@@ -1,5 +1,7 @@
 //! The HTTP load generator of the benches: `wrk` (installed with apt-get if missing),
-//! run once per measurement, its text report parsed into numbers.
+//! run once per measurement, its text report parsed into numbers; and the statistics
+//! the benches share (medians of rounds, percentiles of a series, microseconds for
+//! people).
 
 use std::process::Command;
 
@@ -166,6 +168,26 @@ pub fn median(rounds: &[Sample]) -> Sample {
     }
 }
 
+/// Latency percentiles (nearest rank) of one series (of requests, of operations).
+#[derive(Clone, Copy, Serialize)]
+pub struct Latency {
+    pub samples: usize,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+}
+
+impl Latency {
+    pub fn of(mut us: Vec<f64>) -> Self {
+        us.sort_by(f64::total_cmp);
+        let n = us.len();
+        // Nearest rank: the smallest value with at least p of the samples at or below it.
+        let rank = |p: f64| if n == 0 { f64::NAN } else { us[((p * n as f64).ceil() as usize).clamp(1, n) - 1] };
+        Self { samples: n, p50_us: rank(0.5), p90_us: rank(0.9), p99_us: rank(0.99), max_us: rank(1.0) }
+    }
+}
+
 /// Microseconds for people: `812 µs`, `1.23 ms`, `2.01 s`.
 pub fn fmt_us(us: f64) -> String {
     if us < 1000.0 {
@@ -191,6 +213,15 @@ mod median_tests {
         assert_eq!((m.requests_per_sec, m.p50_us, m.p99_us, m.errors), (2.0, 20.0, 60.0, 3));
         let even = median(&[sample(1.0, 10.0), sample(4.0, 20.0)]);
         assert_eq!(even.requests_per_sec, 2.5);
+    }
+
+    #[test]
+    fn latency_takes_nearest_rank_percentiles() {
+        let l = Latency::of((1..=100).rev().map(f64::from).collect());
+        assert_eq!((l.samples, l.p50_us, l.p90_us, l.p99_us, l.max_us), (100, 50.0, 90.0, 99.0, 100.0));
+        let one = Latency::of(vec![7.0]);
+        assert_eq!((one.p50_us, one.p99_us), (7.0, 7.0));
+        assert!(Latency::of(Vec::new()).p50_us.is_nan());
     }
 
     #[test]
