@@ -57,7 +57,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::api::{
     DeploySpec, DesiredState, ErrorBody, FunctionInfo, FunctionSummary, LogPage, NodeReport, NodeStatus,
-    PlacementReport, Removed, RollbackRequest, STATE_WAIT_MAX_MS, VersionRecord, now_unix_ms,
+    PlacementReport, ReadyCheck, ReadyReport, Removed, RollbackRequest, STATE_WAIT_MAX_MS, VersionRecord, now_unix_ms,
 };
 use crate::auth::{
     Role, Token, TokenError, TokenOrigin, Tokens, constant_time_eq, discard, require_token, resolve_token,
@@ -251,7 +251,7 @@ impl ControlPlane {
         self.shared.store.store_id()
     }
 
-    /// The HTTP application: `/healthz` and the `/v1` API.
+    /// The HTTP application: `/healthz`, `/readyz` and the `/v1` API.
     pub fn router(&self) -> Router {
         router(Arc::clone(&self.shared), self.tokens.clone())
     }
@@ -393,6 +393,7 @@ fn deploy_body_bytes_max(config: &ControlConfig) -> u64 {
 }
 
 fn router(shared: Arc<Shared>, tokens: Tokens) -> Router {
+    let ready = Arc::clone(&shared);
     let deploy_body_max = deploy_body_bytes_max(&shared.config);
     let v1 = Router::new()
         .route("/functions", get(list_functions))
@@ -416,6 +417,7 @@ fn router(shared: Arc<Shared>, tokens: Tokens) -> Router {
         .with_state(shared);
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(move || readyz(Arc::clone(&ready))))
         .nest("/v1", v1)
         .fallback(not_found)
         .layer(middleware::from_fn(log_requests))
@@ -630,6 +632,24 @@ async fn log_requests(request: Request, next: Next) -> Response {
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// Ready while the store is open and usable and the server is not stopping:
+/// a poisoned store or a shutdown in progress is a 503 naming it.
+async fn readyz(shared: Arc<Shared>) -> Response {
+    let store = match shared.failure.borrow().clone() {
+        Some(why) => ReadyCheck::missing(format!("the store failed and needs a restart: {why}")),
+        None if shared.store.poisoned() => ReadyCheck::missing("the store is poisoned and needs a restart"),
+        None => ReadyCheck::ok(format!("open at revision {}", shared.store.revision())),
+    };
+    let serving = if *shared.shutdown.borrow() {
+        ReadyCheck::missing("shutting down")
+    } else {
+        ReadyCheck::ok("serving the API")
+    };
+    let report = ReadyReport::new([("store", store), ("serving", serving)]);
+    let status = if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(report)).into_response()
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -8,6 +8,7 @@
 //! linking them.
 
 mod bench;
+mod check_observability;
 mod demo;
 mod guests;
 mod sim;

@@ -1,25 +1,30 @@
 //! `cargo xtask test`: the project's one test command, run unchanged by CI (`.ci/run`).
 //!
-//! Four steps, in order, each announced and timed, stopping at the first failure:
-//! guests, rustfmt, clippy (host crates), cargo test (host crates, with the guests'
-//! components at hand). Anything the steps need from the toolchain (rustfmt, clippy,
-//! the wasm target) is installed on the way, so a fresh clone needs only rustup.
+//! Five steps, in order, each announced and timed, stopping at the first failure:
+//! guests, rustfmt, clippy (host crates), the observability files (Prometheus
+//! configs, alert rules and the Grafana dashboard: `check_observability.rs`), cargo
+//! test (host crates, with the guests' components at hand). Anything the steps need
+//! from the toolchain (rustfmt, clippy, the wasm target) or the system (promtool) is
+//! installed on the way, so a fresh clone needs only rustup.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use crate::check_observability;
 use crate::guests::{self, Component};
 use crate::util::{self, Workspace};
 
-/// Run every check CI runs: build guests, rustfmt, clippy, cargo test
+/// Run every check CI runs: build guests, rustfmt, clippy, observability, cargo test
 ///
 /// Steps (stops at the first that fails):
-///   1. guests  — `cargo xtask guests --locked`
-///   2. fmt     — `cargo fmt --all --check`
-///   3. clippy  — `cargo clippy --locked --workspace --exclude <guests> --all-targets -- -D warnings`
-///   4. test    — `cargo test --locked [ARGS]` on the host crates
+///   1. guests        — `cargo xtask guests --locked`
+///   2. fmt           — `cargo fmt --all --check`
+///   3. clippy        — `cargo clippy --locked --workspace --exclude <guests> --all-targets -- -D warnings`
+///   4. observability — promtool on deploy/observability's configs and alert rules (and
+///      their unit tests); the Grafana dashboard's panels, queries and metric names
+///   5. test          — `cargo test --locked [ARGS]` on the host crates
 ///
 /// Tests find the guest components through `WEDGE_WASM_DIR=<target>/wasm`.
 /// Guests are not clippy-linted here because that would compile them natively.
@@ -37,17 +42,20 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let ws = Workspace::load()?;
     let total = Instant::now();
-    let mut steps = Steps::new(4);
+    let mut steps = Steps::new(5);
     let components = steps.run("guests", "build the wasm guest components", || guests::build_all(&ws, true))?;
     steps.run("fmt", "check formatting", || fmt(&ws))?;
     steps.run("clippy", "lint the host crates", || clippy(&ws, &components))?;
+    steps.run("observability", "check the Prometheus configs, alert rules and Grafana dashboard", || {
+        check_observability::check(&ws)
+    })?;
     steps.run("test", "run the host crates' and the SDK's tests", || {
         cargo_test(&ws, &components, &args.cargo_test_args)
     })?;
 
     println!("\nall checks passed in {}:", util::fmt_duration(total.elapsed()));
     for (name, took) in steps.timings {
-        println!("  {name:<8} {:>8}", util::fmt_duration(took));
+        println!("  {name:<13} {:>8}", util::fmt_duration(took));
     }
     Ok(())
 }

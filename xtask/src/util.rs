@@ -129,12 +129,36 @@ pub fn on_path(program: &str) -> Option<PathBuf> {
 /// `apt-get update` first only if the plain install fails (stale or absent lists).
 pub fn apt_install(packages: &[&str]) -> Result<()> {
     eprintln!("installing with apt-get: {}", packages.join(" "));
-    if run(apt_get().args(["install", "-y"]).args(packages)).is_ok() {
+    with_fresh_apt_lists(|| run(apt_get().args(["install", "-y"]).args(packages)))
+        .with_context(|| format!("could not install {} with apt-get", packages.join(" ")))
+}
+
+/// Downloads a Debian package's `.deb` into `dir` without installing it (for a
+/// tool taken out of a package whose installation would do more, such as
+/// start a service), and returns its path. Updates the apt lists as
+/// [`apt_install`] does.
+pub fn apt_download(package: &str, dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+    eprintln!("downloading Debian package {package} into {}", dir.display());
+    with_fresh_apt_lists(|| run(Command::new("apt-get").current_dir(dir).args(["download", package])))
+        .with_context(|| format!("could not download {package} with apt-get"))?;
+    let prefix = format!("{package}_");
+    for entry in std::fs::read_dir(dir).with_context(|| format!("could not list {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name.ends_with(".deb") {
+            return Ok(dir.join(name));
+        }
+    }
+    bail!("`apt-get download {package}` left no {prefix}*.deb in {}", dir.display())
+}
+
+/// Runs an apt-get `attempt`, and once more after `apt-get update` if it fails.
+fn with_fresh_apt_lists(attempt: impl Fn() -> Result<()>) -> Result<()> {
+    if attempt().is_ok() {
         return Ok(());
     }
     run(apt_get().arg("update")).context("apt-get update failed")?;
-    run(apt_get().args(["install", "-y"]).args(packages))
-        .with_context(|| format!("could not install {} with apt-get", packages.join(" ")))
+    attempt()
 }
 
 fn apt_get() -> Command {

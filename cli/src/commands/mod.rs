@@ -2,6 +2,7 @@
 
 mod cluster;
 mod control;
+mod health;
 mod members;
 mod node;
 mod serve;
@@ -105,7 +106,7 @@ pub enum Command {
     /// with mutual TLS (only nodes with a certificate from the cluster CA
     /// get in), through the seeds given with --join. SIGTERM leaves the
     /// cluster gracefully (the others record "left"), then drains. The admin
-    /// listener (--admin) answers /healthz and `wedge members`.
+    /// listener (--admin) answers /healthz, /readyz and `wedge members`.
     ///
     /// Examples:
     ///
@@ -189,6 +190,24 @@ pub enum Command {
     ///   wedge members -o json | jq -r '.members[] | select(.state != "alive") | .name'
     #[command(verbatim_doc_comment)]
     Members(members::MembersArgs),
+
+    /// Ask a health endpoint; exit 0 on a 2xx answer, 1 otherwise.
+    ///
+    /// Made for container health checks (the image has no curl): /healthz
+    /// says the process serves, /readyz that it may take traffic (a node:
+    /// joined its cluster and applied the control plane's desired state;
+    /// the control plane: its store is open). Prints the answer; on a
+    /// failure, the status and the answer (which names what is missing).
+    ///
+    /// Examples:
+    ///
+    ///   wedge health                                        # http://127.0.0.1:7080/healthz
+    ///
+    ///   wedge health http://127.0.0.1:7080/readyz
+    ///
+    ///   wedge health --quiet --timeout 2s http://127.0.0.1:7070/readyz
+    #[command(verbatim_doc_comment)]
+    Health(health::HealthArgs),
 
     /// Deploy a component to the control plane as a new version of a function.
     ///
@@ -339,6 +358,7 @@ impl Command {
             Command::Control(args) => args.run(),
             Command::Cluster(args) => args.run(),
             Command::Members(args) => args.run(),
+            Command::Health(args) => args.run(),
         }
     }
 }

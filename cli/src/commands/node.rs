@@ -46,8 +46,9 @@ pub struct NodeArgs {
     #[arg(long, env = "WEDGE_NODE_NAME", value_name = "NAME")]
     name: Option<String>,
 
-    /// Where the admin listener binds: GET /healthz, and GET /v1/members
-    /// for `wedge members`. Unauthenticated and read-only: keep it on
+    /// Where the admin listener binds: GET /healthz (alive), GET /readyz
+    /// (joined and desired state applied; 503 saying what is missing), and
+    /// GET /v1/members for `wedge members`. Unauthenticated and read-only: keep it on
     /// loopback or a management network.
     #[arg(long, env = "WEDGE_ADMIN", value_name = "ADDR", default_value = "127.0.0.1:7080")]
     admin: SocketAddr,

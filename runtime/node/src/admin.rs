@@ -2,6 +2,12 @@
 //! tools, separate from the ingress so that it can be bound to a private interface.
 //!
 //! - `GET /healthz`: `ok` while the process serves (liveness).
+//! - `GET /readyz`: `200` once the node may take traffic, `503` until then; both with a
+//!   JSON [`ReadyReport`] naming each condition and why it holds or not. The conditions
+//!   ([`Readiness`]): the node has joined its cluster (when it was given `--join` seeds),
+//!   and it has applied a desired state from the control plane since it started. Both
+//!   latch: a node that later loses its peers or its control plane keeps serving what it
+//!   has (static stability), so readiness does not drop out from under a load balancer.
 //! - `GET /v1/members`: the cluster members as this node sees them, a
 //!   [`MembersReport`](wedge_cluster::agent::MembersReport) (what `wedge members` prints);
 //!   404 when the node runs without a cluster.
@@ -10,7 +16,8 @@
 //! at most [`CONNECTIONS_MAX`] connections, request heads within [`HEADER_TIMEOUT`].
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,17 +26,95 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use wedge_cluster::agent::Agent;
+use wedge_control::api::{ReadyCheck, ReadyReport};
 
 /// Most admin connections open at once.
 pub const CONNECTIONS_MAX: usize = 64;
 /// How long a client has to send a request head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whether the node may take traffic; see the module docs. Shared by the follower (which
+/// records applied states) and the admin listener (which asks).
+pub struct Readiness {
+    /// Membership, when the node must join a cluster through seeds before it is ready.
+    joining: Option<Arc<Agent>>,
+    /// Whether the node has been in the cluster since it started.
+    joined: AtomicBool,
+    /// Where following the control plane stands.
+    following: Mutex<Following>,
+}
+
+/// Where following the control plane stands, as far as readiness cares.
+#[derive(Debug, Clone)]
+enum Following {
+    /// No desired state applied since start; why (for the report).
+    Waiting(String),
+    /// A desired state from the control plane was applied (or was already served).
+    Applied { revision: u64 },
+}
+
+impl Readiness {
+    /// A node that must join through seeds (`joining`, the membership agent) or not, and
+    /// that follows the control plane at `control_url`.
+    pub fn new(joining: Option<Arc<Agent>>, control_url: &str) -> Self {
+        Readiness {
+            joining,
+            joined: AtomicBool::new(false),
+            following: Mutex::new(Following::Waiting(format!(
+                "no desired state from the control plane at {control_url} applied yet"
+            ))),
+        }
+    }
+
+    /// Records that the desired state at `revision` is applied (or was already served).
+    pub fn applied(&self, revision: u64) {
+        *self.following.lock().unwrap_or_else(|p| p.into_inner()) = Following::Applied { revision };
+    }
+
+    /// Records why no desired state is applied yet; ignored once one was.
+    pub fn waiting(&self, why: String) {
+        let mut following = self.following.lock().unwrap_or_else(|p| p.into_inner());
+        if let Following::Waiting(_) = *following {
+            *following = Following::Waiting(why);
+        }
+    }
+
+    /// The report `/readyz` answers.
+    pub fn report(&self) -> ReadyReport {
+        let joined = match &self.joining {
+            None => ReadyCheck::ok("no --join seeds: nothing to join"),
+            Some(agent) => {
+                if agent.snapshot().joined {
+                    self.joined.store(true, Ordering::Relaxed);
+                }
+                if self.joined.load(Ordering::Relaxed) {
+                    ReadyCheck::ok("joined the cluster")
+                } else {
+                    ReadyCheck::missing("not in the cluster yet: no seed has answered")
+                }
+            }
+        };
+        let desired_state = match &*self.following.lock().unwrap_or_else(|p| p.into_inner()) {
+            Following::Applied { revision } => {
+                ReadyCheck::ok(format!("applied the desired state at revision {revision}"))
+            }
+            Following::Waiting(why) => ReadyCheck::missing(why.clone()),
+        };
+        ReadyReport::new([("joined", joined), ("desired_state", desired_state)])
+    }
+}
+
 /// Serves the admin API on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, agent: Option<Arc<Agent>>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    agent: Option<Arc<Agent>>,
+    readiness: Arc<Readiness>,
+    mut stop: watch::Receiver<bool>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     loop {
         let slot = tokio::select! {
@@ -47,9 +132,9 @@ pub async fn serve(listener: TcpListener, agent: Option<Arc<Agent>>, mut stop: w
             },
             () = stopped(&mut stop) => return,
         };
-        let agent = agent.clone();
+        let (agent, readiness) = (agent.clone(), Arc::clone(&readiness));
         let service = service_fn(move |request| {
-            let answer = respond(&request, agent.as_deref());
+            let answer = respond(&request, agent.as_deref(), &readiness);
             async move { Ok::<_, Infallible>(answer) }
         });
         tokio::spawn(async move {
@@ -65,9 +150,9 @@ pub async fn serve(listener: TcpListener, agent: Option<Arc<Agent>>, mut stop: w
     }
 }
 
-fn respond(request: &Request<Incoming>, agent: Option<&Agent>) -> Response<Full<Bytes>> {
+fn respond(request: &Request<Incoming>, agent: Option<&Agent>, readiness: &Readiness) -> Response<Full<Bytes>> {
     let path = request.uri().path();
-    if !matches!(path, "/healthz" | "/v1/members") {
+    if !matches!(path, "/healthz" | "/readyz" | "/v1/members") {
         return text(StatusCode::NOT_FOUND, format!("no such admin endpoint: {path}\n"));
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -75,15 +160,24 @@ fn respond(request: &Request<Incoming>, agent: Option<&Agent>) -> Response<Full<
     }
     match (path, agent) {
         ("/healthz", _) => text(StatusCode::OK, "ok\n".to_string()),
+        ("/readyz", _) => {
+            let report = readiness.report();
+            let status = if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            json(status, &report, "readiness")
+        }
         (_, None) => text(StatusCode::NOT_FOUND, "this node runs without a cluster (no --cluster-dir)\n".to_string()),
-        (_, Some(agent)) => match serde_json::to_vec_pretty(&agent.report()) {
-            Ok(json) => Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(json)))
-                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
-            Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the members: {error}\n")),
-        },
+        (_, Some(agent)) => json(StatusCode::OK, &agent.report(), "the members"),
+    }
+}
+
+fn json(status: StatusCode, value: &impl Serialize, what: &str) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(json) => Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(json)))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode {what}: {error}\n")),
     }
 }
 

@@ -13,7 +13,8 @@
 //!
 //! With a cluster ([`ClusterSettings`]) the node also runs membership and
 //! publishes its load ([`crate::cluster`]); with an admin address it serves
-//! [`crate::admin`]. On shutdown it leaves the cluster before draining.
+//! [`crate::admin`], whose `/readyz` the follower feeds ([`Readiness`]). On shutdown it
+//! leaves the cluster before draining.
 //!
 //! On start, before talking to anyone, the node loads what it served last
 //! time from its own disk ([`LocalState`]), so a restart while the control
@@ -40,7 +41,7 @@ use wedge_router::{
 
 use wedge_cluster::agent::Agent;
 
-use crate::admin;
+use crate::admin::{self, Readiness};
 use crate::cluster::ClusterSettings;
 use crate::control_client::ControlClient;
 use crate::local_state::LocalState;
@@ -149,6 +150,8 @@ pub struct FollowingNode {
 impl FollowingNode {
     /// Creates the engine, serves what was saved in the data directory (no
     /// network needed), and binds the listener.
+    /// What the admin listener's `/readyz` answers.
+    pub readiness: Arc<Readiness>,
     pub async fn start(config: FollowerConfig) -> anyhow::Result<Self> {
         wedge_host::validate_name(&config.node_name)
             .map_err(|_| anyhow::anyhow!("node name {:?}: use 1-63 of a-z, 0-9 and '-'", config.node_name))?;
@@ -230,11 +233,15 @@ impl FollowingNode {
     /// "left", not "failed") and drains in-flight requests.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop_sender, stop) = watch::channel(false);
-        let admin =
-            self.admin_listener.map(|listener| tokio::spawn(admin::serve(listener, self.agent.clone(), stop.clone())));
+        let must_join = config.cluster.as_ref().is_some_and(|cluster| !cluster.seeds.is_empty());
+        let readiness = Arc::new(Readiness::new(agent.clone().filter(|_| must_join), &config.control_url));
+        let admin = self.admin_listener.map(|listener| {
+            tokio::spawn(admin::serve(listener, self.agent.clone(), Arc::clone(&self.readiness), stop.clone()))
+        });
         let load = self.agent.clone().map(|agent| {
             let serving = Arc::clone(&self.serving);
             let revision = move || serving.lock().map_or(0, |serving| serving.revision);
+            readiness,
             tokio::spawn(crate::cluster::publish_load(agent, Arc::clone(&self.ingress), revision, stop.clone()))
         });
         let forwarded = self.agent.as_ref().and_then(|agent| agent.transport().accept_streams()).map(|streams| {
@@ -276,6 +283,7 @@ impl FollowingNode {
             .await;
         let _ = follower.await;
         let _ = reporter.await;
+            Arc::clone(&self.readiness),
         for task in admin.into_iter().chain(load) {
             let _ = task.await;
         }
@@ -591,7 +599,8 @@ fn decide(served: &DesiredState, desired: &DesiredState) -> Decision {
     }
 }
 
-/// The follower task: long-polls desired state and applies each change.
+/// The follower task: long-polls desired state and applies each change,
+/// telling `readiness` when one is applied (or why none is yet).
 async fn follow(
     config: FollowerConfig,
     client: ControlClient,
@@ -631,7 +640,10 @@ async fn follow(
                 after = desired.revision;
                 placement = desired.placement_generation;
                 match decide(&served, &desired) {
-                    Decision::UpToDate => behind = false,
+                    Decision::UpToDate => {
+                        behind = false;
+                        readiness.applied(desired.revision);
+                    }
                     Decision::Apply => {
                         applier.apply(desired.clone(), Some(&client)).await;
                         behind = decide(&applier.served(), &desired) != Decision::UpToDate;
@@ -641,6 +653,7 @@ async fn follow(
                         tracing::error!(
                             control = %client.url(),
                             followed, offered,
+    readiness: Arc<Readiness>,
                             "the control plane has another store than the one this node followed, and it deploys \
                              nothing; keeping what this node serves. If that store is the right one now, remove \
                              state.json from this node's data directory and restart it"
@@ -679,9 +692,16 @@ fn cluster_report(agent: &Agent, ingress: &Ingress) -> NodeCluster {
     }
     let down = snapshot
         .members
+                        // Applied even when a function failed to load: it is reported, and
+                        // the node serves everything else.
+                        readiness.applied(desired.revision);
         .iter()
         .filter(|m| matches!(m.state, MemberState::Down | MemberState::Left))
         .map(|m| (m.identity.name().to_string(), m.identity.incarnation()))
+                        readiness.waiting(format!(
+                            "refused the control plane's empty desired state from store {offered} (this node \
+                             followed store {followed})"
+                        ));
         .collect();
     NodeCluster {
         site: me.identity.site().to_string(),
@@ -694,6 +714,7 @@ fn cluster_report(agent: &Agent, ingress: &Ingress) -> NodeCluster {
 }
 
 /// What the reporter reads.
+                readiness.waiting(format!("cannot reach the control plane at {}: {error:#}", client.url()));
 struct ReportSources {
     ingress_addr: SocketAddr,
     serving: Arc<Mutex<Serving>>,
