@@ -138,6 +138,8 @@ pub struct FollowingNode {
     pub admin_addr: Option<SocketAddr>,
     /// Cluster membership, when the node is in a cluster.
     pub agent: Option<Arc<Agent>>,
+    /// What the admin listener's `/readyz` answers.
+    pub readiness: Arc<Readiness>,
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
     config: FollowerConfig,
@@ -150,8 +152,6 @@ pub struct FollowingNode {
 impl FollowingNode {
     /// Creates the engine, serves what was saved in the data directory (no
     /// network needed), and binds the listener.
-    /// What the admin listener's `/readyz` answers.
-    pub readiness: Arc<Readiness>,
     pub async fn start(config: FollowerConfig) -> anyhow::Result<Self> {
         wedge_host::validate_name(&config.node_name)
             .map_err(|_| anyhow::anyhow!("node name {:?}: use 1-63 of a-z, 0-9 and '-'", config.node_name))?;
@@ -213,11 +213,14 @@ impl FollowingNode {
             }
             None => None,
         };
+        let must_join = config.cluster.as_ref().is_some_and(|cluster| !cluster.seeds.is_empty());
+        let readiness = Arc::new(Readiness::new(agent.clone().filter(|_| must_join), &config.control_url));
         Ok(Self {
             local_addr,
             ingress,
             admin_addr,
             agent,
+            readiness,
             listener,
             admin_listener,
             config,
@@ -233,15 +236,12 @@ impl FollowingNode {
     /// "left", not "failed") and drains in-flight requests.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop_sender, stop) = watch::channel(false);
-        let must_join = config.cluster.as_ref().is_some_and(|cluster| !cluster.seeds.is_empty());
-        let readiness = Arc::new(Readiness::new(agent.clone().filter(|_| must_join), &config.control_url));
         let admin = self.admin_listener.map(|listener| {
             tokio::spawn(admin::serve(listener, self.agent.clone(), Arc::clone(&self.readiness), stop.clone()))
         });
         let load = self.agent.clone().map(|agent| {
             let serving = Arc::clone(&self.serving);
             let revision = move || serving.lock().map_or(0, |serving| serving.revision);
-            readiness,
             tokio::spawn(crate::cluster::publish_load(agent, Arc::clone(&self.ingress), revision, stop.clone()))
         });
         let forwarded = self.agent.as_ref().and_then(|agent| agent.transport().accept_streams()).map(|streams| {
@@ -260,6 +260,7 @@ impl FollowingNode {
             self.client.clone(),
             self.applier,
             Arc::clone(&report_now),
+            Arc::clone(&self.readiness),
             stop.clone(),
         ));
         let sources = ReportSources {
@@ -283,7 +284,6 @@ impl FollowingNode {
             .await;
         let _ = follower.await;
         let _ = reporter.await;
-            Arc::clone(&self.readiness),
         for task in admin.into_iter().chain(load) {
             let _ = task.await;
         }
@@ -606,6 +606,7 @@ async fn follow(
     client: ControlClient,
     mut applier: Applier,
     report_now: Arc<Notify>,
+    readiness: Arc<Readiness>,
     mut stop: watch::Receiver<bool>,
 ) {
     // The first poll asks for the current state whatever its revision, so a
@@ -647,13 +648,19 @@ async fn follow(
                     Decision::Apply => {
                         applier.apply(desired.clone(), Some(&client)).await;
                         behind = decide(&applier.served(), &desired) != Decision::UpToDate;
+                        // Applied even when a function failed to load: it is reported, and
+                        // the node serves everything else.
+                        readiness.applied(desired.revision);
                         report_now.notify_one();
                     }
                     Decision::RefuseEmptyFromOtherStore { followed, offered } => {
+                        readiness.waiting(format!(
+                            "refused the control plane's empty desired state from store {offered} (this node \
+                             followed store {followed})"
+                        ));
                         tracing::error!(
                             control = %client.url(),
                             followed, offered,
-    readiness: Arc<Readiness>,
                             "the control plane has another store than the one this node followed, and it deploys \
                              nothing; keeping what this node serves. If that store is the right one now, remove \
                              state.json from this node's data directory and restart it"
@@ -663,6 +670,7 @@ async fn follow(
                 }
             }
             Err(error) => {
+                readiness.waiting(format!("cannot reach the control plane at {}: {error:#}", client.url()));
                 if unreachable_since.is_none() {
                     unreachable_since = Some(Instant::now());
                     tracing::warn!("cannot follow the control plane (serving what this node has): {error:#}");
@@ -692,16 +700,9 @@ fn cluster_report(agent: &Agent, ingress: &Ingress) -> NodeCluster {
     }
     let down = snapshot
         .members
-                        // Applied even when a function failed to load: it is reported, and
-                        // the node serves everything else.
-                        readiness.applied(desired.revision);
         .iter()
         .filter(|m| matches!(m.state, MemberState::Down | MemberState::Left))
         .map(|m| (m.identity.name().to_string(), m.identity.incarnation()))
-                        readiness.waiting(format!(
-                            "refused the control plane's empty desired state from store {offered} (this node \
-                             followed store {followed})"
-                        ));
         .collect();
     NodeCluster {
         site: me.identity.site().to_string(),
@@ -714,7 +715,6 @@ fn cluster_report(agent: &Agent, ingress: &Ingress) -> NodeCluster {
 }
 
 /// What the reporter reads.
-                readiness.waiting(format!("cannot reach the control plane at {}: {error:#}", client.url()));
 struct ReportSources {
     ingress_addr: SocketAddr,
     serving: Arc<Mutex<Serving>>,
