@@ -10,6 +10,10 @@
 //! made here carries `x-wedge-node` and `x-wedge-site`. Requests that
 //! arrive from peers ([`Ingress::handle_forwarded`]) run here when they
 //! can, else go on (the hop limit stops loops).
+//!
+//! Before any of that, a client's `GET` or `HEAD` may be answered by the
+//! node's [`response_cache`](crate::response_cache) (see there for the
+//! headers honoured), so a hit neither runs nor forwards anything.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,6 +31,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 use wedge_host::{Function, ResponseBody};
 
+use crate::response_cache::{ResponseCache, ResponseCacheConfig, store::StoreStats};
 use crate::{Forwarder, Replica, RouteTable, remove_internal_headers};
 
 /// Where a route's requests go.
@@ -88,6 +93,8 @@ pub struct IngressConfig {
     /// This node's name and site, for `x-wedge-node` and `x-wedge-site`
     /// on the responses it makes (none outside a cluster).
     pub node: Option<(String, String)>,
+    /// Bounds of the response cache (a `bytes_max` of 0 turns it off).
+    pub response_cache: ResponseCacheConfig,
 }
 
 impl Default for IngressConfig {
@@ -100,6 +107,7 @@ impl Default for IngressConfig {
             connections_max: 10_000,
             http2_keep_alive: Duration::from_secs(30),
             node: None,
+            response_cache: ResponseCacheConfig::default(),
         }
     }
 }
@@ -139,6 +147,8 @@ pub struct Ingress {
     forwarding: std::sync::OnceLock<Forwarding>,
     /// `x-wedge-node` and `x-wedge-site` values.
     node_headers: Option<(HeaderValue, HeaderValue)>,
+    /// Answers to `GET` and `HEAD` that may be served again; `None` when off.
+    response_cache: Option<Arc<ResponseCache>>,
 }
 
 impl Ingress {
@@ -148,7 +158,9 @@ impl Ingress {
             .node
             .as_ref()
             .and_then(|(node, site)| Some((HeaderValue::from_str(node).ok()?, HeaderValue::from_str(site).ok()?)));
+        let response_cache = ResponseCache::new(config.response_cache);
         Arc::new(Self {
+            response_cache,
             config,
             routes: RwLock::new(Arc::new(routes)),
             ids: RequestIds::new(),
@@ -176,6 +188,18 @@ impl Ingress {
     /// function finish with it.
     pub fn set_routes(&self, routes: RouteTable<Target>) {
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+    }
+
+    /// Drops every stored answer `function` produced (its version changed,
+    /// or it is gone); returns how many.
+    pub fn purge_response_cache(&self, function: &str) -> usize {
+        self.response_cache.as_ref().map_or(0, |cache| cache.purge(function))
+    }
+
+    /// The response cache's entries, bytes, evictions and purged entries;
+    /// `None` when it is off.
+    pub fn response_cache_stats(&self) -> Option<StoreStats> {
+        self.response_cache.as_ref().map(|cache| cache.stats())
     }
 
     /// Serves a request a peer forwarded here (it arrived over the cluster
@@ -285,6 +309,14 @@ impl Ingress {
         }
         let path = request.uri().path().to_string();
         let method = request.method().clone();
+        // Planned before the route is looked up: a purge that follows a route
+        // swap then refuses what the old route's function answers.
+        let cache = match (&self.response_cache, peer) {
+            (Some(cache), Some(_)) => {
+                cache.plan(&request, host.as_deref().unwrap_or("localhost")).map(|plan| (Arc::clone(cache), plan))
+            }
+            _ => None,
+        };
         let target = self.routes().lookup(host.as_deref(), &path).cloned();
         // Debug level: at the default level a request costs no span; the
         // events that matter (failures, guest output) carry the function
@@ -292,27 +324,22 @@ impl Ingress {
         let span = tracing::debug_span!("request", id = %id.to_str().unwrap_or("?"), %method, %path,
             function = target.as_ref().map_or("-", |f| f.name()));
         let mut response = async {
-            match &target {
-                Some(Target::Local(function)) => match self.elsewhere_if_busy(function) {
-                    Some((forwarding, replicas)) => forwarding.forwarder.forward(request, replicas).await,
-                    None => self.run_here(function, request).await,
-                },
-                Some(Target::Remote(name)) => match self.forwarding.get() {
-                    Some(forwarding) => {
-                        let replicas = forwarding.replicas.replicas(name);
-                        forwarding.forwarder.forward(request, replicas).await
-                    }
-                    None => wedge_host::error_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!("function {name} does not run on this node"),
-                        None,
-                    ),
-                },
-                None => wedge_host::error_response(
+            let Some(target) = &target else {
+                return wedge_host::error_response(
                     StatusCode::NOT_FOUND,
                     &format!("no route for {}{}", host.as_deref().unwrap_or(""), path),
                     None,
-                ),
+                );
+            };
+            if let Some((cache, plan)) = &cache
+                && let Some(hit) = cache.lookup(plan, &request, target.name())
+            {
+                return hit;
+            }
+            let response = self.run_or_forward(target, request).await;
+            match cache {
+                Some((cache, plan)) => cache.finish(plan, target.name(), response),
+                None => response,
             }
         }
         .instrument(span.clone())
@@ -323,6 +350,27 @@ impl Ingress {
             tracing::debug!(%from, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "answered");
         });
         response
+    }
+
+    /// Runs `request` here or forwards it, as `target` and this node's load say.
+    async fn run_or_forward(&self, target: &Target, request: http::Request<Incoming>) -> http::Response<ResponseBody> {
+        match target {
+            Target::Local(function) => match self.elsewhere_if_busy(function) {
+                Some((forwarding, replicas)) => forwarding.forwarder.forward(request, replicas).await,
+                None => self.run_here(function, request).await,
+            },
+            Target::Remote(name) => match self.forwarding.get() {
+                Some(forwarding) => {
+                    let replicas = forwarding.replicas.replicas(name);
+                    forwarding.forwarder.forward(request, replicas).await
+                }
+                None => wedge_host::error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("function {name} does not run on this node"),
+                    None,
+                ),
+            },
+        }
     }
 
     /// Runs `request` on the local `function`, naming this node in the answer.

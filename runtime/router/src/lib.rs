@@ -11,6 +11,11 @@
 //! with a sans-IO power-of-two-choices balancer ([`Balancer`]: same site
 //! first, live load times latency).
 //!
+//! In front of all that sits a per-node HTTP response cache
+//! ([`ResponseCacheConfig`]; `Cache-Control`, `Vary`, `Age`, `x-wedge-cache`,
+//! purged per function by [`Ingress::purge_response_cache`]): sans-IO policy
+//! and store, a thin shell that copies bodies as they stream.
+//!
 //! It must not know how functions run (that is `wedge-host`) or where the
 //! routes come from (that is `wedge-node`): the table maps to
 //! [`wedge_host::Function`] handles.
@@ -18,6 +23,7 @@
 mod balance;
 mod forward;
 mod ingress;
+pub mod response_cache;
 mod routes;
 
 pub use balance::{Balancer, BalancerConfig, InvalidConfig, Replica, XorShift64};
@@ -26,4 +32,5 @@ pub use forward::{
     check_hops, hops, remove_internal_headers, serve_forwarded,
 };
 pub use ingress::{Forwarding, Ingress, IngressConfig, ReplicaSource, Target};
+pub use response_cache::{CACHE_STATUS_HEADER, ResponseCacheConfig};
 pub use routes::{Route, RouteError, RouteTable};
