@@ -85,6 +85,14 @@ pub struct NodeArgs {
     #[arg(long, env = "WEDGE_CLUSTER_SIZE", value_name = "N", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     cluster_size: u32,
+
+    /// Memory for the HTTP response cache: answers to GET marked
+    /// `Cache-Control: s-maxage=N` or `max-age=N` (not private, no-store or
+    /// no-cache) are served again for N s, with `x-wedge-cache: HIT`. One
+    /// answer may take an eighth of it, at most 8MiB. 0 turns the cache off.
+    #[arg(long, env = "WEDGE_RESPONSE_CACHE_BYTES_MAX", value_name = "SIZE", default_value = "64MiB",
+          value_parser = response_cache_bytes)]
+    response_cache_bytes_max: usize,
 }
 
 impl std::fmt::Debug for NodeArgs {
@@ -103,6 +111,7 @@ impl std::fmt::Debug for NodeArgs {
             .field("advertise", &self.advertise)
             .field("join", &self.join)
             .field("cluster_size", &self.cluster_size)
+            .field("response_cache_bytes_max", &self.response_cache_bytes_max)
             .finish()
     }
 }
@@ -136,6 +145,7 @@ impl NodeArgs {
         let mut config = FollowerConfig::new(name, self.listen, data_dir, self.control, token);
         config.cluster = cluster;
         config.admin = Some(self.admin);
+        config.response_cache_bytes_max = self.response_cache_bytes_max;
         let runtime = crate::daemon::runtime("wedge-worker")?;
         runtime.block_on(async move {
             let shutdown = crate::daemon::shutdown_signal()?;
@@ -175,6 +185,12 @@ fn node_token(flag: Option<String>, file: Option<&Path>, env: Option<String>) ->
              WEDGE_NODE_TOKEN (WEDGE_TOKEN, the deployers' admin token, is not read by wedge node)"
         ),
     }
+}
+
+/// A response-cache size like `64MiB` (or `0`, off).
+fn response_cache_bytes(text: &str) -> Result<usize, String> {
+    let bytes = wedge_node::units::parse_bytes(text)?;
+    usize::try_from(bytes).map_err(|_| format!("{text:?} is more memory than this machine can address"))
 }
 
 /// A join seed: `HOST:PORT` (an IPv6 host in brackets).

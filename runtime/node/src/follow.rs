@@ -35,8 +35,8 @@ use wedge_control::api::{
 };
 use wedge_host::{Function, GuestLogLine, GuestLogSink, Host, HostConfig};
 use wedge_router::{
-    ForwardConfig, Forwarder, Forwarding, Ingress, IngressConfig, Replica, ReplicaSource, Route, RouteTable,
-    ServeConfig, Target, serve_forwarded,
+    ForwardConfig, Forwarder, Forwarding, Ingress, IngressConfig, Replica, ReplicaSource, ResponseCacheConfig, Route,
+    RouteTable, ServeConfig, Target, serve_forwarded,
 };
 
 use wedge_cluster::agent::Agent;
@@ -83,6 +83,8 @@ pub struct FollowerConfig {
     pub cluster: Option<ClusterSettings>,
     /// Where the admin listener binds, if anywhere.
     pub admin: Option<SocketAddr>,
+    /// Bounds of the ingress's HTTP response cache, in bytes (0 turns it off).
+    pub response_cache_bytes_max: usize,
 }
 
 impl std::fmt::Debug for FollowerConfig {
@@ -97,6 +99,7 @@ impl std::fmt::Debug for FollowerConfig {
             .field("report_interval", &self.report_interval)
             .field("cluster", &self.cluster)
             .field("admin", &self.admin)
+            .field("response_cache_bytes_max", &self.response_cache_bytes_max)
             .finish()
     }
 }
@@ -114,6 +117,7 @@ impl FollowerConfig {
             report_interval: Duration::from_secs(1),
             cluster: None,
             admin: None,
+            response_cache_bytes_max: ResponseCacheConfig::BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -168,7 +172,12 @@ impl FollowingNode {
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         let node_labels = config.cluster.as_ref().map(|cluster| (config.node_name.clone(), cluster.site.clone()));
-        let ingress = Ingress::new(IngressConfig { node: node_labels, ..IngressConfig::default() }, RouteTable::new());
+        let ingress_config = IngressConfig {
+            node: node_labels,
+            response_cache: ResponseCacheConfig::with_bytes_max(config.response_cache_bytes_max),
+            ..IngressConfig::default()
+        };
+        let ingress = Ingress::new(ingress_config, RouteTable::new());
         let serving = Arc::new(Mutex::new(Serving::default()));
         let placements = Arc::new(PlacementBook::default());
         let mut applier = Applier {
@@ -495,6 +504,16 @@ impl Applier {
         }
         self.placements.set(desired.placements.clone());
         self.ingress.set_routes(table);
+        // After the swap: the response cache refuses what the replaced
+        // versions still answer (it planned those requests before the purge).
+        // A function moved between here and elsewhere keeps its record and
+        // its entries.
+        for (name, (record, _)) in &self.loaded {
+            if next.get(name).is_none_or(|(next_record, _)| next_record != record) {
+                let purged = self.ingress.purge_response_cache(name);
+                tracing::debug!(function = %name, purged, "purged the response cache");
+            }
+        }
         self.loaded = next;
         self.served_from = (desired.store_id, desired.revision, desired.placement_generation);
         // Only now may the artifacts of what is neither served nor wanted here go.
