@@ -5,6 +5,7 @@
 //! mean little on their own). Reports go to `<target>/bench/<bench>.{md,json}`.
 //! `cargo xtask bench` with no subcommand lists the benches.
 
+mod cache;
 mod children;
 mod cluster;
 mod deploy;
@@ -33,6 +34,7 @@ enum Bench {
     Serve(serve::Args),
     Deploy(deploy::Args),
     Cluster(cluster::Args),
+    Cache(cache::Args),
     Instantiate(InstantiateArgs),
 }
 
@@ -59,6 +61,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(Bench::Serve(args)) => serve::run(args),
         Some(Bench::Deploy(args)) => deploy::run(args),
         Some(Bench::Cluster(args)) => cluster::run(args),
+        Some(Bench::Cache(args)) => cache::run(args),
         Some(Bench::Instantiate(args)) => instantiate(args),
     }
 }

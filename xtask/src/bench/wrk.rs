@@ -150,16 +150,7 @@ Transfer/sec:    863.10KB
 
 /// The median of each metric of the rounds on its own; errors are summed.
 pub fn median(rounds: &[Sample]) -> Sample {
-    let of = |metric: fn(&Sample) -> f64| {
-        let mut values: Vec<f64> = rounds.iter().map(metric).collect();
-        values.sort_by(f64::total_cmp);
-        let n = values.len();
-        match n {
-            0 => f64::NAN,
-            _ if n % 2 == 1 => values[n / 2],
-            _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-        }
-    };
+    let of = |metric: fn(&Sample) -> f64| median_of(rounds.iter().map(metric).collect());
     Sample {
         requests_per_sec: of(|s| s.requests_per_sec),
         p50_us: of(|s| s.p50_us),
@@ -185,6 +176,17 @@ impl Latency {
         // Nearest rank: the smallest value with at least p of the samples at or below it.
         let rank = |p: f64| if n == 0 { f64::NAN } else { us[((p * n as f64).ceil() as usize).clamp(1, n) - 1] };
         Self { samples: n, p50_us: rank(0.5), p90_us: rank(0.9), p99_us: rank(0.99), max_us: rank(1.0) }
+    }
+}
+
+/// The median of `values` (NaN when there are none).
+pub fn median_of(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
 
