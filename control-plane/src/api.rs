@@ -16,10 +16,14 @@
 //! | `GET /v1/placement?function=NAME` | – | [`PlacementReport`] (every function without `function`) |
 //! | `GET /v1/nodes` | – | `[NodeStatus]` |
 //! | `GET /v1/functions/{name}/logs?after=SEQ&wait_ms=MS&limit=N` | – | [`LogPage`] |
+//! | `GET /v1/overview` | – | [`Overview`]: sites and nodes, functions with replicas, rates and latency over the last [`Overview::window_ms`], recent placement decisions |
 //!
 //! Outside `/v1`, without a token: `GET /healthz` answers `ok` while the
 //! process serves (liveness); `GET /readyz` answers a [`ReadyReport`], 200
 //! when ready and 503 when not. A node's admin listener answers the same two.
+//! The control plane also answers `GET /metrics` (Prometheus text, names in
+//! `deploy/observability/METRICS.md`) and `GET /ui`, the cluster web page
+//! (static; it calls `/v1/overview` with the token the user gives it).
 //!
 //! Every `/v1` request needs `Authorization: Bearer <token>`; without the
 //! right one the answer is 401 and nothing changes. The admin token may
@@ -406,6 +410,126 @@ pub struct PlacementReport {
     pub targets: BTreeMap<String, u32>,
     /// The scheduler's recent decisions with their reasons, oldest first.
     pub decisions: Vec<crate::placement::Decision>,
+}
+
+/// `GET /v1/overview`: the whole cluster at a glance, for `wedge top` and
+/// the `/ui` page.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Overview {
+    /// When the control plane made it, ms since the Unix epoch.
+    pub generated_unix_ms: u64,
+    /// The window of the rates and quantiles, in milliseconds (the last
+    /// this many before `generated_unix_ms`).
+    pub window_ms: u64,
+    /// Whether the placements are given to the nodes yet (see
+    /// [`PlacementReport::published`]).
+    pub placement_published: bool,
+    /// Every site with a node heard from, by name.
+    pub sites: Vec<OverviewSite>,
+    /// Every deployed function, by name.
+    pub functions: Vec<OverviewFunction>,
+    /// The scheduler's latest decisions, newest first (at most
+    /// [`OVERVIEW_DECISIONS_MAX`]).
+    pub decisions: Vec<crate::placement::Decision>,
+}
+
+/// Most placement decisions an [`Overview`] carries.
+pub const OVERVIEW_DECISIONS_MAX: usize = 20;
+
+/// One site of an [`Overview`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OverviewSite {
+    /// Its name (`default` for nodes outside a cluster).
+    pub name: String,
+    /// Its nodes, by name.
+    pub nodes: Vec<OverviewNode>,
+}
+
+/// How the control plane sees a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// It reports, and no node that reports after it sees it down.
+    #[default]
+    Reporting,
+    /// It reports, but a node that reported after it sees it down (at its
+    /// incarnation): its replicas are placed elsewhere.
+    Down,
+    /// Its last report is too old: it counts as down for placement.
+    Stale,
+}
+
+impl NodeState {
+    /// The state in one word, as `wedge top` and `/ui` show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Reporting => "reporting",
+            NodeState::Down => "down",
+            NodeState::Stale => "stale",
+        }
+    }
+}
+
+/// One node of an [`Overview`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OverviewNode {
+    /// Its name.
+    pub name: String,
+    /// Its site.
+    pub site: String,
+    /// Reporting, down or stale.
+    pub state: NodeState,
+    /// Where it serves HTTP.
+    pub ingress: String,
+    /// Its incarnation (0 outside a cluster).
+    pub incarnation: u64,
+    /// Requests in flight on it.
+    pub in_flight: u32,
+    /// CPU use, thousandths of the machine.
+    pub cpu_permille: u16,
+    /// The functions it reported serving, by name.
+    pub serving: Vec<String>,
+    /// The members it reported seeing down or left, by name.
+    pub sees_down: Vec<String>,
+    /// Milliseconds since its last report.
+    pub last_seen_ms_ago: u64,
+}
+
+/// One function of an [`Overview`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OverviewFunction {
+    /// Its name.
+    pub name: String,
+    /// The version being served.
+    pub active_version: u64,
+    /// Routes of the active version.
+    pub routes: Vec<String>,
+    /// Its replicas: placed, target and bounds.
+    pub replicas: ReplicaCounts,
+    /// The nodes it is placed on, by name.
+    pub nodes: Vec<String>,
+    /// Requests a second over the window, all nodes together.
+    pub requests_per_second: f64,
+    /// Of those, the share answered with a 5xx (`None` without requests).
+    pub error_ratio: Option<f64>,
+    /// Median latency over the window, seconds (`None` without requests).
+    pub p50_seconds: Option<f64>,
+    /// 99th percentile latency over the window, seconds (`None` without
+    /// requests).
+    pub p99_seconds: Option<f64>,
+}
+
+/// A function's replicas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaCounts {
+    /// Nodes it is placed on now.
+    pub placed: u32,
+    /// How many it should have now (the autoscaler's target).
+    pub target: u32,
+    /// Its least.
+    pub min: u32,
+    /// Its most.
+    pub max: u32,
 }
 
 /// What a node in a cluster reports of itself and of its view: what the

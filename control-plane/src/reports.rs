@@ -5,7 +5,8 @@
 //! Nothing here is durable: after a restart nodes report again within
 //! seconds, and old log lines are gone (as with `kubectl logs` of a replaced
 //! pod). Everything is bounded: nodes by count, what one node's report keeps
-//! by [`check_report`] (entries, string lengths, bytes: at most
+//! by [`check_report`] (entries, string lengths, traffic counters that add
+//! up, bytes: at most
 //! [`REPORT_KEPT_BYTES_MAX`] a node, so `nodes_max` of them bound the
 //! whole), log lines per function by count and bytes, one line by length.
 //! Time is passed in.
@@ -26,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::api::{LogLine, LogPage, NodeCluster, NodeFunctionError, NodeReport, NodeStatus};
+use crate::api::{FunctionTraffic, LogLine, LogPage, NodeCluster, NodeFunctionError, NodeReport, NodeStatus};
+use crate::traffic::TRAFFIC_BUCKETS_MAX;
 
 /// Longest log line kept; longer ones are cut (at a character boundary) and
 /// marked with `…`.
@@ -341,12 +343,65 @@ pub(crate) fn check_report(report: &mut NodeReport) -> Result<(), String> {
             return Err(format!("cluster.down names {name:?}: node names are 1 to {SITE_BYTES_MAX} bytes"));
         }
     }
+    check_traffic(&report.traffic)?;
     for error in &mut report.errors {
         truncate_text(&mut error.error, ERROR_BYTES_MAX);
     }
     let kept = kept_bytes(report);
     if kept > REPORT_KEPT_BYTES_MAX {
         return Err(format!("serving and errors take {kept} bytes; at most {REPORT_KEPT_BYTES_MAX} a node is kept"));
+    }
+    Ok(())
+}
+
+/// Checks a report's traffic counters: at most [`REPORT_ENTRIES_MAX`]
+/// functions, each once and by a valid name, at most
+/// [`TRAFFIC_BUCKETS_MAX`] latency buckets with finite ascending bounds and
+/// one cumulative count each, none above the requests, and no more 5xx
+/// answers than requests. Refused rather than cut: counters that do not add
+/// up would give rates that mean nothing.
+fn check_traffic(traffic: &[FunctionTraffic]) -> Result<(), String> {
+    if traffic.len() > REPORT_ENTRIES_MAX {
+        return Err(format!("traffic has {} entries; at most {REPORT_ENTRIES_MAX}", traffic.len()));
+    }
+    let mut seen = HashSet::new();
+    for counters in traffic {
+        let function = &counters.function;
+        wedge_host::validate_name(function)
+            .map_err(|_| format!("traffic: {function:?} is not a function name (1-63 of a-z, 0-9, '-')"))?;
+        if !seen.insert(function.as_str()) {
+            return Err(format!("traffic: function {function:?} is listed twice"));
+        }
+        let (bounds, counts) = (&counters.duration_bounds_seconds, &counters.duration_counts);
+        if bounds.len() > TRAFFIC_BUCKETS_MAX {
+            return Err(format!(
+                "traffic of {function}: {} latency buckets; at most {TRAFFIC_BUCKETS_MAX}",
+                bounds.len()
+            ));
+        }
+        if counts.len() != bounds.len() {
+            return Err(format!(
+                "traffic of {function}: {} bucket counts for {} bounds; one count per bound",
+                counts.len(),
+                bounds.len()
+            ));
+        }
+        if bounds.iter().any(|bound| !bound.is_finite()) || bounds.windows(2).any(|pair| pair[0] >= pair[1]) {
+            return Err(format!("traffic of {function}: bucket bounds must be finite and strictly ascending"));
+        }
+        if counts.windows(2).any(|pair| pair[0] > pair[1])
+            || counts.last().is_some_and(|&last| last > counters.requests)
+        {
+            return Err(format!(
+                "traffic of {function}: bucket counts must be cumulative (never falling) and at most the requests"
+            ));
+        }
+        if counters.errors > counters.requests {
+            return Err(format!(
+                "traffic of {function}: {} errors is more than its {} requests",
+                counters.errors, counters.requests
+            ));
+        }
     }
     Ok(())
 }
@@ -636,6 +691,39 @@ mod tests {
         refused(&|r| r.serving = vec![("Not_A_Name".into(), 1)], "not a function name");
         refused(&|r| r.errors = vec![error(&"x".repeat(64), "e")], "not a function name");
         refused(&|r| r.errors = vec![error("f", &"x".repeat(ERROR_BYTES_MAX)); 300], "bytes");
+
+        let counters = |function: &str| FunctionTraffic {
+            function: function.into(),
+            requests: 10,
+            errors: 1,
+            duration_bounds_seconds: vec![0.01, 0.1, 1.0],
+            duration_counts: vec![4, 9, 10],
+        };
+        let mut report = NodeReport { traffic: vec![counters("f"), counters("g")], ..good() };
+        check_report(&mut report).unwrap();
+        let traffic_refused = |edit: &dyn Fn(&mut FunctionTraffic), says: &str| {
+            let mut c = counters("f");
+            edit(&mut c);
+            let mut report = NodeReport { traffic: vec![c], ..good() };
+            let why = check_report(&mut report).unwrap_err();
+            assert!(why.contains(says), "{why}");
+        };
+        refused(&|r| r.traffic = vec![counters("f"); REPORT_ENTRIES_MAX + 1], "traffic has 10001 entries");
+        refused(&|r| r.traffic = vec![counters("f"), counters("f")], "listed twice");
+        traffic_refused(&|c| c.function = "Bad".into(), "not a function name");
+        traffic_refused(
+            &|c| {
+                c.duration_bounds_seconds = (1..=65).map(f64::from).collect();
+                c.duration_counts = vec![0; 65];
+            },
+            "65 latency buckets; at most 64",
+        );
+        traffic_refused(&|c| c.duration_counts.truncate(2), "2 bucket counts for 3 bounds");
+        traffic_refused(&|c| c.duration_bounds_seconds[1] = 0.01, "strictly ascending");
+        traffic_refused(&|c| c.duration_bounds_seconds[2] = f64::INFINITY, "finite");
+        traffic_refused(&|c| c.duration_counts = vec![5, 4, 10], "cumulative");
+        traffic_refused(&|c| c.duration_counts = vec![4, 9, 11], "at most the requests");
+        traffic_refused(&|c| c.errors = 11, "11 errors is more than its 10 requests");
 
         // The most a node may serve, with the longest names, fits.
         let longest: String = "x".repeat(63);

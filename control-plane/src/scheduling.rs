@@ -23,12 +23,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::api::{PlacementReport, now_unix_ms};
-use crate::placement::{Decision, FunctionDemand, NodeView, Scheduler};
+use crate::metrics::ControlMetrics;
+use crate::placement::{Action, Decision, FunctionDemand, NodeView, Scheduler};
 use crate::reports::{ClusterNode, Reports};
 use crate::store::Store;
 
 /// The site of a node that reports no cluster (it runs alone).
-const SITE_OF_A_LONE_NODE: &str = "default";
+pub(crate) const SITE_OF_A_LONE_NODE: &str = "default";
 
 /// What the scheduler decided, as published to state long-polls.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -154,7 +155,8 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopping| *stopping).await;
 }
 
-/// Runs rounds every `interval` and whenever the store's revision changes, until `stop`.
+/// Runs rounds every `interval` and whenever the store's revision changes, until `stop`;
+/// counts the decisions that place or remove a replica in `metrics`.
 pub(crate) async fn run(
     scheduling: Arc<Scheduling>,
     store: Arc<dyn Store>,
@@ -162,12 +164,20 @@ pub(crate) async fn run(
     mut revision: watch::Receiver<u64>,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
+    metrics: Arc<ControlMetrics>,
 ) {
     loop {
         let (scheduling_now, store_now, reports_now) = (scheduling.clone(), store.clone(), reports.clone());
         let round = tokio::task::spawn_blocking(move || scheduling_now.round(store_now.as_ref(), &reports_now));
-        if let Err(error) = round.await {
-            tracing::error!(%error, "placement round failed");
+        match round.await {
+            Ok(decisions) => {
+                let moved = decisions
+                    .iter()
+                    .filter(|decision| matches!(decision.action, Action::Place { .. } | Action::Remove { .. }))
+                    .count();
+                metrics.placement_changed(u64::try_from(moved).unwrap_or(u64::MAX));
+            }
+            Err(error) => tracing::error!(%error, "placement round failed"),
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}

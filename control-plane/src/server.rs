@@ -56,17 +56,20 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::api::{
-    DeploySpec, DesiredState, ErrorBody, FunctionInfo, FunctionSummary, LogPage, NodeReport, NodeStatus,
+    DeploySpec, DesiredState, ErrorBody, FunctionInfo, FunctionSummary, LogPage, NodeReport, NodeStatus, Overview,
     PlacementReport, ReadyCheck, ReadyReport, Removed, RollbackRequest, STATE_WAIT_MAX_MS, VersionRecord, now_unix_ms,
 };
 use crate::auth::{
     Role, Token, TokenError, TokenOrigin, Tokens, constant_time_eq, discard, require_token, resolve_token,
 };
 use crate::config::{ConfigError, ControlConfig, REPORT_BYTES_MAX, SAME_TOKENS, SPEC_BYTES_MAX};
+use crate::metrics::{self, ControlMetrics};
+use crate::overview::Snapshot;
 use crate::placement::Scheduler;
 use crate::reports::{self, ReportLimits, Reports};
 use crate::scheduling::{self, Scheduling};
 use crate::store::{NewVersion, SledStore, Store, StoreError};
+use crate::traffic::TrafficWindows;
 use crate::validate::{self, Compiler, ValidationError};
 
 /// Lines a logs page has when the request does not say.
@@ -79,6 +82,13 @@ const MULTIPART_OVERHEAD_BYTES: u64 = 64 * 1024;
 const HEADER_BYTES_MAX: usize = 64 * 1024;
 /// Most header fields in one HTTP/1 request.
 const HEADERS_MAX: usize = 100;
+/// The window of the rates and latency quantiles of `GET /v1/overview`.
+const TRAFFIC_WINDOW: Duration = Duration::from_secs(10);
+/// Most (node, function) traffic series kept for the overview; beyond it
+/// the one heard from least recently is forgotten.
+const TRAFFIC_SERIES_MAX: usize = 20_000;
+/// The cluster web page (`GET /ui`): one file, inline CSS and JS.
+const UI_PAGE: &str = include_str!("ui/index.html");
 /// HTTP/2 keep-alive ping interval; a peer that does not answer within the
 /// same time is disconnected.
 const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
@@ -159,6 +169,10 @@ struct Shared {
     failure: watch::Sender<Option<String>>,
     /// Deploys reading their upload; each may hold a whole component.
     uploads: Arc<Semaphore>,
+    /// What `/metrics` shows.
+    metrics: Arc<ControlMetrics>,
+    /// The nodes' recent traffic counters, for the overview's rates.
+    traffic: std::sync::Mutex<TrafficWindows>,
 }
 
 impl ControlPlane {
@@ -208,6 +222,8 @@ impl ControlPlane {
             shutdown: watch::Sender::new(false),
             failure: watch::Sender::new(None),
             uploads: Arc::new(Semaphore::new(config.deploys_in_flight_max)),
+            metrics: Arc::new(ControlMetrics::new()),
+            traffic: std::sync::Mutex::new(TrafficWindows::new(TRAFFIC_WINDOW, TRAFFIC_SERIES_MAX)),
             config,
             store,
             compiler,
@@ -251,7 +267,8 @@ impl ControlPlane {
         self.shared.store.store_id()
     }
 
-    /// The HTTP application: `/healthz`, `/readyz` and the `/v1` API.
+    /// The HTTP application: `/healthz`, `/readyz`, `/metrics`, `/ui` and
+    /// the `/v1` API.
     pub fn router(&self) -> Router {
         router(Arc::clone(&self.shared), self.tokens.clone())
     }
@@ -276,6 +293,7 @@ impl ControlPlane {
             self.shared.revision.subscribe(),
             config.placement_interval,
             self.shared.shutdown.subscribe(),
+            Arc::clone(&self.shared.metrics),
         ));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -412,14 +430,19 @@ fn router(shared: Arc<Shared>, tokens: Tokens) -> Router {
         .route("/nodes", get(nodes))
         .route("/placement", get(placement))
         .route("/nodes/{node}/report", post(report).layer(DefaultBodyLimit::max(to_usize(REPORT_BYTES_MAX))))
+        .route("/overview", get(overview))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(tokens, require_token))
-        .with_state(shared);
+        .with_state(Arc::clone(&shared));
+    let scraped = Arc::clone(&shared);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(move || readyz(Arc::clone(&ready))))
+        .route("/metrics", get(move || scrape(Arc::clone(&scraped))))
+        .route("/ui", get(ui))
         .nest("/v1", v1)
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(Arc::clone(&shared.metrics), metrics::track))
         .layer(middleware::from_fn(log_requests))
 }
 
@@ -581,6 +604,33 @@ impl Shared {
         ApiError::from(error)
     }
 
+    /// The traffic windows, locked (a panic while holding them leaves
+    /// bounded, consistent-enough data: keep serving).
+    fn traffic(&self) -> std::sync::MutexGuard<'_, TrafficWindows> {
+        self.traffic.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What the overview and the gauges are made from, now. Reads the
+    /// store: call it off the async executor.
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let functions = self.store.desired_state()?.functions;
+        let now = Instant::now();
+        let stale_after = self.config.placement_stale_after;
+        let alive =
+            self.reports.cluster_view(now, stale_after).into_iter().filter(|n| n.alive).map(|n| n.name).collect();
+        let rates = self.traffic().rates(now);
+        Ok(Snapshot {
+            functions,
+            placement: self.scheduling.report(None),
+            nodes: self.reports.nodes(now),
+            alive,
+            stale_after,
+            window: TRAFFIC_WINDOW,
+            rates,
+            now_unix_ms: now_unix_ms(),
+        })
+    }
+
     /// Publishes the store's new revision to state long-polls.
     fn changed(&self) {
         let now = self.store.revision();
@@ -632,6 +682,41 @@ async fn log_requests(request: Request, next: Next) -> Response {
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// `GET /metrics`: the Prometheus exposition, gauges filled from a fresh
+/// snapshot.
+async fn scrape(shared: Arc<Shared>) -> Result<Response, ApiError> {
+    let snapshot = blocking(&shared, {
+        let shared = Arc::clone(&shared);
+        move |_| shared.snapshot()
+    })
+    .await?;
+    let text = shared
+        .metrics
+        .encode(&snapshot.replicas(), &snapshot.nodes_per_site())
+        .map_err(|error| ApiError::internal(format!("encoding the metrics: {error}")))?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE))], text).into_response())
+}
+
+/// `GET /ui`: the cluster web page. Served without a token; the page asks
+/// for one and sends it only in `Authorization` headers to `/v1/overview`.
+/// It loads nothing from elsewhere and may not be framed.
+async fn ui() -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
+                 base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            ),
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+    ];
+    (headers, UI_PAGE).into_response()
 }
 
 /// Ready while the store is open and usable and the server is not stopping:
@@ -880,6 +965,7 @@ async fn remove(State(shared): State<Arc<Shared>>, UrlPath(name): UrlPath<String
     let versions = mutate(&shared, move |shared| {
         let versions = shared.store.remove(&function)?;
         shared.reports.forget_function(&function);
+        shared.traffic().forget_function(&function);
         tracing::info!(%function, versions, "removed");
         Ok(versions)
     })
@@ -1033,6 +1119,9 @@ async fn report(
         serde_json::from_slice(&body).map_err(|error| ApiError::bad_request(format!("not a node report: {error}")))?;
     reports::check_report(&mut report)
         .map_err(|why| ApiError::bad_request(format!("node report over the limits: {why}")))?;
+    // Rates come from the windows; the kept report needs no counters.
+    let traffic = std::mem::take(&mut report.traffic);
+    shared.traffic().record(&node, &traffic, Instant::now());
     if report.logs.is_empty() {
         shared.reports.record(&node, report, Instant::now(), |_| false);
         return Ok(StatusCode::NO_CONTENT);
@@ -1054,6 +1143,15 @@ async fn report(
 
 async fn nodes(State(shared): State<Arc<Shared>>) -> Json<Vec<NodeStatus>> {
     Json(shared.reports.nodes(Instant::now()))
+}
+
+async fn overview(State(shared): State<Arc<Shared>>) -> Result<Json<Overview>, ApiError> {
+    let snapshot = blocking(&shared, {
+        let shared = Arc::clone(&shared);
+        move |_| shared.snapshot()
+    })
+    .await?;
+    Ok(Json(snapshot.overview()))
 }
 
 #[cfg(test)]
@@ -1359,6 +1457,39 @@ mod tests {
         let reply = request(running.addr, "POST", "/v1/nodes/n1/report", &json, &report("127.0.0.1:1")).await;
         assert_eq!(reply.status, 204, "{reply:?}");
         assert_eq!(running.shared.reports.nodes(Instant::now()).len(), 1);
+        running.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn metrics_label_requests_by_route_template_and_ui_needs_no_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = Running::start(open(&dir)).await;
+        assert_eq!(request(running.addr, "GET", "/v1/functions", &[], b"").await.status, 200);
+        assert_eq!(request(running.addr, "GET", "/v1/functions/nope", &[], b"").await.status, 404);
+        assert_eq!(request(running.addr, "GET", "/v1/functions/other", &[], b"").await.status, 404);
+        assert_eq!(request(running.addr, "GET", "/no/such/path", &[], b"").await.status, 404);
+        let mut unauthorized = TcpStream::connect(running.addr).await.unwrap();
+        unauthorized.write_all(b"GET /v1/overview HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await.unwrap();
+        assert_eq!(read_reply(&mut unauthorized).await.status, 401);
+        let mut page = TcpStream::connect(running.addr).await.unwrap();
+        page.write_all(b"GET /ui HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await.unwrap();
+        let page = read_reply(&mut page).await;
+        assert_eq!(page.status, 200, "{page:?}");
+        assert!(page.header("content-security-policy").is_some_and(|csp| csp.contains("default-src 'none'")));
+        assert!(String::from_utf8_lossy(&page.body).contains("/v1/overview"));
+
+        let scrape = request(running.addr, "GET", "/metrics", &[], b"").await;
+        assert_eq!(scrape.status, 200, "{scrape:?}");
+        let text = String::from_utf8(scrape.body).unwrap();
+        let count = |labels: &str| {
+            let prefix = format!("wedge_control_api_request_duration_seconds_count{{{labels}}} ");
+            text.lines().find_map(|line| line.strip_prefix(prefix.as_str())).map(|n| n.parse::<u64>().unwrap())
+        };
+        assert_eq!(count("route=\"/v1/functions\",method=\"GET\",status_class=\"2xx\""), Some(1), "{text}");
+        assert_eq!(count("route=\"/v1/functions/{name}\",method=\"GET\",status_class=\"4xx\""), Some(2), "{text}");
+        assert_eq!(count("route=\"unmatched\",method=\"GET\",status_class=\"4xx\""), Some(1), "{text}");
+        assert_eq!(count("route=\"/v1/overview\",method=\"GET\",status_class=\"4xx\""), Some(1), "{text}");
+        assert_eq!(count("route=\"/ui\",method=\"GET\",status_class=\"2xx\""), Some(1), "{text}");
         running.stop().await.unwrap();
     }
 
