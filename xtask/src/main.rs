@@ -8,6 +8,7 @@
 //! linking them.
 
 mod bench;
+mod check_deploy;
 mod check_observability;
 mod demo;
 mod guests;
@@ -38,6 +39,7 @@ enum Command {
     Demo(demo::Args),
     Bench(bench::Args),
     Sim(sim::Args),
+    CheckDeploy(check_deploy::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::CheckDeploy(args) => check_deploy::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

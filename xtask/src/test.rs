@@ -1,10 +1,12 @@
 //! `cargo xtask test`: the project's one test command, run unchanged by CI (`.ci/run`).
 //!
-//! Five steps, in order, each announced and timed, stopping at the first failure:
+//! Six steps, in order, each announced and timed, stopping at the first failure:
 //! guests, rustfmt, clippy (host crates), the observability files (Prometheus
-//! configs, alert rules and the Grafana dashboard: `check_observability.rs`), cargo
+//! configs, alert rules and the Grafana dashboard: `check_observability.rs`), the
+//! deployment files (compose, Kubernetes, Dockerfile, systemd: `check_deploy.rs`), cargo
 //! test (host crates, with the guests' components at hand). Anything the steps need
-//! from the toolchain (rustfmt, clippy, the wasm target) or the system (promtool) is
+//! from the toolchain (rustfmt, clippy, the wasm target) or the system (promtool,
+//! docker-compose, checkov) is
 //! installed on the way, so a fresh clone needs only rustup.
 
 use std::process::Command;
@@ -12,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::check_observability;
 use crate::guests::{self, Component};
 use crate::util::{self, Workspace};
+use crate::{check_deploy, check_observability};
 
-/// Run every check CI runs: build guests, rustfmt, clippy, observability, cargo test
+/// Run every check CI runs: build guests, rustfmt, clippy, observability, deploy, cargo test
 ///
 /// Steps (stops at the first that fails):
 ///   1. guests        — `cargo xtask guests --locked`
@@ -24,7 +26,9 @@ use crate::util::{self, Workspace};
 ///   3. clippy        — `cargo clippy --locked --workspace --exclude <guests> --all-targets -- -D warnings`
 ///   4. observability — promtool on deploy/observability's configs and alert rules (and
 ///      their unit tests); the Grafana dashboard's panels, queries and metric names
-///   5. test          — `cargo test --locked [ARGS]` on the host crates
+///   5. deploy        — `cargo xtask check-deploy`: docker-compose config, kubectl kustomize
+///      and checkov, systemd-analyze verify on deploy/
+///   6. test          — `cargo test --locked [ARGS]` on the host crates
 ///
 /// Tests find the guest components through `WEDGE_WASM_DIR=<target>/wasm`.
 /// Guests are not clippy-linted here because that would compile them natively.
@@ -42,13 +46,14 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let ws = Workspace::load()?;
     let total = Instant::now();
-    let mut steps = Steps::new(5);
+    let mut steps = Steps::new(6);
     let components = steps.run("guests", "build the wasm guest components", || guests::build_all(&ws, true))?;
     steps.run("fmt", "check formatting", || fmt(&ws))?;
     steps.run("clippy", "lint the host crates", || clippy(&ws, &components))?;
     steps.run("observability", "check the Prometheus configs, alert rules and Grafana dashboard", || {
         check_observability::check(&ws)
     })?;
+    steps.run("deploy", "check the compose, Kubernetes, Dockerfile and systemd files", || check_deploy::check(&ws))?;
     steps.run("test", "run the host crates' and the SDK's tests", || {
         cargo_test(&ws, &components, &args.cargo_test_args)
     })?;
