@@ -1,7 +1,7 @@
 //! The examples, served by a real `wedge serve` process and called with a
 //! real HTTP client: hello (with and without config), echo (method, headers,
-//! a 50 MiB streamed body), json-api, a plain wasi:http/proxy component, and
-//! HTTP/2.
+//! a 50 MiB streamed body), json-api, kv-counter and cache-aside (the node
+//! cache), a plain wasi:http/proxy component, and HTTP/2.
 
 #![allow(clippy::unwrap_used)]
 
@@ -168,4 +168,46 @@ fn http2_prior_knowledge_is_served() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(text, "Hello, wedge!\n\n2");
+}
+
+#[test]
+fn kv_counter_counts_views_per_path() {
+    let server = Server::start(&[wasm("kv-counter").to_str().unwrap()]);
+    assert_eq!(get(&server.url("/docs")).body, "/docs: 1 view\n");
+    assert_eq!(get(&server.url("/docs")).body, "/docs: 2 views\n");
+    assert_eq!(get(&server.url("/blog")).body, "/blog: 1 view\n");
+    assert_eq!(get(&server.url("/docs")).body, "/docs: 3 views\n");
+}
+
+#[test]
+fn cache_aside_computes_once_per_ttl() {
+    let server = Server::start(&[wasm("cache-aside").to_str().unwrap(), "--set", "ttl_ms=2000"]);
+    let primes = |query: &str| -> serde_json::Value {
+        let reply = get(&server.url(query));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        serde_json::from_str(&reply.body).unwrap()
+    };
+    let first_sent = std::time::Instant::now();
+    let first = primes("/?limit=1000000");
+    assert_eq!((first["primes"].as_u64(), first["largest"].as_u64()), (Some(78_498), Some(999_983)));
+    assert_eq!(first["source"], "computed");
+    assert_eq!(first["ttl_ms"], 2000);
+    let again = primes("/?limit=1000000");
+    assert_eq!(again["primes"], first["primes"]);
+    // The value was computed after `first_sent`: answered within the TTL of
+    // that, it must come from the cache.
+    if first_sent.elapsed() < std::time::Duration::from_millis(2000) {
+        assert_eq!(again["source"], "cached");
+        assert_eq!(again["compute_ms"], first["compute_ms"], "the cached value is the first one");
+        assert!(again["age_ms"].as_u64().unwrap() < 2000);
+    }
+    // Another limit is another key.
+    assert_eq!(primes("/?limit=100")["primes"], 25);
+    // After the TTL it is computed again.
+    common::wait_until(std::time::Duration::from_secs(10), "the cached primes expire", || {
+        primes("/?limit=1000000")["source"] == "computed"
+    });
+    let refused = get(&server.url("/?limit=lots"));
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("limit must be a whole number"), "{}", refused.body);
 }

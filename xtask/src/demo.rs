@@ -2,7 +2,8 @@
 //!
 //! Builds the guests and the release `wedge`, starts `wedge up` (a control plane and
 //! nodes in two sites on 127.0.0.1, its state in `<target>/demo/cluster`), deploys
-//! hello, echo and json-api with `wedge deploy`, waits until each answers through every
+//! hello, echo, json-api, kv-counter and cache-aside with `wedge deploy`, waits until
+//! each answers through every
 //! node's ingress, prints curl lines to try, and on Ctrl-C stops the cluster and waits
 //! for it. It drives `wedge` only as a person would — its command line (`wedge up
 //! --output json`, `wedge deploy`) and HTTP —; what a cluster is stays `wedge up`'s
@@ -38,12 +39,13 @@ const SIGNAL_REPEAT_MIN: Duration = Duration::from_secs(1);
 /// How often signals, `wedge up` and the examples are checked.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Run the example functions (hello, echo, json-api) on a local wedge cluster
+/// Run the example functions (hello, echo, json-api, kv-counter, cache-aside) on a local wedge cluster
 ///
 /// Builds the guest components and `wedge` (release), runs `wedge up` (a control plane
 /// and --nodes nodes in two sites, all on 127.0.0.1, state and logs in
-/// `<target>/demo/cluster`), deploys hello on /hello, echo on /echo and json-api on
-/// /api, waits until each answers through every node, then prints curl commands to try
+/// `<target>/demo/cluster`), deploys hello on /hello, echo on /echo, json-api on /api,
+/// kv-counter on /views and cache-aside on /primes, waits until each answers through
+/// every node, then prints curl commands to try
 /// and how to deploy more. Stop it with Ctrl-C: the nodes leave the cluster, then
 /// everything stops. The next run brings the same cluster back and deploys again.
 #[derive(clap::Args)]
@@ -69,7 +71,7 @@ struct Example {
     probe: &'static str,
 }
 
-const EXAMPLES: [Example; 3] = [
+const EXAMPLES: [Example; 5] = [
     Example {
         package: "hello",
         route: "/hello",
@@ -78,6 +80,13 @@ const EXAMPLES: [Example; 3] = [
     },
     Example { package: "echo", route: "/echo", flags: &[], probe: "/echo" },
     Example { package: "json-api", route: "/api", flags: &["--set", "base_path=/api"], probe: "/api/items" },
+    Example { package: "kv-counter", route: "/views", flags: &[], probe: "/views" },
+    Example {
+        package: "cache-aside",
+        route: "/primes",
+        flags: &["--set", "ttl_ms=30000"],
+        probe: "/primes?limit=1000",
+    },
 ];
 
 /// What `wedge up --output json` prints.
@@ -125,7 +134,8 @@ pub fn run(args: Args) -> Result<()> {
         sites.len()
     };
     println!(
-        "\nwedge demo: hello, echo and json-api run on {} nodes in {sites} sites (state and logs in {})",
+        "\nwedge demo: hello, echo, json-api, kv-counter and cache-aside run on {} nodes in {sites} sites \
+         (state and logs in {})",
         cluster.ingress.len(),
         dir.display()
     );
@@ -193,6 +203,9 @@ fn curl_lines(first: &str, other: &str) -> Vec<String> {
         format!("curl -i {first}/api/items"),
         format!("curl -i {other}/api/items/1"),
         format!("curl -i -H 'content-type: application/json' --data '{{\"name\":\"kite\"}}' {first}/api/items"),
+        // Counts are per node: the cache is node-local.
+        format!("curl {first}/views/docs"),
+        format!("curl '{first}/primes?limit=5000000'"),
     ]
 }
 
@@ -398,7 +411,7 @@ mod tests {
     #[test]
     fn every_example_is_deployed_on_its_route_with_the_documented_settings() {
         let packages: Vec<&str> = EXAMPLES.iter().map(|e| e.package).collect();
-        assert_eq!(packages, ["hello", "echo", "json-api"]);
+        assert_eq!(packages, ["hello", "echo", "json-api", "kv-counter", "cache-aside"]);
         for example in &EXAMPLES {
             assert!(example.probe.starts_with(example.route), "{}", example.package);
         }

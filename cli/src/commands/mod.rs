@@ -56,6 +56,9 @@ pub enum Command {
     /// Limit flags (--timeout, --memory, --max-body, --max-concurrency),
     /// --set, --env and --allow-outbound apply to the components named on the
     /// command line; functions from --config take theirs from the file.
+    ///
+    /// The functions' cache (wedge_sdk::cache) is kept in a temporary
+    /// directory removed when wedge serve stops; `wedge node` keeps it.
     #[command(verbatim_doc_comment)]
     Serve(serve::ServeArgs),
 

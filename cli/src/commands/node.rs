@@ -10,6 +10,8 @@ use clap::Args;
 use wedge_node::cluster::ClusterSettings;
 use wedge_node::follow::{FollowerConfig, FollowingNode};
 
+use super::values::FunctionCacheFlags;
+
 /// Arguments of `wedge node` (its help text is on `Command::Node`).
 #[derive(Args)]
 pub struct NodeArgs {
@@ -36,7 +38,8 @@ pub struct NodeArgs {
     #[arg(long, env = "WEDGE_LISTEN", default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
 
-    /// Where the node keeps what it serves, artifacts and compiled code
+    /// Where the node keeps what it serves, artifacts, compiled code and the
+    /// functions' cache (DIR/cache, which survives a restart)
     /// [default: $XDG_DATA_HOME/wedge/node or ~/.local/share/wedge/node].
     #[arg(long, env = "WEDGE_NODE_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -93,6 +96,9 @@ pub struct NodeArgs {
     #[arg(long, env = "WEDGE_RESPONSE_CACHE_BYTES_MAX", value_name = "SIZE", default_value = "64MiB",
           value_parser = response_cache_bytes)]
     response_cache_bytes_max: usize,
+
+    #[command(flatten)]
+    function_cache: FunctionCacheFlags,
 }
 
 impl std::fmt::Debug for NodeArgs {
@@ -112,6 +118,7 @@ impl std::fmt::Debug for NodeArgs {
             .field("join", &self.join)
             .field("cluster_size", &self.cluster_size)
             .field("response_cache_bytes_max", &self.response_cache_bytes_max)
+            .field("function_cache", &self.function_cache)
             .finish()
     }
 }
@@ -146,6 +153,7 @@ impl NodeArgs {
         config.cluster = cluster;
         config.admin = Some(self.admin);
         config.response_cache_bytes_max = self.response_cache_bytes_max;
+        config.function_cache = self.function_cache.config();
         let runtime = crate::daemon::runtime("wedge-worker")?;
         runtime.block_on(async move {
             let shutdown = crate::daemon::shutdown_signal()?;
@@ -232,6 +240,16 @@ mod tests {
         let cli = crate::commands::Cli::try_parse_from(["wedge", "node", "--token", "s3cret-node-4f2a"]).unwrap();
         let debug = format!("{cli:?}");
         assert!(!debug.contains("s3cret") && debug.contains("<redacted>"), "{debug}");
+    }
+
+    #[test]
+    fn the_function_cache_size_is_at_least_the_largest_value() {
+        use clap::Parser;
+        let parse = |size: &str| crate::commands::Cli::try_parse_from(["wedge", "node", "--cache-bytes-max", size]);
+        let error = parse("512KiB").unwrap_err().to_string();
+        assert!(error.contains("less than 1MiB, the largest value a function may store"), "{error}");
+        assert!(parse("lots").is_err());
+        assert!(format!("{:?}", parse("1GiB").unwrap()).contains("cache_bytes_max: 1073741824"));
     }
 
     #[test]

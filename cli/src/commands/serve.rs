@@ -9,7 +9,7 @@ use anyhow::bail;
 use clap::Args;
 use wedge_node::{FunctionsFile, NodeConfig};
 
-use super::values::FunctionFlags;
+use super::values::{FunctionCacheFlags, FunctionFlags};
 
 /// Arguments of `wedge serve` (its help text is on `Command::Serve`).
 #[derive(Debug, Args)]
@@ -43,6 +43,11 @@ pub struct ServeArgs {
     /// Compile in memory only; write nothing to disk.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+
+    // The functions' cache lives in a temporary directory, removed when
+    // `wedge serve` stops (`wedge node` keeps it in its data directory).
+    #[command(flatten)]
+    function_cache: FunctionCacheFlags,
 }
 
 impl ServeArgs {
@@ -60,6 +65,7 @@ impl ServeArgs {
                 println!("  {route} -> {function}");
             }
             node.ingress.serve(listener, shutdown).await;
+            node.cache.close().await;
             anyhow::Ok(())
         })
     }
@@ -98,6 +104,6 @@ impl ServeArgs {
         } else {
             self.cache_dir.clone().or_else(|| crate::daemon::default_cache_dir("compiled"))
         };
-        Ok(NodeConfig { listen: self.listen, cache_dir, functions })
+        Ok(NodeConfig { listen: self.listen, cache_dir, functions, function_cache: self.function_cache.config() })
     }
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use wedge_node::config::{FunctionConfig, LimitsConfig};
+use wedge_node::function_cache::CacheConfig;
 use wedge_node::units::{parse_bytes, parse_duration};
 
 /// A function's settings given as flags: its limits, configuration values,
@@ -78,6 +79,35 @@ impl FunctionFlags {
             replicas: Default::default(),
         }
     }
+}
+
+/// The node's function cache (`wedge_sdk::cache`), for `wedge serve` and
+/// `wedge node`.
+#[derive(Debug, Clone, Args)]
+pub struct FunctionCacheFlags {
+    /// Most bytes (keys and values) the functions' cache on this node holds;
+    /// beyond it, expired entries and then the least recently used ones are
+    /// evicted.
+    #[arg(long, env = "WEDGE_CACHE_BYTES_MAX", value_name = "SIZE", default_value = "256MiB",
+          value_parser = cache_bytes_max)]
+    pub cache_bytes_max: u64,
+}
+
+impl FunctionCacheFlags {
+    /// The cache's limits: this cap, the default key and value maximums.
+    pub fn config(&self) -> CacheConfig {
+        CacheConfig { bytes_max: self.cache_bytes_max, ..CacheConfig::default() }
+    }
+}
+
+/// A cache size: at least the largest value a function may store.
+fn cache_bytes_max(text: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(text)?;
+    let value_max = CacheConfig::default().value_bytes_max as u64;
+    if bytes < value_max {
+        return Err(format!("{text:?} is less than 1MiB, the largest value a function may store"));
+    }
+    Ok(bytes)
 }
 
 /// A duration like `2s` or `500ms`, kept as written.

@@ -101,6 +101,15 @@ pub struct Cache {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("config", &self.inner.config)
+            .field("bytes_used", &self.bytes_used())
+            .finish_non_exhaustive()
+    }
+}
+
 /// One function's view of the cache; its keys can never reach another namespace's.
 #[derive(Clone)]
 pub struct Namespace {
@@ -399,14 +408,15 @@ impl Namespace {
         }
     }
 
-    /// Stores `value` only if `key` is missing or expired; true if it was stored.
+    /// Stores `value` only if `key` is missing or expired. Returns `None` when it
+    /// stored it, or the live value already there (left unchanged, but marked used).
     pub fn set_if_absent(
         &self,
         key: &[u8],
         value: &[u8],
         ttl_ms: Option<u64>,
         now_ms: u64,
-    ) -> Result<bool, CacheError> {
+    ) -> Result<Option<Vec<u8>>, CacheError> {
         let fk = self.full_key(key)?;
         self.check_value(value)?;
         let new = encode(expiry_for(ttl_ms, now_ms), value);
@@ -416,13 +426,14 @@ impl Namespace {
                 && raw.len() >= 8
                 && is_live(leading_u64(raw), now_ms)
             {
-                return Ok(false);
+                self.inner.touch(&fk)?;
+                return Ok(Some(raw[8..].to_vec()));
             }
             let old_size = old.as_ref().map_or(0, |o| size_of(&fk, o));
             self.inner.make_room(size_of(&fk, &new) - old_size, now_ms)?;
             if self.inner.entries.compare_and_swap(&fk, old.as_ref(), Some(new.as_slice()))?.is_ok() {
                 self.inner.after_write(&fk, old.as_deref(), &new)?;
-                return Ok(true);
+                return Ok(None);
             }
         }
     }

@@ -97,12 +97,17 @@ fn set_if_absent_semantics() {
     let dir = tempfile::tempdir().unwrap();
     let cache = open(&dir, CacheConfig::default());
     let ns = cache.namespace("f");
-    assert!(ns.set_if_absent(b"k", b"1", Some(100), 0).unwrap());
-    assert!(!ns.set_if_absent(b"k", b"2", None, 50).unwrap());
+    assert_eq!(ns.set_if_absent(b"k", b"1", Some(100), 0).unwrap(), None);
+    let used = cache.bytes_used();
+    // A live entry is returned and left as it was, expiry included.
+    assert_eq!(ns.set_if_absent(b"k", b"2", None, 50).unwrap(), Some(b"1".to_vec()));
     assert_eq!(ns.get(b"k", 50).unwrap(), Some(b"1".to_vec()));
+    assert_eq!(cache.bytes_used(), used);
+    assert_eq!(ns.get(b"k", 100).unwrap(), None);
     // Over an expired entry it stores.
-    assert!(ns.set_if_absent(b"k", b"3", None, 100).unwrap());
+    assert_eq!(ns.set_if_absent(b"k", b"3", None, 100).unwrap(), None);
     assert_eq!(ns.get(b"k", 10_000).unwrap(), Some(b"3".to_vec()));
+    assert_eq!(ns.set_if_absent(b"k", b"4", None, 10_000).unwrap(), Some(b"3".to_vec()));
 }
 
 #[test]

@@ -32,6 +32,11 @@ pub struct HostConfig {
     /// Where guest output lines go besides the process log; `None` keeps
     /// them in the process log only.
     pub log_sink: Option<GuestLogSink>,
+    /// The node's key-value cache (`wedge:function/cache`), shared by every
+    /// function, each in the namespace of its name (so versions of a
+    /// function share entries and functions never see each other's).
+    /// `None`: cache calls fail with a `storage` error saying so.
+    pub function_cache: Option<wedge_cache::Cache>,
 }
 
 impl Default for HostConfig {
@@ -42,6 +47,7 @@ impl Default for HostConfig {
             epoch_tick: Duration::from_millis(10),
             cache_dir: None,
             log_sink: None,
+            function_cache: None,
         }
     }
 }

@@ -47,6 +47,8 @@ struct FunctionInner {
     env: Vec<(String, String)>,
     config: Arc<BTreeMap<String, String>>,
     outbound: Arc<OutboundPolicy>,
+    /// This function's namespace of the node cache (named after the function).
+    cache: Option<wedge_cache::Namespace>,
     /// Permits for concurrently running instances of this function.
     running: Arc<Semaphore>,
 }
@@ -103,6 +105,7 @@ impl Function {
         let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(e.into()))?;
         let outbound = Arc::new(spec.outbound_policy()?);
         let concurrency = usize::try_from(spec.limits.concurrency_max).unwrap_or(usize::MAX);
+        let cache = handle.config.function_cache.as_ref().map(|cache| cache.namespace(&spec.name));
         Ok(Self {
             inner: Arc::new(FunctionInner {
                 host: Arc::clone(handle),
@@ -113,6 +116,7 @@ impl Function {
                 env: spec.env.into_iter().collect(),
                 config: Arc::new(spec.config),
                 outbound,
+                cache,
                 running: Arc::new(Semaphore::new(concurrency)),
             }),
         })
@@ -269,7 +273,14 @@ impl Function {
         let inner = &self.inner;
         let hooks = OutboundHooks::new(Arc::clone(&inner.name), Arc::clone(&inner.outbound));
         let log = GuestLog::pair(Arc::clone(&inner.name), request_id, inner.host.config.log_sink.clone());
-        let state = GuestState::new(&inner.env, Arc::clone(&inner.config), hooks, inner.limits.memory_bytes_max, log);
+        let state = GuestState::new(
+            &inner.env,
+            Arc::clone(&inner.config),
+            inner.cache.clone(),
+            hooks,
+            inner.limits.memory_bytes_max,
+            log,
+        );
         let mut store = Store::new(inner.pre.engine(), state);
         store.limiter(|state| &mut state.limiter);
         // Check the deadline on every epoch tick; until then, yield to the

@@ -9,11 +9,14 @@
 //!   cache of compiled components keyed by sha256;
 //! - one [`Function`] per deployed component: its `InstancePre`, its
 //!   [`Limits`], configuration, environment and outbound allow-list;
-//! - a fresh `Store` per request, so no state leaks between requests.
+//! - a fresh `Store` per request, so no state leaks between requests;
+//! - the host side of `wedge:function/cache`: each function gets its own
+//!   namespace of the node's [`wedge_cache::Cache`] ([`HostConfig::function_cache`]).
 //!
 //! It must not know about routes, sockets, the cluster or the control plane:
 //! it takes an `http::Request` and gives back an `http::Response`.
 
+mod cache;
 mod compile;
 mod config;
 mod engine;

@@ -1,7 +1,7 @@
 //! What a `Store` holds for one request: the WASI and `wasi:http` contexts
 //! (with the function's environment and nothing else), the resource table
-//! (bounded), the memory limiter, and the host side of
-//! `wedge:function/config`.
+//! (bounded), the memory limiter, the host side of `wedge:function/config`,
+//! and the function's namespace of the node cache (used by [`crate::cache`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wedge_cache::Namespace;
 
 use crate::guest_log::GuestLog;
 use crate::outbound::OutboundHooks;
@@ -45,6 +46,8 @@ pub(crate) struct GuestState {
     hooks: OutboundHooks,
     pub(crate) limiter: MemoryLimiter,
     config: Arc<BTreeMap<String, String>>,
+    /// This function's part of the node cache; `None` when the node has none.
+    cache: Option<Namespace>,
     request_id: Arc<str>,
 }
 
@@ -52,6 +55,7 @@ impl GuestState {
     pub(crate) fn new(
         env: &[(String, String)],
         config: Arc<BTreeMap<String, String>>,
+        cache: Option<Namespace>,
         hooks: OutboundHooks,
         memory_bytes_max: u64,
         (stdout, stderr): (GuestLog, GuestLog),
@@ -79,8 +83,14 @@ impl GuestState {
             hooks,
             limiter: MemoryLimiter { bytes_max: memory_bytes_max, bytes_used: 0, refused: false },
             config,
+            cache,
             request_id,
         }
+    }
+
+    /// This function's namespace of the node cache, if the node has one.
+    pub(crate) fn cache(&self) -> Option<&Namespace> {
+        self.cache.as_ref()
     }
 
     /// The id of the request this store serves.

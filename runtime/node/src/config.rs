@@ -39,6 +39,8 @@ pub struct NodeConfig {
     pub cache_dir: Option<PathBuf>,
     /// The functions to serve.
     pub functions: Vec<FunctionConfig>,
+    /// Limits of the functions' cache (which lives in a temporary directory).
+    pub function_cache: wedge_cache::CacheConfig,
 }
 
 /// A `functions.toml` file.
@@ -208,7 +210,12 @@ mod tests {
             "#,
         )
         .unwrap();
-        let config = NodeConfig { listen: "127.0.0.1:0".parse().unwrap(), cache_dir: None, functions: file.function };
+        let config = NodeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cache_dir: None,
+            functions: file.function,
+            function_cache: Default::default(),
+        };
         let loaded = config.functions().unwrap();
         assert_eq!(loaded[0].spec.limits.memory_bytes_max, 64 << 20);
         assert_eq!(loaded[0].spec.limits.timeout, std::time::Duration::from_secs(2));
@@ -229,6 +236,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             cache_dir: None,
             functions: vec![f("/x/json_api.wasm"), f("hello.wasm")],
+            function_cache: Default::default(),
         };
         let loaded = config.functions().unwrap();
         assert_eq!(loaded[0].spec.name, "json-api");
@@ -243,7 +251,12 @@ mod tests {
     fn bad_limits_name_the_file() {
         let mut function = FunctionConfig { component: "slow.wasm".into(), ..Default::default() };
         function.limits.timeout = Some("forever".into());
-        let config = NodeConfig { listen: "127.0.0.1:0".parse().unwrap(), cache_dir: None, functions: vec![function] };
+        let config = NodeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cache_dir: None,
+            functions: vec![function],
+            function_cache: Default::default(),
+        };
         let err = config.functions().unwrap_err().to_string();
         assert!(err.starts_with("slow.wasm: limits.timeout"), "{err}");
     }

@@ -19,6 +19,9 @@
 //! On start, before talking to anyone, the node loads what it served last
 //! time from its own disk ([`LocalState`]), so a restart while the control
 //! plane is down serves everything it served before (static stability).
+//! The functions' cache lives there too ([`NodeCache`], in `<data-dir>/cache`):
+//! expired entries are reclaimed while the node runs, and it is flushed after
+//! the ingress has drained.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -44,6 +47,7 @@ use wedge_cluster::agent::Agent;
 use crate::admin::{self, Readiness};
 use crate::cluster::ClusterSettings;
 use crate::control_client::ControlClient;
+use crate::function_cache::NodeCache;
 use crate::local_state::LocalState;
 
 /// Guest lines buffered between reports; beyond it, lines are dropped.
@@ -85,6 +89,8 @@ pub struct FollowerConfig {
     pub admin: Option<SocketAddr>,
     /// Bounds of the ingress's HTTP response cache, in bytes (0 turns it off).
     pub response_cache_bytes_max: usize,
+    /// Limits of the functions' cache in `<data_dir>/cache`.
+    pub function_cache: wedge_cache::CacheConfig,
 }
 
 impl std::fmt::Debug for FollowerConfig {
@@ -100,6 +106,7 @@ impl std::fmt::Debug for FollowerConfig {
             .field("cluster", &self.cluster)
             .field("admin", &self.admin)
             .field("response_cache_bytes_max", &self.response_cache_bytes_max)
+            .field("function_cache", &self.function_cache)
             .finish()
     }
 }
@@ -118,6 +125,7 @@ impl FollowerConfig {
             cluster: None,
             admin: None,
             response_cache_bytes_max: ResponseCacheConfig::BYTES_MAX_DEFAULT,
+            function_cache: wedge_cache::CacheConfig::default(),
         }
     }
 }
@@ -151,6 +159,7 @@ pub struct FollowingNode {
     applier: Applier,
     serving: Arc<Mutex<Serving>>,
     log_lines: mpsc::Receiver<GuestLogLine>,
+    cache: NodeCache,
 }
 
 impl FollowingNode {
@@ -161,10 +170,12 @@ impl FollowingNode {
             .map_err(|_| anyhow::anyhow!("node name {:?}: use 1-63 of a-z, 0-9 and '-'", config.node_name))?;
         let client = ControlClient::new(&config.control_url, &config.token)?;
         let local = LocalState::open(&config.data_dir)?;
+        let cache = NodeCache::open(&local.function_cache_dir(), config.function_cache.clone())?;
         let (sink, log_lines) = GuestLogSink::bounded(LOG_LINES_BUFFERED_MAX);
         let host = Host::new(HostConfig {
             cache_dir: Some(local.compiled_dir()),
             log_sink: Some(sink),
+            function_cache: Some(cache.cache().clone()),
             ..HostConfig::default()
         })
         .context("creating the wasm engine")?;
@@ -237,13 +248,16 @@ impl FollowingNode {
             applier,
             serving,
             log_lines,
+            cache,
         })
     }
 
     /// Serves until `shutdown` resolves, following the control plane and
     /// reporting to it; then leaves the cluster (so that the others record
-    /// "left", not "failed") and drains in-flight requests.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// "left", not "failed"), drains in-flight requests and flushes the
+    /// functions' cache.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        self.cache.start_reclaiming();
         let (stop_sender, stop) = watch::channel(false);
         let admin = self.admin_listener.map(|listener| {
             tokio::spawn(admin::serve(listener, self.agent.clone(), Arc::clone(&self.readiness), stop.clone()))
@@ -301,6 +315,7 @@ impl FollowingNode {
         if let Some(task) = forwarded {
             task.abort();
         }
+        self.cache.close().await;
     }
 }
 

@@ -7,7 +7,8 @@
 //! set of functions ([`start`], for `wedge serve`) or follows a control plane
 //! ([`follow::FollowingNode`], for `wedge node`), keeping what it serves on its
 //! own disk ([`local_state`]); a following node may join a cluster
-//! ([`cluster`]) and serve an admin listener ([`admin`]).
+//! ([`cluster`]) and serve an admin listener ([`admin`]). Either kind gives
+//! its functions one node-local cache ([`function_cache`]).
 //!
 //! It must not parse command lines or read the environment: the `wedge`
 //! binary does that and hands over a [`NodeConfig`].
@@ -17,6 +18,7 @@ pub mod cluster;
 pub mod config;
 pub mod control_client;
 pub mod follow;
+pub mod function_cache;
 pub mod local_state;
 pub mod units;
 
@@ -29,6 +31,7 @@ use wedge_host::{FunctionSpec, Host, HostConfig};
 use wedge_router::{Ingress, IngressConfig, Route, RouteTable, Target};
 
 pub use config::{FunctionConfig, FunctionsFile, NodeConfig};
+pub use function_cache::NodeCache;
 
 /// A function ready to load: its spec, its routes and where its component is.
 #[derive(Debug)]
@@ -47,6 +50,9 @@ pub struct RunningNode {
     pub local_addr: SocketAddr,
     /// The ingress (route table, server).
     pub ingress: Arc<Ingress>,
+    /// The functions' cache (temporary: `wedge serve` has no data
+    /// directory); [`NodeCache::close`] it after serving.
+    pub cache: NodeCache,
 }
 
 /// Loads every function and binds the listener; fails — serving nothing —
@@ -59,9 +65,11 @@ pub async fn start(config: &NodeConfig) -> anyhow::Result<(RunningNode, TcpListe
         .max()
         .unwrap_or(0)
         .max(HostConfig::default().instance_memory_bytes_max);
+    let mut cache = NodeCache::open_temporary(config.function_cache.clone())?;
     let host = Host::new(HostConfig {
         instance_memory_bytes_max: memory_max,
         cache_dir: config.cache_dir.clone(),
+        function_cache: Some(cache.cache().clone()),
         ..HostConfig::default()
     })
     .context("creating the wasm engine")?;
@@ -89,5 +97,6 @@ pub async fn start(config: &NodeConfig) -> anyhow::Result<(RunningNode, TcpListe
     let routes: Vec<String> = table.routes().map(|(r, f)| format!("{r} -> {f}")).collect();
     let ingress = Ingress::new(IngressConfig::default(), table);
     tracing::info!(addr = %local_addr, routes = ?routes, "serving");
-    Ok((RunningNode { local_addr, ingress }, listener))
+    cache.start_reclaiming();
+    Ok((RunningNode { local_addr, ingress, cache }, listener))
 }

@@ -6,6 +6,7 @@
 //! <data-dir>/state.json          the last desired state applied (DesiredState JSON)
 //! <data-dir>/artifacts/<sha256>  components of that state, verified by hash
 //! <data-dir>/compiled/           the host's cache of compiled components
+//! <data-dir>/cache/              the functions' cache (sled; see crate::function_cache)
 //! <data-dir>/cluster.json        the node's cluster id and latest incarnation
 //! ```
 //!
@@ -66,6 +67,11 @@ impl LocalState {
     /// Where the host caches compiled components.
     pub fn compiled_dir(&self) -> PathBuf {
         self.dir.join("compiled")
+    }
+
+    /// Where the functions' cache (`wedge:function/cache`) keeps its database.
+    pub fn function_cache_dir(&self) -> PathBuf {
+        self.dir.join("cache")
     }
 
     fn state_path(&self) -> PathBuf {

@@ -31,6 +31,8 @@
 //!   or collected with a size limit) and [`Body`] (in memory or streamed).
 //! - [`Router`]: method + path routing with `:params`, `404`/`405` answers.
 //! - [`outbound`]: HTTP requests to other services (allow-listed by the host).
+//! - [`cache`]: the node-local cache shared by this function's instances,
+//!   with TTLs, atomic counters and serde helpers.
 //! - [`config`]: the function's configuration values.
 //! - [`executor`]: the single-threaded executor that runs `async` handlers.
 //! - Logging: `println!` and `eprintln!` go to the function's log stream.
@@ -79,6 +81,7 @@ extern crate self as wedge_sdk;
 pub mod bindings;
 
 mod body;
+pub mod cache;
 pub mod config;
 mod convert;
 pub mod executor;
