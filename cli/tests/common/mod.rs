@@ -45,6 +45,9 @@ pub struct Server {
     pub addr: SocketAddr,
     pub stderr: Arc<Mutex<String>>,
     pub stdout: Arc<Mutex<String>>,
+    /// The process's TMPDIR, removed after it is killed: what a SIGKILLed
+    /// `wedge serve` leaves there (its function cache) goes with it.
+    _tmp: tempfile::TempDir,
 }
 
 impl Server {
@@ -81,10 +84,12 @@ impl Server {
                 command.env_remove(&key);
             }
         }
+        let tmp = tempfile::tempdir().unwrap();
         let mut child = command
             .arg(verb)
             .args(args)
             .env("WEDGE_LOG", "info")
+            .env("TMPDIR", tmp.path())
             .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -120,7 +125,7 @@ impl Server {
             }
         });
         match announced.recv_timeout(Duration::from_secs(120)) {
-            Ok(addr) => Server { child, addr, stderr, stdout: stdout_text },
+            Ok(addr) => Server { child, addr, stderr, stdout: stdout_text, _tmp: tmp },
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait().unwrap();
