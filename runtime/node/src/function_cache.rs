@@ -4,9 +4,10 @@
 //!
 //! A node that follows a control plane keeps it in `<data-dir>/cache`, so
 //! entries survive a restart (those not expired by then). `wedge serve` has
-//! no data directory: its cache lives in a temporary directory that is
-//! removed when it stops (a `SIGKILL` leaves it behind in the system's
-//! temporary directory, named `wedge-cache-*`).
+//! no data directory: its cache lives in a temporary directory
+//! (`wedge-cache-<pid>-*` in the system's temporary directory) that is
+//! removed when it stops; one left behind by a `SIGKILL`ed process is removed
+//! by the next `wedge serve` that starts, once its process is gone.
 //!
 //! sled writes to disk in the background every 500 ms; a graceful stop
 //! flushes what is left, a `SIGKILL` may lose the last half second of writes.
@@ -58,8 +59,9 @@ impl NodeCache {
 
     /// Opens a cache in a new temporary directory, removed when this is dropped.
     pub fn open_temporary(config: CacheConfig) -> anyhow::Result<Self> {
+        remove_orphaned_temporaries(&std::env::temp_dir());
         let dir = tempfile::Builder::new()
-            .prefix("wedge-cache-")
+            .prefix(&format!("{TEMPORARY_PREFIX}{}-", std::process::id()))
             .tempdir()
             .context("cannot create a temporary directory for the function cache")?;
         let cache = Cache::open(dir.path(), config)
@@ -100,6 +102,36 @@ impl Drop for NodeCache {
             task.abort();
         }
     }
+}
+
+/// Start of the name of a temporary cache directory, followed by the pid of
+/// the process that owns it.
+const TEMPORARY_PREFIX: &str = "wedge-cache-";
+
+/// Removes the temporary cache directories in `temp_dir` whose owning process
+/// no longer exists (it was killed before it could remove its own). Best
+/// effort: a directory that cannot be read or removed is left alone.
+fn remove_orphaned_temporaries(temp_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(temp_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(owner_pid) else { continue };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => tracing::debug!(dir = %entry.path().display(), "removed an orphaned function cache"),
+                Err(error) => {
+                    tracing::debug!(dir = %entry.path().display(), "cannot remove an orphaned function cache: {error}")
+                }
+            }
+        }
+    }
+}
+
+/// The owning pid in a temporary cache directory's name
+/// (`wedge-cache-<pid>-<random>`), if it is one.
+fn owner_pid(name: &str) -> Option<u32> {
+    let (pid, _random) = name.strip_prefix(TEMPORARY_PREFIX)?.split_once('-')?;
+    pid.parse().ok()
 }
 
 /// Milliseconds since the Unix epoch, the clock the host stamps TTLs with.
@@ -146,6 +178,21 @@ mod tests {
         assert!(dir.exists());
         cache.close().await;
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn orphaned_temporaries_are_removed_and_live_ones_kept() {
+        let temp = tempfile::tempdir().unwrap();
+        // A pid above the kernel's maximum (2^22) belongs to no process.
+        let orphan = temp.path().join(format!("{TEMPORARY_PREFIX}{}-abc", 1u32 << 23));
+        let live = temp.path().join(format!("{TEMPORARY_PREFIX}{}-def", std::process::id()));
+        let unrelated = temp.path().join("wedge-cache-not-a-pid");
+        for dir in [&orphan, &live, &unrelated] {
+            std::fs::create_dir_all(dir.join("db")).unwrap();
+        }
+        remove_orphaned_temporaries(temp.path());
+        assert!(!orphan.exists());
+        assert!(live.exists() && unrelated.exists());
     }
 
     #[tokio::test]
