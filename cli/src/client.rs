@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::de::DeserializeOwned;
 use wedge_control::api::{
-    DeploySpec, ErrorBody, FunctionInfo, FunctionSummary, LogPage, PlacementReport, Removed, RollbackRequest,
+    DeploySpec, ErrorBody, FunctionInfo, FunctionSummary, LogPage, Overview, PlacementReport, Removed, RollbackRequest,
     VersionRecord,
 };
 
@@ -101,6 +101,11 @@ impl Client {
             None => "/v1/placement".to_string(),
         };
         self.json(self.request("GET", &path, REQUEST_TIMEOUT).call())
+    }
+
+    /// `GET /v1/overview`, within `timeout`.
+    pub fn overview(&self, timeout: Duration) -> Result<Reply<Overview>, ClientError> {
+        self.json(self.request("GET", "/v1/overview", timeout).call())
     }
 
     /// `GET /v1/functions/{name}/versions`.

@@ -16,6 +16,7 @@ mod ls;
 mod placement;
 mod rm;
 mod rollback;
+mod top;
 mod versions;
 
 use clap::{Parser, Subcommand};
@@ -304,6 +305,26 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Placement(placement::PlacementArgs),
 
+    /// Watch the cluster live: nodes by site with state, requests in flight
+    /// and CPU; functions with replicas (placed/target), requests a second,
+    /// 5xx share and p99 over the last 10 s; the latest placement decisions.
+    ///
+    /// Redraws in place every --interval; q, Esc or Ctrl-C quits and gives
+    /// the terminal back as it was. --once prints one frame as plain text
+    /// (so does output that is not a terminal). Rates and latency come from
+    /// the counters nodes report. The same view is in a browser at
+    /// http://CONTROL/ui#token=TOKEN.
+    ///
+    /// Examples:
+    ///
+    ///   wedge top
+    ///
+    ///   wedge top --interval 5s --profile staging
+    ///
+    ///   wedge top --once | grep -w down
+    #[command(verbatim_doc_comment)]
+    Top(top::TopArgs),
+
     /// Make an older version active again: no rebuild, no upload.
     ///
     /// Examples:
@@ -354,6 +375,7 @@ impl Command {
             Command::Info(args) => args.run(),
             Command::Versions(args) => args.run(),
             Command::Placement(args) => args.run(),
+            Command::Top(args) => args.run(),
             Command::Rollback(args) => args.run(),
             Command::Rm(args) => args.run(),
             Command::Logs(args) => args.run(),
