@@ -4,8 +4,10 @@
 //! rates and quantiles computed from the traffic counters nodes report
 //! (sent here by a client holding the node token, on the nodes' own API
 //! path), and `wedge top --once` showing it, or one line and exit 1 when the
-//! token is wrong or the control plane is unreachable. Reports over the
-//! limits are refused and change nothing.
+//! token is wrong or the control plane is unreachable; the live `wedge top`
+//! in a pseudo-terminal (util-linux `script`) draws frames in the alternate
+//! screen and gives the terminal back on `q` and on Ctrl-C. Reports over
+//! the limits are refused and change nothing.
 
 #![allow(clippy::unwrap_used)]
 
@@ -297,4 +299,84 @@ fn the_overview_derives_rates_from_node_reports_and_wedge_top_shows_them() {
     let stderr = String::from_utf8(gone.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with(&format!("error: cannot reach the control plane at http://{addr}")), "{stderr}");
+}
+
+/// `wedge top` in a pseudo-terminal made by util-linux `script`, against
+/// `control`: waits until a frame shows `hello`, types `key`, and returns
+/// everything written to the terminal once it exited 0.
+fn live_top_until(control: &Server, key: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let wedge = env!("CARGO_BIN_EXE_wedge");
+    let config_home = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("script")
+        .args(["-qefc", &format!("{wedge} top --interval 200ms"), "/dev/null"])
+        .env("WEDGE_CONTROL", format!("http://{}", control.addr))
+        .env("WEDGE_TOKEN", TOKEN)
+        .env("XDG_CONFIG_HOME", config_home.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux script (Debian's bsdutils) runs wedge top in a pseudo-terminal");
+    let screen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let sink = Arc::clone(&screen);
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
+    let drawn = Instant::now();
+    while !text().contains("hello") {
+        if drawn.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no frame with hello within 30 s:\n{:?}", text());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.stdin.as_mut().unwrap().write_all(key).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("wedge top did not quit on {key:?}:\n{:?}", text());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    reader.join().unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(status.success(), "{status}: {stderr}\n{:?}", text());
+    text()
+}
+
+#[test]
+fn live_wedge_top_redraws_and_gives_the_terminal_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = start_control(&dir.path().join("control"));
+    let hello = wasm("hello");
+    let output = common::wedge_against(control.addr, TOKEN, &["deploy", hello.to_str().unwrap(), "--name", "hello"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    const ENTER: &str = "\x1b[?1049h";
+    const LEAVE: &str = "\x1b[?1049l";
+    const SHOW_CURSOR: &str = "\x1b[?25h";
+    for key in [&b"q"[..], b"\x03"] {
+        let screen = live_top_until(&control, key);
+        assert!(screen.starts_with(ENTER), "{screen:?}");
+        assert!(screen.contains("wedge top — 0 sites, 0 nodes, 1 functions"), "{screen:?}");
+        assert!(screen.contains("q quits"), "{screen:?}");
+        // Back to the normal screen with the cursor shown, and nothing after.
+        let tail = &screen[screen.rfind(SHOW_CURSOR).unwrap()..];
+        assert_eq!(tail, format!("{SHOW_CURSOR}{LEAVE}"), "{screen:?}");
+    }
 }

@@ -163,7 +163,11 @@ impl Screen {
     }
 
     fn draw(&self, overview: &Overview, problem: Option<&str>) -> anyhow::Result<()> {
-        let (columns, rows) = terminal::size()?;
+        // A terminal that does not know its size (a bare pty) says 0x0.
+        let (columns, rows) = match terminal::size()? {
+            (0, _) | (_, 0) => (80, 24),
+            size => size,
+        };
         let width = usize::from(columns).max(20);
         let mut lines = render(overview, width);
         if let Some(problem) = problem {
@@ -171,11 +175,20 @@ impl Screen {
         }
         lines.push(String::new());
         lines.push("q quits".to_string());
+        // Each line overwritten in place, then the rest cleared: no flicker.
         let mut out = std::io::stdout().lock();
-        queue!(out, cursor::MoveTo(0, 0), terminal::Clear(terminal::ClearType::All))?;
-        for (row, line) in lines.iter().take(usize::from(rows)).enumerate() {
-            queue!(out, cursor::MoveTo(0, u16::try_from(row).unwrap_or(u16::MAX)), style::Print(line))?;
+        let shown = lines.len().min(usize::from(rows));
+        for (row, line) in lines.iter().take(shown).enumerate() {
+            let row = u16::try_from(row).unwrap_or(u16::MAX);
+            queue!(
+                out,
+                cursor::MoveTo(0, row),
+                style::Print(line),
+                terminal::Clear(terminal::ClearType::UntilNewLine)
+            )?;
         }
+        queue!(out, cursor::MoveTo(0, u16::try_from(shown).unwrap_or(u16::MAX)))?;
+        queue!(out, terminal::Clear(terminal::ClearType::FromCursorDown))?;
         out.flush()?;
         Ok(())
     }
