@@ -21,6 +21,10 @@
 //! still counted in [`Cache::bytes_used`]). Correctness of reads never depends on
 //! them: expiry is checked on every read.
 //!
+//! Evictions are counted by reason ([`Cache::stats`]): expired entries removed by
+//! reclaim (the background pass or the first step of making room) and live ones
+//! removed to stay under the byte cap (least recently used).
+//!
 //! Namespaces are a key prefix (`u32` big-endian name length ‖ name ‖ key) rather
 //! than one sled tree per function: the prefix is injective, so two functions'
 //! keys can never collide, and a single tree keeps the byte cap, eviction and
@@ -28,7 +32,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Limits of one node's cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +84,19 @@ pub enum CacheError {
     Storage(#[from] sled::Error),
 }
 
+/// What a node's cache holds and has evicted (counters only grow).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Key + value bytes stored now ([`Cache::bytes_used`]).
+    pub bytes_used: u64,
+    /// The byte cap ([`CacheConfig::bytes_max`]).
+    pub bytes_max: u64,
+    /// Expired entries removed by reclaim.
+    pub evictions_expired: u64,
+    /// Live entries removed to stay under the byte cap (least recently used).
+    pub evictions_capacity: u64,
+}
+
 /// Expired entries examined per eviction round before falling back to LRU.
 const EVICT_EXPIRED_BATCH: usize = 64;
 
@@ -93,6 +110,10 @@ struct Inner {
     config: CacheConfig,
     /// Key + value bytes in `entries`; counted at open, then kept by exact deltas.
     bytes_used: AtomicI64,
+    /// Expired entries removed by reclaim since open.
+    evictions_expired: AtomicU64,
+    /// Live entries removed to make room since open.
+    evictions_capacity: AtomicU64,
 }
 
 /// A node's cache: one sled database shared by all its functions.
@@ -174,6 +195,8 @@ impl Cache {
             db,
             config,
             bytes_used: AtomicI64::new(used),
+            evictions_expired: AtomicU64::new(0),
+            evictions_capacity: AtomicU64::new(0),
         };
         Ok(Cache { inner: Arc::new(inner) })
     }
@@ -196,6 +219,17 @@ impl Cache {
     /// Key + value bytes currently stored, the quantity held under `bytes_max`.
     pub fn bytes_used(&self) -> u64 {
         u64::try_from(self.inner.bytes_used.load(Ordering::SeqCst)).unwrap_or(0)
+    }
+
+    /// Bytes used, the cap, and evictions since open by reason.
+    pub fn stats(&self) -> CacheStats {
+        let inner = &self.inner;
+        CacheStats {
+            bytes_used: self.bytes_used(),
+            bytes_max: inner.config.bytes_max,
+            evictions_expired: inner.evictions_expired.load(Ordering::Relaxed),
+            evictions_capacity: inner.evictions_capacity.load(Ordering::Relaxed),
+        }
     }
 
     /// Writes everything to disk.
@@ -274,6 +308,7 @@ impl Inner {
                 removed += 1;
             }
         }
+        self.evictions_expired.fetch_add(removed as u64, Ordering::Relaxed);
         Ok(removed)
     }
 
@@ -298,7 +333,9 @@ impl Inner {
                 continue; // stale LRU row
             }
             if let Some(raw) = self.entries.get(full_key)? {
-                self.remove_if_same(full_key, &raw)?;
+                if self.remove_if_same(full_key, &raw)? {
+                    self.evictions_capacity.fetch_add(1, Ordering::Relaxed);
+                }
             } else {
                 self.stamps.remove(full_key)?;
             }

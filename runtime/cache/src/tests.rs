@@ -197,6 +197,10 @@ fn eviction_keeps_under_cap_and_prefers_expired() {
     assert!(ns.get(&[b'n', 1], 30).unwrap().is_some());
     assert!(ns.get(&[b'a', 0], 30).unwrap().is_some());
     assert!(ns.get(b"zz", 30).unwrap().is_some());
+    // The four expired entries went by reclaim, n0 for room.
+    let stats = cache.stats();
+    assert_eq!((stats.evictions_expired, stats.evictions_capacity), (4, 1));
+    assert_eq!((stats.bytes_used, stats.bytes_max), (cache.bytes_used(), 1024));
     // A single entry larger than the whole cap is Full and changes nothing.
     let tiny = CacheConfig { bytes_max: 50, ..small() };
     let dir2 = tempfile::tempdir().unwrap();
@@ -227,4 +231,6 @@ fn reclaim_expired_removes_only_expired() {
     assert_eq!(cache.reclaim_expired(1_000, 1).unwrap(), 1);
     assert_eq!(cache.reclaim_expired(1_000, 100).unwrap(), 1);
     assert_eq!(ns.get(b"b", 1_000).unwrap(), Some(b"2".to_vec()));
+    assert_eq!(cache.stats().evictions_expired, 3);
+    assert_eq!(cache.stats().evictions_capacity, 0);
 }
