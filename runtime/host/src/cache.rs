@@ -1,7 +1,8 @@
 //! The host side of `wedge:function/cache`: each request's store holds its
 //! function's [`Namespace`] of the node's one [`wedge_cache::Cache`] (or none,
 //! when the node runs without a cache), reads the wall clock for TTLs, and
-//! turns the library's errors into the WIT `error` variants.
+//! turns the library's errors into the WIT `error` variants. Each `get`
+//! counts a hit or a miss in the function's statistics.
 //!
 //! The calls are synchronous: sled answers from memory and writes to disk in
 //! its own background thread, so a call costs microseconds, not a blocking
@@ -53,7 +54,9 @@ impl GuestState {
 
 impl Host for GuestState {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, Error> {
-        self.with_cache(|ns, now_ms| ns.get(key.as_bytes(), now_ms))
+        let found = self.with_cache(|ns, now_ms| ns.get(key.as_bytes(), now_ms))?;
+        self.stats().cache_get(found.is_some());
+        Ok(found)
     }
 
     fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), Error> {

@@ -1,7 +1,10 @@
 //! One deployed function: its pre-instantiated component and its limits, and
 //! the per-request path — admission (body size, concurrency), a fresh
 //! `Store`, the deadline, and turning every way a guest can fail into an
-//! HTTP answer that costs only that request.
+//! HTTP answer that costs only that request. Every request is counted in the
+//! function's [`stats`](crate::stats): status class and time to the response
+//! head, failures by kind, body bytes both ways, in flight until its response
+//! body ends.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use crate::error::LoadError;
 use crate::guest_log::GuestLog;
 use crate::outbound::{OutboundHooks, OutboundPolicy};
 use crate::state::GuestState;
+use crate::stats::{FunctionStats, FunctionStatsSnapshot, InFlight, TrapKind};
 
 /// The body of every response the host produces, guest-made or not.
 pub type ResponseBody = wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -51,6 +55,8 @@ struct FunctionInner {
     cache: Option<wedge_cache::Namespace>,
     /// Permits for concurrently running instances of this function.
     running: Arc<Semaphore>,
+    /// What its requests did, for metrics and reports.
+    stats: Arc<FunctionStats>,
 }
 
 /// How a request's guest run ended when it produced no response.
@@ -70,6 +76,20 @@ enum GuestFailure {
     NoResponse,
     #[error("failed: {0}")]
     Other(String),
+}
+
+impl GuestFailure {
+    /// The kind it is counted as.
+    fn kind(&self) -> TrapKind {
+        match self {
+            GuestFailure::Deadline(_) => TrapKind::Deadline,
+            GuestFailure::Memory(_) => TrapKind::Memory,
+            GuestFailure::StackOverflow => TrapKind::StackOverflow,
+            GuestFailure::Trap(_) => TrapKind::Trap,
+            GuestFailure::NoSlot => TrapKind::NoSlot,
+            GuestFailure::NoResponse | GuestFailure::Other(_) => TrapKind::Other,
+        }
+    }
 }
 
 /// An instance that did nothing yet; dropping it frees its pool slot.
@@ -118,6 +138,7 @@ impl Function {
                 outbound,
                 cache,
                 running: Arc::new(Semaphore::new(concurrency)),
+                stats: Arc::default(),
             }),
         })
     }
@@ -136,6 +157,11 @@ impl Function {
     pub fn running_instances(&self) -> usize {
         let limit = usize::try_from(self.inner.limits.concurrency_max).unwrap_or(usize::MAX);
         limit.saturating_sub(self.inner.running.available_permits())
+    }
+
+    /// What this function's requests have done so far (shared by every clone).
+    pub fn stats(&self) -> FunctionStatsSnapshot {
+        self.inner.stats.snapshot()
     }
 
     /// Whether every instance slot of this function is taken (a request now
@@ -174,35 +200,48 @@ impl Function {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<HttpError>,
     {
+        let arrived = Instant::now();
+        let in_flight = self.inner.stats.enter();
+        let (response, guest_made) = self.admit_and_run(request).await;
+        self.inner.stats.answered(response.status(), arrived.elapsed());
+        // In flight until the body ends; the guest's body bytes are counted as they go.
+        let stats = guest_made.then(|| Arc::clone(&self.inner.stats));
+        response.map(|body| MeteredBody { inner: body, stats, _in_flight: in_flight }.boxed_unsync())
+    }
+
+    /// [`Function::handle`] without the accounting: the response, and whether the guest made it.
+    async fn admit_and_run<B>(&self, request: http::Request<B>) -> (http::Response<ResponseBody>, bool)
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<HttpError>,
+    {
         let limits = &self.inner.limits;
         if let Some(length) = content_length(&request)
             && length > limits.body_bytes_max
         {
-            return self.body_too_large();
+            return (self.body_too_large(), false);
         }
         let Ok(permit) = Arc::clone(&self.inner.running).try_acquire_owned() else {
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("function {} is at its limit of {} concurrent instances", self.name(), limits.concurrency_max),
-                Some("1"),
-            );
+            let message =
+                format!("function {} is at its limit of {} concurrent instances", self.name(), limits.concurrency_max);
+            return (error_response(StatusCode::SERVICE_UNAVAILABLE, &message, Some("1")), false);
         };
         let request_id: Arc<str> =
             request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").into();
-        let (request, body_overflow) = limit_body(request, limits.body_bytes_max);
+        let (request, body_overflow) = limit_body(request, limits.body_bytes_max, Arc::clone(&self.inner.stats));
         // Timeouts are validated to be at most a day, so this cannot overflow.
         let deadline = Instant::now() + limits.timeout;
         match self.run(request, deadline, permit, Arc::clone(&request_id)).await {
             Ok(response) if body_overflow.is_set() => {
                 drop(response);
-                self.body_too_large()
+                (self.body_too_large(), false)
             }
-            Ok(response) => response,
+            Ok(response) => (response, true),
             Err(failure) => {
                 if body_overflow.is_set() {
-                    return self.body_too_large();
+                    return (self.body_too_large(), false);
                 }
-                self.failure_response(&failure, &request_id)
+                (self.failure_response(&failure, &request_id), false)
             }
         }
     }
@@ -220,7 +259,10 @@ impl Function {
     {
         let mut store = self.new_store(deadline, request_id);
         let (sender, receiver) = oneshot::channel();
-        let setup_failed = |e: wasmtime::Error| GuestFailure::Other(format!("{e:#}"));
+        let setup_failed = |e: wasmtime::Error| {
+            self.inner.stats.trapped(TrapKind::Other);
+            GuestFailure::Other(format!("{e:#}"))
+        };
         let req = store.data_mut().http().new_incoming_request(Scheme::Http, request).map_err(setup_failed)?;
         let out = store.data_mut().http().new_response_outparam(sender).map_err(setup_failed)?;
 
@@ -244,7 +286,9 @@ impl Function {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(error)) => Err(function.classify(&error, memory_refused)),
                 };
+                // Counted here, where every run ends, before or after its response head.
                 if let Err(failure) = &result {
+                    function.inner.stats.trapped(failure.kind());
                     let request_id = store.data().request_id();
                     tracing::warn!(function = %function.name(), %request_id, "guest failed: {failure}");
                 }
@@ -260,11 +304,17 @@ impl Function {
                 guard.0 = None;
                 Ok(response)
             }
-            Ok(Err(code)) => Err(GuestFailure::Other(format!("guest answered with error {code:?}"))),
+            Ok(Err(code)) => {
+                self.inner.stats.trapped(TrapKind::Other);
+                Err(GuestFailure::Other(format!("guest answered with error {code:?}")))
+            }
             Err(_) => match task.await {
                 Ok(Ok(())) => Err(GuestFailure::NoResponse),
                 Ok(Err(failure)) => Err(failure),
-                Err(join) => Err(GuestFailure::Other(format!("guest task failed: {join}"))),
+                Err(join) => {
+                    self.inner.stats.trapped(TrapKind::Other);
+                    Err(GuestFailure::Other(format!("guest task failed: {join}")))
+                }
             },
         }
     }
@@ -277,6 +327,7 @@ impl Function {
             &inner.env,
             Arc::clone(&inner.config),
             inner.cache.clone(),
+            Arc::clone(&inner.stats),
             hooks,
             inner.limits.memory_bytes_max,
             log,
@@ -382,17 +433,23 @@ impl OverflowFlag {
     }
 }
 
-fn limit_body<B>(request: http::Request<B>, limit: u64) -> (http::Request<LimitedBody<B>>, OverflowFlag) {
+fn limit_body<B>(
+    request: http::Request<B>,
+    limit: u64,
+    stats: Arc<FunctionStats>,
+) -> (http::Request<LimitedBody<B>>, OverflowFlag) {
     let flag = OverflowFlag::default();
-    let request = request.map(|inner| LimitedBody { inner, remaining: limit, overflow: flag.clone() });
+    let request = request.map(|inner| LimitedBody { inner, remaining: limit, overflow: flag.clone(), stats });
     (request, flag)
 }
 
-/// A request body that fails once more than the limit has been read.
+/// A request body that fails once more than the limit has been read, and
+/// counts the bytes the guest reads.
 struct LimitedBody<B> {
     inner: B,
     remaining: u64,
     overflow: OverflowFlag,
+    stats: Arc<FunctionStats>,
 }
 
 impl<B> Body for LimitedBody<B>
@@ -417,6 +474,7 @@ where
                         return std::task::Poll::Ready(Some(Err(HttpError::HttpRequestBodySize(None))));
                     }
                     this.remaining -= len;
+                    this.stats.request_bytes(len);
                 }
                 std::task::Poll::Ready(Some(Ok(frame)))
             }
@@ -424,6 +482,42 @@ where
             std::task::Poll::Ready(None) => std::task::Poll::Ready(None),
             std::task::Poll::Pending => std::task::Poll::Pending,
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that keeps its request in flight until it ends (or is
+/// dropped) and, for a guest's response, counts the bytes it produces.
+struct MeteredBody {
+    inner: ResponseBody,
+    /// Where to count data bytes; `None` for the host's own answers.
+    stats: Option<Arc<FunctionStats>>,
+    _in_flight: InFlight,
+}
+
+impl Body for MeteredBody {
+    type Data = Bytes;
+    type Error = <ResponseBody as Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let (std::task::Poll::Ready(Some(Ok(frame))), Some(stats)) = (&polled, &this.stats)
+            && let Some(data) = frame.data_ref()
+        {
+            stats.response_bytes(data.len() as u64);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

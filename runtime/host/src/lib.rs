@@ -8,7 +8,8 @@
 //!   WASI p2, `wasi:http` and the `wedge:function/*` interfaces, and an on-disk
 //!   cache of compiled components keyed by sha256;
 //! - one [`Function`] per deployed component: its `InstancePre`, its
-//!   [`Limits`], configuration, environment and outbound allow-list;
+//!   [`Limits`], configuration, environment and outbound allow-list, and the
+//!   statistics of its requests ([`Function::stats`]);
 //! - a fresh `Store` per request, so no state leaks between requests;
 //! - the host side of `wedge:function/cache`: each function gets its own
 //!   namespace of the node's [`wedge_cache::Cache`] ([`HostConfig::function_cache`]).
@@ -25,12 +26,14 @@ mod function;
 mod guest_log;
 mod outbound;
 mod state;
+mod stats;
 
 pub use config::{FunctionSpec, HostConfig, Limits, validate_name};
 pub use error::{HostError, LoadError};
 pub use function::{Function, Instantiated, ResponseBody, error_response};
 pub use guest_log::{GuestLogLine, GuestLogSink, Stream};
 pub use outbound::{AllowListEntry, Denied, OutboundPolicy};
+pub use stats::{DURATION_BOUNDS_SECONDS, DurationHistogram, FunctionStatsSnapshot, StatusClass, TrapKind};
 
 use std::sync::Arc;
 

@@ -13,6 +13,7 @@ use wedge_cache::Namespace;
 
 use crate::guest_log::GuestLog;
 use crate::outbound::OutboundHooks;
+use crate::stats::FunctionStats;
 
 /// Most resources (streams, headers, pollables, ...) one request may hold
 /// at once: far above what a real handler uses, far below what would let a
@@ -48,6 +49,8 @@ pub(crate) struct GuestState {
     config: Arc<BTreeMap<String, String>>,
     /// This function's part of the node cache; `None` when the node has none.
     cache: Option<Namespace>,
+    /// The function's statistics (the cache counts its hits and misses there).
+    stats: Arc<FunctionStats>,
     request_id: Arc<str>,
 }
 
@@ -56,6 +59,7 @@ impl GuestState {
         env: &[(String, String)],
         config: Arc<BTreeMap<String, String>>,
         cache: Option<Namespace>,
+        stats: Arc<FunctionStats>,
         hooks: OutboundHooks,
         memory_bytes_max: u64,
         (stdout, stderr): (GuestLog, GuestLog),
@@ -84,6 +88,7 @@ impl GuestState {
             limiter: MemoryLimiter { bytes_max: memory_bytes_max, bytes_used: 0, refused: false },
             config,
             cache,
+            stats,
             request_id,
         }
     }
@@ -91,6 +96,11 @@ impl GuestState {
     /// This function's namespace of the node cache, if the node has one.
     pub(crate) fn cache(&self) -> Option<&Namespace> {
         self.cache.as_ref()
+    }
+
+    /// The statistics of the function this store runs.
+    pub(crate) fn stats(&self) -> &FunctionStats {
+        &self.stats
     }
 
     /// The id of the request this store serves.
