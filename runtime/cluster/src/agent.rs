@@ -182,6 +182,8 @@ struct Counters {
     datagrams_received: AtomicU64,
     bytes_received: AtomicU64,
     datagrams_refused: AtomicU64,
+    /// Times a member became suspect (events the core emitted).
+    suspicions: AtomicU64,
 }
 
 /// A running membership agent; see the module docs.
@@ -266,6 +268,11 @@ impl Agent {
             bytes_received: get(&c.bytes_received),
             datagrams_refused: get(&c.datagrams_refused),
         }
+    }
+
+    /// Times this node saw a member become suspect since it started.
+    pub fn suspicions(&self) -> u64 {
+        self.counters.suspicions.load(Ordering::Relaxed)
     }
 
     /// The members report of the admin API.
@@ -398,6 +405,9 @@ impl Owner {
                 }
                 Output::Event(event) => {
                     log_event(&event);
+                    if let Event::MemberSuspect(_) = &event {
+                        bump(&self.counters.suspicions, 1);
+                    }
                     if let Event::MemberDown(identity) | Event::MemberLeft(identity) = &event {
                         self.transport.drop_peer(identity.gossip_addr());
                     }
