@@ -135,6 +135,11 @@ pub const HOPS_HEADER: HeaderName = HeaderName::from_static("x-wedge-hops");
 /// The header that names the node a request was forwarded by.
 pub const FORWARDED_BY_HEADER: HeaderName = HeaderName::from_static("x-wedge-forwarded-by");
 
+/// Marks a response a peer answered (in its extensions), so that the ingress
+/// tells it from the errors the forwarder makes itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerAnswered;
+
 /// The request id header, which must survive every hop.
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -411,6 +416,7 @@ impl Forwarder {
                     bump(&counters.forwarded);
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
+                    parts.extensions.insert(PeerAnswered);
                     let body = Tethered {
                         body: body.map_err(Into::into).boxed_unsync(),
                         _in_flight: in_flight,

@@ -14,6 +14,13 @@
 //! Before any of that, a client's `GET` or `HEAD` may be answered by the
 //! node's [`response_cache`](crate::response_cache) (see there for the
 //! headers honoured), so a hit neither runs nor forwards anything.
+//!
+//! Every request keeps the client's `x-request-id` when it is sane (1 to 128
+//! visible ASCII characters) or gets one made here; it goes to the function,
+//! on every forwarding hop and back in the answer. Each answer is counted by
+//! how it was served ([`IngressStats`]) and logged at debug level (target
+//! `wedge_router::ingress`, message `answered`) with its request id,
+//! function, status, how it was served and how long it took.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,7 +38,8 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 use wedge_host::{Function, ResponseBody};
 
-use crate::response_cache::{ResponseCache, ResponseCacheConfig, store::StoreStats};
+use crate::forward::PeerAnswered;
+use crate::response_cache::{CACHE_STATUS_HEADER, ResponseCache, ResponseCacheConfig, store::StoreStats};
 use crate::{Forwarder, Replica, RouteTable, remove_internal_headers};
 
 /// Where a route's requests go.
@@ -114,6 +122,88 @@ impl Default for IngressConfig {
 
 /// Header carrying the request id: the client's, or one made here.
 const REQUEST_ID: &str = "x-request-id";
+/// Longest request id kept from a client.
+const REQUEST_ID_BYTES_MAX: usize = 128;
+
+/// How the ingress answered a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// The function ran on this node.
+    Local,
+    /// A peer answered it.
+    Forwarded,
+    /// The response cache answered it.
+    Cache,
+    /// No route matched.
+    NotFound,
+    /// The ingress answered with an error of its own (no replica reachable,
+    /// a peer's request refused, ...).
+    Error,
+}
+
+impl Served {
+    /// `local`, `forwarded`, `cache`, `not_found` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Served::Local => "local",
+            Served::Forwarded => "forwarded",
+            Served::Cache => "cache",
+            Served::NotFound => "not_found",
+            Served::Error => "error",
+        }
+    }
+}
+
+/// Marks a response a function of this node made (in its extensions).
+#[derive(Clone, Copy, Debug)]
+struct RanHere;
+
+/// What the ingress has answered so far: counters that only grow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngressStats {
+    /// Requests whose function ran here.
+    pub local: u64,
+    /// Requests a peer answered.
+    pub forwarded: u64,
+    /// Requests the response cache answered.
+    pub cache: u64,
+    /// Requests no route matched.
+    pub not_found: u64,
+    /// Requests the ingress answered with an error of its own.
+    pub error: u64,
+    /// Response-cache lookups that found an answer (`x-wedge-cache: HIT`).
+    pub cache_hits: u64,
+    /// Response-cache lookups that found none (`MISS`).
+    pub cache_misses: u64,
+    /// Requests the response cache took no part in (`BYPASS`).
+    pub cache_bypasses: u64,
+}
+
+impl IngressStats {
+    /// Requests served `served`.
+    pub fn served(&self, served: Served) -> u64 {
+        match served {
+            Served::Local => self.local,
+            Served::Forwarded => self.forwarded,
+            Served::Cache => self.cache,
+            Served::NotFound => self.not_found,
+            Served::Error => self.error,
+        }
+    }
+}
+
+#[derive(Default)]
+struct IngressCounters {
+    served: [AtomicU64; 5],
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    cache_bypasses: AtomicU64,
+}
+
+/// Whether a client's request id may be kept as it is.
+fn is_sane_request_id(id: &HeaderValue) -> bool {
+    (1..=REQUEST_ID_BYTES_MAX).contains(&id.len()) && id.as_bytes().iter().all(u8::is_ascii_graphic)
+}
 
 /// Makes request ids unique within a process and unlikely to repeat across
 /// restarts: a per-process random-ish base plus a counter.
@@ -143,6 +233,8 @@ pub struct Ingress {
     /// it started with, so a swap never affects one in flight.
     routes: RwLock<Arc<RouteTable<Target>>>,
     ids: RequestIds,
+    /// How requests were answered.
+    counters: IngressCounters,
     /// Set once when the node joins a cluster.
     forwarding: std::sync::OnceLock<Forwarding>,
     /// `x-wedge-node` and `x-wedge-site` values.
@@ -164,6 +256,7 @@ impl Ingress {
             config,
             routes: RwLock::new(Arc::new(routes)),
             ids: RequestIds::new(),
+            counters: IngressCounters::default(),
             forwarding: std::sync::OnceLock::new(),
             node_headers,
         })
@@ -194,6 +287,23 @@ impl Ingress {
     /// or it is gone); returns how many.
     pub fn purge_response_cache(&self, function: &str) -> usize {
         self.response_cache.as_ref().map_or(0, |cache| cache.purge(function))
+    }
+
+    /// How many requests were answered, by how they were served, and the
+    /// response cache's decisions.
+    pub fn stats(&self) -> IngressStats {
+        let c = &self.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        IngressStats {
+            local: get(&c.served[Served::Local as usize]),
+            forwarded: get(&c.served[Served::Forwarded as usize]),
+            cache: get(&c.served[Served::Cache as usize]),
+            not_found: get(&c.served[Served::NotFound as usize]),
+            error: get(&c.served[Served::Error as usize]),
+            cache_hits: get(&c.cache_hits),
+            cache_misses: get(&c.cache_misses),
+            cache_bypasses: get(&c.cache_bypasses),
+        }
     }
 
     /// The response cache's entries, bytes, evictions and purged entries;
@@ -291,7 +401,7 @@ impl Ingress {
     ) -> http::Response<ResponseBody> {
         let started = Instant::now();
         let id = match request.headers().get(REQUEST_ID) {
-            Some(id) if !id.is_empty() && id.len() <= 128 => id.clone(),
+            Some(id) if is_sane_request_id(id) => id.clone(),
             _ => {
                 let id = self.ids.next();
                 request.headers_mut().insert(REQUEST_ID, id.clone());
@@ -317,6 +427,7 @@ impl Ingress {
             }
             _ => None,
         };
+        let planned = cache.is_some();
         let target = self.routes().lookup(host.as_deref(), &path).cloned();
         // Debug level: at the default level a request costs no span; the
         // events that matter (failures, guest output) carry the function
@@ -344,12 +455,49 @@ impl Ingress {
         }
         .instrument(span.clone())
         .await;
-        response.headers_mut().insert(REQUEST_ID, id);
+        let served = self.count(target.is_some(), planned, &response);
         span.in_scope(|| {
             let from = peer.map_or_else(|| "a peer".to_string(), |peer| peer.to_string());
-            tracing::debug!(%from, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "answered");
+            tracing::debug!(
+                request_id = %id.to_str().unwrap_or("?"),
+                function = target.as_ref().map_or("-", |f| f.name()),
+                status = response.status().as_u16(),
+                served = served.as_str(),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                %from,
+                "answered"
+            );
         });
+        response.headers_mut().insert(REQUEST_ID, id);
         response
+    }
+
+    /// Counts `response` by how it was served (`routed`: a route matched;
+    /// `planned`: the response cache took part) and returns that.
+    fn count(&self, routed: bool, planned: bool, response: &http::Response<ResponseBody>) -> Served {
+        let cache_status = planned.then(|| response.headers().get(CACHE_STATUS_HEADER)).flatten();
+        let served = if !routed {
+            Served::NotFound
+        } else if response.extensions().get::<RanHere>().is_some() {
+            Served::Local
+        } else if response.extensions().get::<PeerAnswered>().is_some() {
+            Served::Forwarded
+        } else if cache_status.is_some_and(|status| status == "HIT") {
+            Served::Cache
+        } else {
+            Served::Error
+        };
+        let c = &self.counters;
+        c.served[served as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(status) = cache_status {
+            let lookups = match status.as_bytes() {
+                b"HIT" => &c.cache_hits,
+                b"BYPASS" => &c.cache_bypasses,
+                _ => &c.cache_misses,
+            };
+            lookups.fetch_add(1, Ordering::Relaxed);
+        }
+        served
     }
 
     /// Runs `request` here or forwards it, as `target` and this node's load say.
@@ -376,6 +524,7 @@ impl Ingress {
     /// Runs `request` on the local `function`, naming this node in the answer.
     async fn run_here(&self, function: &Function, request: http::Request<Incoming>) -> http::Response<ResponseBody> {
         let mut response = function.handle(request).await;
+        response.extensions_mut().insert(RanHere);
         if let Some((node, site)) = &self.node_headers {
             response.headers_mut().insert(NODE_HEADER, node.clone());
             response.headers_mut().insert(SITE_HEADER, site.clone());

@@ -31,6 +31,6 @@ pub use forward::{
     FORWARDED_BY_HEADER, ForwardConfig, ForwardStats, Forwarder, HOPS_HEADER, HOPS_MAX, HopLimitReached, ServeConfig,
     check_hops, hops, remove_internal_headers, serve_forwarded,
 };
-pub use ingress::{Forwarding, Ingress, IngressConfig, ReplicaSource, Target};
+pub use ingress::{Forwarding, Ingress, IngressConfig, IngressStats, ReplicaSource, Served, Target};
 pub use response_cache::{CACHE_STATUS_HEADER, ResponseCacheConfig};
 pub use routes::{Route, RouteError, RouteTable};
