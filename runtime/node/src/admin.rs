@@ -11,6 +11,8 @@
 //! - `GET /v1/members`: the cluster members as this node sees them, a
 //!   [`MembersReport`](wedge_cluster::agent::MembersReport) (what `wedge members` prints);
 //!   404 when the node runs without a cluster.
+//! - `GET /metrics`: the node's Prometheus metrics ([`crate::metrics`], names in
+//!   `deploy/observability/METRICS.md`).
 //!
 //! Read-only and unauthenticated: bind it to loopback or a management network. Bounded:
 //! at most [`CONNECTIONS_MAX`] connections, request heads within [`HEADER_TIMEOUT`].
@@ -31,6 +33,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use wedge_cluster::agent::Agent;
 use wedge_control::api::{ReadyCheck, ReadyReport};
+
+use crate::metrics::NodeMetrics;
 
 /// Most admin connections open at once.
 pub const CONNECTIONS_MAX: usize = 64;
@@ -113,6 +117,7 @@ pub async fn serve(
     listener: TcpListener,
     agent: Option<Arc<Agent>>,
     readiness: Arc<Readiness>,
+    metrics: Arc<NodeMetrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
@@ -132,9 +137,9 @@ pub async fn serve(
             },
             () = stopped(&mut stop) => return,
         };
-        let (agent, readiness) = (agent.clone(), Arc::clone(&readiness));
+        let (agent, readiness, metrics) = (agent.clone(), Arc::clone(&readiness), Arc::clone(&metrics));
         let service = service_fn(move |request| {
-            let answer = respond(&request, agent.as_deref(), &readiness);
+            let answer = respond(&request, agent.as_deref(), &readiness, &metrics);
             async move { Ok::<_, Infallible>(answer) }
         });
         tokio::spawn(async move {
@@ -150,9 +155,14 @@ pub async fn serve(
     }
 }
 
-fn respond(request: &Request<Incoming>, agent: Option<&Agent>, readiness: &Readiness) -> Response<Full<Bytes>> {
+fn respond(
+    request: &Request<Incoming>,
+    agent: Option<&Agent>,
+    readiness: &Readiness,
+    metrics: &NodeMetrics,
+) -> Response<Full<Bytes>> {
     let path = request.uri().path();
-    if !matches!(path, "/healthz" | "/readyz" | "/v1/members") {
+    if !matches!(path, "/healthz" | "/readyz" | "/v1/members" | "/metrics") {
         return text(StatusCode::NOT_FOUND, format!("no such admin endpoint: {path}\n"));
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -160,6 +170,13 @@ fn respond(request: &Request<Incoming>, agent: Option<&Agent>, readiness: &Readi
     }
     match (path, agent) {
         ("/healthz", _) => text(StatusCode::OK, "ok\n".to_string()),
+        ("/metrics", _) => match crate::metrics::encode(metrics.snapshot()) {
+            Ok(exposition) => Response::builder()
+                .header(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
+                .body(Full::new(Bytes::from(exposition)))
+                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
+            Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {error}\n")),
+        },
         ("/readyz", _) => {
             let report = readiness.report();
             let status = if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

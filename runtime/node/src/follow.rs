@@ -7,7 +7,8 @@
 //!   host caches compiled code on disk), saves what it is about to serve to
 //!   the data directory, then swaps the ingress's route table in one step;
 //! - the **reporter** tells the control plane what this node serves, what
-//!   failed to load, and ships guest output lines (for `wedge logs`);
+//!   failed to load, each function's traffic counters (for rates and p99 in
+//!   `/v1/overview`), and ships guest output lines (for `wedge logs`);
 //! - the **ingress** serves HTTP throughout; a swap never touches a request
 //!   in flight.
 //!
@@ -34,9 +35,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use wedge_cluster::membership::MemberState;
 use wedge_control::api::{
-    DesiredState, LogLine, NodeCluster, NodeFunctionError, NodeReport, VersionRecord, sha256_hex,
+    DesiredState, FunctionTraffic, LogLine, NodeCluster, NodeFunctionError, NodeReport, VersionRecord, sha256_hex,
 };
-use wedge_host::{Function, GuestLogLine, GuestLogSink, Host, HostConfig};
+use wedge_host::{DURATION_BOUNDS_SECONDS, Function, GuestLogLine, GuestLogSink, Host, HostConfig, StatusClass};
 use wedge_router::{
     ForwardConfig, Forwarder, Forwarding, Ingress, IngressConfig, Replica, ReplicaSource, ResponseCacheConfig, Route,
     RouteTable, ServeConfig, Target, serve_forwarded,
@@ -49,6 +50,7 @@ use crate::cluster::ClusterSettings;
 use crate::control_client::ControlClient;
 use crate::function_cache::NodeCache;
 use crate::local_state::LocalState;
+use crate::metrics::{Compilations, NodeMetrics};
 
 /// Guest lines buffered between reports; beyond it, lines are dropped.
 const LOG_LINES_BUFFERED_MAX: usize = 10_000;
@@ -152,6 +154,8 @@ pub struct FollowingNode {
     pub agent: Option<Arc<Agent>>,
     /// What the admin listener's `/readyz` answers.
     pub readiness: Arc<Readiness>,
+    /// What the admin listener's `/metrics` reads.
+    pub metrics: Arc<NodeMetrics>,
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
     config: FollowerConfig,
@@ -191,6 +195,7 @@ impl FollowingNode {
         let ingress = Ingress::new(ingress_config, RouteTable::new());
         let serving = Arc::new(Mutex::new(Serving::default()));
         let placements = Arc::new(PlacementBook::default());
+        let compilations = Arc::new(Compilations::default());
         let mut applier = Applier {
             host,
             local,
@@ -201,6 +206,7 @@ impl FollowingNode {
             placements: Arc::clone(&placements),
             saved: None,
             serving: Arc::clone(&serving),
+            compilations: Arc::clone(&compilations),
         };
         match applier.local.load_state()? {
             Some(saved) => {
@@ -235,12 +241,22 @@ impl FollowingNode {
         };
         let must_join = config.cluster.as_ref().is_some_and(|cluster| !cluster.seeds.is_empty());
         let readiness = Arc::new(Readiness::new(agent.clone().filter(|_| must_join), &config.control_url));
+        let site = config.cluster.as_ref().map(|cluster| cluster.site.clone()).unwrap_or_default();
+        let metrics = Arc::new(NodeMetrics::new(
+            config.node_name.clone(),
+            site,
+            Arc::clone(&ingress),
+            agent.clone(),
+            cache.cache().clone(),
+            compilations,
+        ));
         Ok(Self {
             local_addr,
             ingress,
             admin_addr,
             agent,
             readiness,
+            metrics,
             listener,
             admin_listener,
             config,
@@ -260,7 +276,9 @@ impl FollowingNode {
         self.cache.start_reclaiming();
         let (stop_sender, stop) = watch::channel(false);
         let admin = self.admin_listener.map(|listener| {
-            tokio::spawn(admin::serve(listener, self.agent.clone(), Arc::clone(&self.readiness), stop.clone()))
+            let (agent, readiness, metrics) =
+                (self.agent.clone(), Arc::clone(&self.readiness), Arc::clone(&self.metrics));
+            tokio::spawn(admin::serve(listener, agent, readiness, metrics, stop.clone()))
         });
         let load = self.agent.clone().map(|agent| {
             let serving = Arc::clone(&self.serving);
@@ -288,6 +306,7 @@ impl FollowingNode {
         ));
         let sources = ReportSources {
             ingress_addr: self.local_addr,
+            ingress: Arc::clone(&self.ingress),
             serving: self.serving,
             log_lines: self.log_lines,
             cluster,
@@ -370,6 +389,8 @@ struct Applier {
     /// What was last written to `state.json` (to skip rewriting it unchanged).
     saved: Option<DesiredState>,
     serving: Arc<Mutex<Serving>>,
+    /// Counts each function's compilations, for `/metrics`.
+    compilations: Arc<Compilations>,
 }
 
 /// Where a routed function runs.
@@ -530,6 +551,8 @@ impl Applier {
             }
         }
         self.loaded = next;
+        let deployed: Vec<&str> = desired.functions.iter().map(|record| record.function.as_str()).collect();
+        self.compilations.retain(&deployed);
         self.served_from = (desired.store_id, desired.revision, desired.placement_generation);
         // Only now may the artifacts of what is neither served nor wanted here go.
         let mut keep = wanted;
@@ -582,7 +605,9 @@ impl Applier {
             }
         };
         let (host, spec) = (self.host.clone(), record.function_spec());
-        Ok(tokio::task::spawn_blocking(move || host.load(spec, &bytes)).await??)
+        let loaded = tokio::task::spawn_blocking(move || host.load(spec, &bytes)).await?;
+        self.compilations.record(&record.function, loaded.is_ok());
+        Ok(loaded?)
     }
 }
 
@@ -748,9 +773,32 @@ fn cluster_report(agent: &Agent, ingress: &Ingress) -> NodeCluster {
     }
 }
 
+/// Each function's traffic counters since it was loaded here, for the
+/// control plane's rates and quantiles.
+fn traffic(ingress: &Ingress) -> Vec<FunctionTraffic> {
+    let mut traffic: BTreeMap<&str, FunctionTraffic> = BTreeMap::new();
+    let routes = ingress.routes();
+    for (name, target) in routes.targets() {
+        let Target::Local(function) = target else { continue };
+        traffic.entry(name).or_insert_with(|| {
+            let stats = function.stats();
+            FunctionTraffic {
+                function: name.to_string(),
+                requests: stats.requests_total(),
+                errors: stats.requests(StatusClass::ServerError),
+                duration_bounds_seconds: DURATION_BOUNDS_SECONDS.to_vec(),
+                duration_counts: stats.duration.cumulative_counts(),
+            }
+        });
+    }
+    traffic.into_values().collect()
+}
+
 /// What the reporter reads.
 struct ReportSources {
     ingress_addr: SocketAddr,
+    /// Where the functions' traffic counters are read.
+    ingress: Arc<Ingress>,
     serving: Arc<Mutex<Serving>>,
     log_lines: mpsc::Receiver<GuestLogLine>,
     /// Membership and the ingress, in a cluster: for [`cluster_report`].
@@ -768,7 +816,7 @@ async fn report(
     sources: ReportSources,
     mut stop: watch::Receiver<bool>,
 ) {
-    let ReportSources { ingress_addr, serving, mut log_lines, cluster, report_now } = sources;
+    let ReportSources { ingress_addr, ingress, serving, mut log_lines, cluster, report_now } = sources;
     let mut interval = tokio::time::interval(config.report_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing_since: Option<Instant> = None;
@@ -802,7 +850,7 @@ async fn report(
             errors: status.errors,
             logs: std::mem::take(&mut pending),
             cluster: cluster.as_ref().map(|(agent, ingress)| cluster_report(agent, ingress)),
-            traffic: Vec::new(),
+            traffic: traffic(&ingress),
         };
         match client.report(&config.node_name, &report).await {
             Ok(()) => {

@@ -7,7 +7,8 @@
 //! set of functions ([`start`], for `wedge serve`) or follows a control plane
 //! ([`follow::FollowingNode`], for `wedge node`), keeping what it serves on its
 //! own disk ([`local_state`]); a following node may join a cluster
-//! ([`cluster`]) and serve an admin listener ([`admin`]). Either kind gives
+//! ([`cluster`]) and serve an admin listener ([`admin`]) with its Prometheus
+//! metrics ([`metrics`]). Either kind gives
 //! its functions one node-local cache ([`function_cache`]).
 //!
 //! It must not parse command lines or read the environment: the `wedge`
@@ -20,6 +21,7 @@ pub mod control_client;
 pub mod follow;
 pub mod function_cache;
 pub mod local_state;
+pub mod metrics;
 pub mod units;
 
 use std::net::SocketAddr;
