@@ -13,11 +13,14 @@
 //! [`SEED_REFRESH`] after that, and hands each address to the core, which retries them
 //! itself until one is a live member.
 //!
-//! A member declared down or gone has its connections closed
-//! ([`Transport::drop_peer`]), so that requests waiting on it fail over at once.
+//! A member declared down has its connections closed ([`Transport::drop_peer`]), so that
+//! requests waiting on it fail over at once. A member that *left* keeps them: it is
+//! draining, and closes them itself once the requests it serves or sent over them are done.
 //!
-//! Leaving ([`Agent::leave`]) hands the core `Leave`, sends what it emits, gives the
-//! transport [`LEAVE_FLUSH`] to put those datagrams on the wire, then closes the transport.
+//! Leaving ([`Agent::leave`]) hands the core `Leave`, sends what it emits and gives the
+//! transport [`LEAVE_FLUSH`] to put those datagrams on the wire; the transport stays open
+//! for the streams in flight, and its owner closes it ([`Transport::close`]) when they are
+//! done.
 //!
 //! It must not know about functions, routes or the control plane.
 
@@ -280,9 +283,10 @@ impl Agent {
         self.snapshot().report(self.gossip_stats())
     }
 
-    /// Leaves the cluster gracefully (the others record "left", not "failed"), waits
-    /// [`LEAVE_FLUSH`] for the news to go out, and closes the transport. The agent does
-    /// nothing more afterwards (its snapshot keeps the last view).
+    /// Leaves the cluster gracefully (the others record "left", not "failed", and stop
+    /// sending it requests) and waits [`LEAVE_FLUSH`] for the news to go out. The agent
+    /// does nothing more afterwards (its snapshot keeps the last view). The transport stays
+    /// open, so that streams in flight finish: close it ([`Transport::close`]) after them.
     pub async fn leave(&self) {
         self.resolver.abort();
         let (done, left) = oneshot::channel();
@@ -291,7 +295,6 @@ impl Agent {
             tokio::time::sleep(LEAVE_FLUSH).await;
         }
         self.task.abort();
-        self.transport.close().await;
     }
 }
 
@@ -408,7 +411,7 @@ impl Owner {
                     if let Event::MemberSuspect(_) = &event {
                         bump(&self.counters.suspicions, 1);
                     }
-                    if let Event::MemberDown(identity) | Event::MemberLeft(identity) = &event {
+                    if let Event::MemberDown(identity) = &event {
                         self.transport.drop_peer(identity.gossip_addr());
                     }
                     self.changed = true;
