@@ -52,7 +52,7 @@ pub struct ReadyReport {
     /// The names of the checks that do not hold.
     pub missing: Vec<String>,
     /// Every check by name (control plane: `store`, `serving`; node:
-    /// `joined`, `desired_state`).
+    /// `joined`, `desired_state`, `serving`).
     pub checks: BTreeMap<String, ReadyCheck>,
 }
 

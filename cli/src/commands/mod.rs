@@ -108,9 +108,14 @@ pub enum Command {
     ///
     /// With --cluster-dir it also joins a cluster: SWIM gossip over QUIC
     /// with mutual TLS (only nodes with a certificate from the cluster CA
-    /// get in), through the seeds given with --join. SIGTERM leaves the
-    /// cluster gracefully (the others record "left"), then drains. The admin
-    /// listener (--admin) answers /healthz, /readyz and `wedge members`.
+    /// get in), through the seeds given with --join. The admin listener
+    /// (--admin) answers /healthz, /readyz and `wedge members`.
+    ///
+    /// SIGTERM drains: /readyz turns 503 at once, the node serves on for
+    /// --drain-delay so that load balancers stop sending to it, then it
+    /// leaves the cluster gracefully (the others record "left" and send
+    /// their requests to other replicas), stops accepting connections, lets
+    /// requests in flight finish within --drain-timeout, and exits 0.
     ///
     /// Examples:
     ///

@@ -4,11 +4,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use wedge_node::cluster::ClusterSettings;
-use wedge_node::follow::{FollowerConfig, FollowingNode};
+use wedge_node::follow::{DrainConfig, FollowerConfig, FollowingNode};
 
 use super::values::FunctionCacheFlags;
 
@@ -99,6 +100,21 @@ pub struct NodeArgs {
 
     #[command(flatten)]
     function_cache: FunctionCacheFlags,
+
+    /// On SIGTERM, how long the node keeps serving with /readyz answering
+    /// 503 (draining) before it leaves the cluster and stops accepting
+    /// connections: long enough for load balancers polling /readyz to stop
+    /// sending to it (a few of their check intervals).
+    #[arg(long, env = "WEDGE_DRAIN_DELAY", value_name = "DURATION", default_value = "2s",
+          value_parser = wedge_node::units::parse_duration)]
+    drain_delay: Duration,
+
+    /// After the drain delay, how long requests in flight get to finish
+    /// before they are cut. Keep delay plus timeout under the time your
+    /// supervisor waits before SIGKILL (30 s in deploy/).
+    #[arg(long, env = "WEDGE_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "20s",
+          value_parser = drain_timeout)]
+    drain_timeout: Duration,
 }
 
 impl std::fmt::Debug for NodeArgs {
@@ -119,6 +135,8 @@ impl std::fmt::Debug for NodeArgs {
             .field("cluster_size", &self.cluster_size)
             .field("response_cache_bytes_max", &self.response_cache_bytes_max)
             .field("function_cache", &self.function_cache)
+            .field("drain_delay", &self.drain_delay)
+            .field("drain_timeout", &self.drain_timeout)
             .finish()
     }
 }
@@ -154,6 +172,7 @@ impl NodeArgs {
         config.admin = Some(self.admin);
         config.response_cache_bytes_max = self.response_cache_bytes_max;
         config.function_cache = self.function_cache.config();
+        config.drain = DrainConfig { delay: self.drain_delay, timeout: self.drain_timeout };
         let runtime = crate::daemon::runtime("wedge-worker")?;
         runtime.block_on(async move {
             let shutdown = crate::daemon::shutdown_signal()?;
@@ -199,6 +218,14 @@ fn node_token(flag: Option<String>, file: Option<&Path>, env: Option<String>) ->
 fn response_cache_bytes(text: &str) -> Result<usize, String> {
     let bytes = wedge_node::units::parse_bytes(text)?;
     usize::try_from(bytes).map_err(|_| format!("{text:?} is more memory than this machine can address"))
+}
+
+/// A drain timeout: more than zero.
+fn drain_timeout(text: &str) -> Result<Duration, String> {
+    match wedge_node::units::parse_duration(text)? {
+        Duration::ZERO => Err("the drain timeout must be more than 0s: requests in flight need some time".into()),
+        timeout => Ok(timeout),
+    }
 }
 
 /// A join seed: `HOST:PORT` (an IPv6 host in brackets).

@@ -373,6 +373,9 @@ fn bring_up(plan: &Plan, paths: &Paths, cluster: &mut Cluster, signals: &Receive
             // Every node gets the same seed; the seed skips itself.
             ("--join", seed.clone().into()),
             ("--cluster-size", nodes.to_string().into()),
+            // Every node stops at once and no load balancer watches /readyz:
+            // waiting for one to notice would only slow the stop down.
+            ("--drain-delay", "0s".into()),
         ] {
             args.extend([OsString::from(flag), value]);
         }

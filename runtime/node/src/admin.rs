@@ -8,6 +8,8 @@
 //!   and it has applied a desired state from the control plane since it started. Both
 //!   latch: a node that later loses its peers or its control plane keeps serving what it
 //!   has (static stability), so readiness does not drop out from under a load balancer.
+//!   The one way back to `503` is shutting down: from SIGTERM on, the `serving` check fails
+//!   (`draining`) while the node finishes what it has, so balancers stop sending to it.
 //! - `GET /v1/members`: the cluster members as this node sees them, a
 //!   [`MembersReport`](wedge_cluster::agent::MembersReport) (what `wedge members` prints);
 //!   404 when the node runs without a cluster.
@@ -50,6 +52,8 @@ pub struct Readiness {
     joined: AtomicBool,
     /// Where following the control plane stands.
     following: Mutex<Following>,
+    /// Whether the node is shutting down (set once, never cleared).
+    draining: AtomicBool,
 }
 
 /// Where following the control plane stands, as far as readiness cares.
@@ -71,7 +75,13 @@ impl Readiness {
             following: Mutex::new(Following::Waiting(format!(
                 "no desired state from the control plane at {control_url} applied yet"
             ))),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// Records that the node is shutting down: not ready from now on.
+    pub fn draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// Records that the desired state at `revision` is applied (or was already served).
@@ -108,7 +118,12 @@ impl Readiness {
             }
             Following::Waiting(why) => ReadyCheck::missing(why.clone()),
         };
-        ReadyReport::new([("joined", joined), ("desired_state", desired_state)])
+        let serving = if self.draining.load(Ordering::Relaxed) {
+            ReadyCheck::missing("draining: shutting down, finishing the requests in flight")
+        } else {
+            ReadyCheck::ok("taking new requests")
+        };
+        ReadyReport::new([("joined", joined), ("desired_state", desired_state), ("serving", serving)])
     }
 }
 

@@ -14,8 +14,17 @@
 //!
 //! With a cluster ([`ClusterSettings`]) the node also runs membership and
 //! publishes its load ([`crate::cluster`]); with an admin address it serves
-//! [`crate::admin`], whose `/readyz` the follower feeds ([`Readiness`]). On shutdown it
-//! leaves the cluster before draining.
+//! [`crate::admin`], whose `/readyz` the follower feeds ([`Readiness`]).
+//!
+//! Shutdown drains ([`DrainConfig`]), so that replacing nodes one at a time
+//! under load fails no request: at once `/readyz` turns `503` (`draining`);
+//! the node serves on for the drain delay, so that load balancers polling
+//! `/readyz` stop sending to it; then it leaves the cluster (peers stop
+//! forwarding to it, and what they still forward is refused with an answer
+//! that sends them to another replica), stops accepting connections, lets
+//! every request in flight finish — its clients' and those peers forwarded
+//! before it left — within the drain timeout, closes idle keep-alive
+//! connections, and only then closes its cluster transport.
 //!
 //! On start, before talking to anyone, the node loads what it served last
 //! time from its own disk ([`LocalState`]), so a restart while the control
@@ -32,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use wedge_cluster::membership::MemberState;
 use wedge_control::api::{
     DesiredState, FunctionTraffic, LogLine, NodeCluster, NodeFunctionError, NodeReport, VersionRecord, sha256_hex,
@@ -68,6 +77,24 @@ const LOAD_RETRY: Duration = Duration::from_secs(5);
 /// While reports fail, how often that is logged.
 const REPORT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// How a node stops (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainConfig {
+    /// From the stop signal to leaving the cluster and closing the listener:
+    /// the node serves on, not ready, so that load balancers notice. Default 2 s.
+    pub delay: Duration,
+    /// How long requests in flight get to finish after that; the rest are
+    /// cut. Default 20 s (with the delay, within the 30 s that systemd,
+    /// Kubernetes and compose wait before SIGKILL).
+    pub timeout: Duration,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self { delay: Duration::from_secs(2), timeout: Duration::from_secs(20) }
+    }
+}
+
 /// Settings of a following node.
 #[derive(Clone)]
 pub struct FollowerConfig {
@@ -93,6 +120,8 @@ pub struct FollowerConfig {
     pub response_cache_bytes_max: usize,
     /// Limits of the functions' cache in `<data_dir>/cache`.
     pub function_cache: wedge_cache::CacheConfig,
+    /// How the node drains when it stops.
+    pub drain: DrainConfig,
 }
 
 impl std::fmt::Debug for FollowerConfig {
@@ -109,6 +138,7 @@ impl std::fmt::Debug for FollowerConfig {
             .field("admin", &self.admin)
             .field("response_cache_bytes_max", &self.response_cache_bytes_max)
             .field("function_cache", &self.function_cache)
+            .field("drain", &self.drain)
             .finish()
     }
 }
@@ -128,6 +158,7 @@ impl FollowerConfig {
             admin: None,
             response_cache_bytes_max: ResponseCacheConfig::BYTES_MAX_DEFAULT,
             function_cache: wedge_cache::CacheConfig::default(),
+            drain: DrainConfig::default(),
         }
     }
 }
@@ -190,6 +221,7 @@ impl FollowingNode {
         let ingress_config = IngressConfig {
             node: node_labels,
             response_cache: ResponseCacheConfig::with_bytes_max(config.response_cache_bytes_max),
+            drain_timeout: config.drain.timeout,
             ..IngressConfig::default()
         };
         let ingress = Ingress::new(ingress_config, RouteTable::new());
@@ -269,9 +301,9 @@ impl FollowingNode {
     }
 
     /// Serves until `shutdown` resolves, following the control plane and
-    /// reporting to it; then leaves the cluster (so that the others record
-    /// "left", not "failed"), drains in-flight requests and flushes the
-    /// functions' cache.
+    /// reporting to it; then drains (see the module docs: not ready, the
+    /// drain delay, leaving the cluster so that the others record "left",
+    /// not "failed", requests in flight) and flushes the functions' cache.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         self.cache.start_reclaiming();
         let (stop_sender, stop) = watch::channel(false);
@@ -285,13 +317,17 @@ impl FollowingNode {
             let revision = move || serving.lock().map_or(0, |serving| serving.revision);
             tokio::spawn(crate::cluster::publish_load(agent, Arc::clone(&self.ingress), revision, stop.clone()))
         });
+        let (stop_forwarded, forwarded_stopped) = oneshot::channel::<()>();
         let forwarded = self.agent.as_ref().and_then(|agent| agent.transport().accept_streams()).map(|streams| {
             let ingress = Arc::clone(&self.ingress);
             let handler = move |request| {
                 let ingress = Arc::clone(&ingress);
                 async move { ingress.handle_forwarded(request).await }
             };
-            tokio::spawn(serve_forwarded(streams, handler, ServeConfig::default()))
+            let stop = async move {
+                let _ = forwarded_stopped.await;
+            };
+            tokio::spawn(serve_forwarded(streams, handler, ServeConfig::default(), stop))
         });
         let cluster = self.agent.clone().map(|agent| (agent, Arc::clone(&self.ingress)));
         let agent = self.agent.clone();
@@ -314,25 +350,46 @@ impl FollowingNode {
         };
         let reporter = tokio::spawn(report(self.config.clone(), self.client, sources, stop));
         let ingress = Arc::clone(&self.ingress);
+        let (drain, readiness) = (self.config.drain.clone(), Arc::clone(&self.readiness));
+        let draining_ingress = Arc::clone(&self.ingress);
+        let leaving = agent.clone();
+        let drain_deadline = Arc::new(std::sync::OnceLock::new());
+        let deadline = Arc::clone(&drain_deadline);
         ingress
             .serve(self.listener, async move {
                 shutdown.await;
-                if let Some(agent) = agent {
+                readiness.draining();
+                tracing::info!(
+                    delay_ms = drain.delay.as_millis() as u64,
+                    "draining: not ready, serving on for the drain delay"
+                );
+                tokio::time::sleep(drain.delay).await;
+                if let Some(agent) = leaving {
+                    draining_ingress.start_draining();
                     agent.leave().await;
                     tracing::info!("left the cluster");
                 }
+                let _ = deadline.set(tokio::time::Instant::now() + drain.timeout);
                 let _ = stop_sender.send(true);
             })
             .await;
+        // The ingress drained: the requests peers forwarded before this node left finish
+        // too (within what is left of the drain timeout), then the transport closes.
+        let _ = stop_forwarded.send(());
+        if let Some(mut task) = forwarded {
+            let deadline = drain_deadline.get().copied().unwrap_or_else(tokio::time::Instant::now);
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!("drain timed out with forwarded requests in flight; cutting them");
+                task.abort();
+            }
+        }
+        if let Some(agent) = &agent {
+            agent.transport().close().await;
+        }
         let _ = follower.await;
         let _ = reporter.await;
         for task in admin.into_iter().chain(load) {
             let _ = task.await;
-        }
-        // The node left the cluster and closed its transport: stop taking forwarded requests
-        // (the transport keeps the channel's sender, so the server would wait forever).
-        if let Some(task) = forwarded {
-            task.abort();
         }
         self.cache.close().await;
     }

@@ -58,7 +58,12 @@
 //! # Failures and retries
 //!
 //! A forward is tried on at most two replicas, never the same node twice
-//! (the balancer's `exclude`):
+//! (the balancer's `exclude`), and a request a peer forwarded here never
+//! goes back to that peer (`x-wedge-forwarded-by`): the two nodes' views of
+//! where the function runs differ for a moment (one was just placed it and
+//! is still loading it, say), and sending it back would only bounce it to
+//! the hop limit. Such a request with no other replica to go to is refused
+//! (`503` with [`REFUSED_HEADER`]), so that the peer tries its next one.
 //!
 //! - The stream could not be opened (no connection, handshake failed, the
 //!   node at the address is not the one expected): the peer received
@@ -73,8 +78,13 @@
 //!   `Transfer-Encoding`). Bodies are streamed, not buffered, so a body hyper
 //!   has started sending cannot be sent again; buffering would put every
 //!   upload in memory to make a rare failure retryable.
-//! - After a response head, nothing is retried: a body cut short reaches the
-//!   client as a body error.
+//! - The peer answered `503` with `x-wedge-refused` ([`REFUSED_HEADER`]): it
+//!   ran nothing (it is draining before it stops, or the function has no free
+//!   instance slot there). The request is tried on another replica if its
+//!   body is known to be empty, whatever its method; otherwise that answer
+//!   (with its `Retry-After`) goes back to the client.
+//! - After any other response head, nothing is retried: a body cut short
+//!   reaches the client as a body error.
 //!
 //! The node that failed is penalized in the balancer. If the client's own
 //! request body failed, the answer is `400` and no peer is blamed. When no
@@ -82,6 +92,15 @@
 //! within [`ForwardConfig::response_head_timeout`] (counted from the start of
 //! the forward, stream opening and retries included): `504`. All are JSON
 //! errors like the ingress' others ([`wedge_host::error_response`]).
+//!
+//! # Draining
+//!
+//! [`serve_forwarded`] runs until its `stop` future resolves, then takes no
+//! more streams and waits for the requests it serves to finish (response
+//! bodies included) before it returns, so that the node can close its
+//! transport without cutting one. Refusing what arrives meanwhile is the
+//! handler's business (the ingress answers with [`REFUSED_HEADER`] once it
+//! drains).
 //!
 //! # Bounds
 //!
@@ -134,6 +153,11 @@ pub const HOPS_HEADER: HeaderName = HeaderName::from_static("x-wedge-hops");
 
 /// The header that names the node a request was forwarded by.
 pub const FORWARDED_BY_HEADER: HeaderName = HeaderName::from_static("x-wedge-forwarded-by");
+
+/// The header of a `503` that a peer sends instead of running a forwarded
+/// request (it is draining, or the function is saturated there); its value
+/// says why. The forwarder tries another replica (see the module docs).
+pub const REFUSED_HEADER: HeaderName = HeaderName::from_static("x-wedge-refused");
 
 /// Marks a response a peer answered (in its extensions), so that the ingress
 /// tells it from the errors the forwarder makes itself.
@@ -385,6 +409,12 @@ impl Forwarder {
         };
         let deadline = tokio::time::Instant::now() + self.config.response_head_timeout;
         let (mut head, body) = request.into_parts();
+        // The peer the request came from (as the receiving side set it from
+        // its certificate) is never tried, nor is this node.
+        let came_from = (hops > 0)
+            .then(|| head.headers.get(&FORWARDED_BY_HEADER).and_then(|name| name.to_str().ok()))
+            .flatten()
+            .map(str::to_string);
         let empty = body_is_empty(&head.headers, &body);
         let replayable = empty && is_idempotent(&head.method);
         prepare_request_head(&mut head, hops, &self.name_header, empty);
@@ -400,18 +430,34 @@ impl Forwarder {
             })
             .boxed_unsync()
         };
-        let replay_head = replayable.then(|| head.clone());
+        // An empty body can be sent again: to any replica after a refusal, and
+        // after a lost answer when the method is idempotent too.
+        let replay_head = empty.then(|| head.clone());
         let mut request = Request::from_parts(head, body);
         let mut tried = vec![self.name.clone()];
         let mut failure: Option<String> = None;
         for attempt in 0..ATTEMPTS_MAX {
-            let Some((replica, in_flight)) = self.choose(&candidates, &tried) else { break };
+            let excluded: Vec<String> = tried.iter().chain(&came_from).cloned().collect();
+            let Some((replica, in_flight)) = self.choose(&candidates, &excluded) else { break };
             if attempt > 0 {
                 bump(&counters.retries);
             }
             tried.push(replica.node.clone());
             match self.attempt(&replica, request, deadline).await {
                 Attempt::Answered { response, driver, head_latency } => {
+                    if let Some(why) = refusal(&response)
+                        && let Some(head) = &replay_head
+                        && attempt + 1 < ATTEMPTS_MAX
+                        && candidates.iter().any(|candidate| {
+                            !tried.contains(&candidate.node) && came_from != Some(candidate.node.clone())
+                        })
+                    {
+                        tracing::debug!(node = %replica.node, %why, "forward refused; trying another replica");
+                        self.penalize(&replica.node);
+                        failure = Some(format!("{} refused it: {why}", replica.node));
+                        request = Request::from_parts(head.clone(), empty_body());
+                        continue;
+                    }
                     lock(&self.shared.choice).balancer.answered(&replica.node, Instant::now(), head_latency);
                     bump(&counters.forwarded);
                     let (mut parts, body) = response.into_parts();
@@ -442,8 +488,8 @@ impl Forwarder {
                     self.penalize(&replica.node);
                     failure = Some(reason);
                     match &replay_head {
-                        Some(head) => request = Request::from_parts(head.clone(), empty_body()),
-                        None => break,
+                        Some(head) if replayable => request = Request::from_parts(head.clone(), empty_body()),
+                        _ => break,
                     }
                 }
                 Attempt::TimedOut => {
@@ -460,7 +506,15 @@ impl Forwarder {
         match failure {
             None => {
                 bump(&counters.no_replica);
-                error_response(StatusCode::SERVICE_UNAVAILABLE, "no replica of the function is available", Some("1"))
+                let mut response = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no replica of the function is available",
+                    Some("1"),
+                );
+                if came_from.is_some() {
+                    response.headers_mut().insert(REFUSED_HEADER, HeaderValue::from_static("no-replica"));
+                }
+                response
             }
             Some(reason) => {
                 tracing::warn!(tried = ?&tried[1..], %reason, "no replica answered the forward");
@@ -545,8 +599,10 @@ impl Forwarder {
 }
 
 /// Serves the forwarded requests arriving on `streams` with `handler`, until
-/// the channel closes (the transport closed); a request still being served
-/// then finishes in its own task. Streams of another kind than
+/// the channel closes (the transport closed; a request still being served
+/// then finishes in its own task) or `stop` resolves: then it takes no more
+/// streams and returns once every request it serves has finished, its
+/// response body sent. Streams of another kind than
 /// [`StreamKind::FORWARD`] are reset. The handler sees the request as the
 /// forwarding node sent it, hop-by-hop fields removed, with
 /// `x-wedge-forwarded-by` set to the peer's certificate name and the
@@ -556,6 +612,7 @@ pub async fn serve_forwarded<H, F>(
     mut streams: mpsc::Receiver<PeerStream>,
     handler: H,
     config: ServeConfig,
+    stop: impl Future<Output = ()>,
 ) -> Result<(), InvalidConfig>
 where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
@@ -571,11 +628,27 @@ where
         .keep_alive(false)
         .max_buf_size(config.header_bytes_max)
         .max_headers(config.headers_max);
+    tokio::pin!(stop);
     loop {
         // A slot first, then a stream: past the limit, streams wait in the
         // transport's bounded channel, not here.
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
-        let Some(mut stream) = streams.recv().await else { break };
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_closed) => break,
+            },
+            () = &mut stop => return drained(&permits, config.requests_max).await,
+        };
+        let mut stream = tokio::select! {
+            stream = streams.recv() => match stream {
+                Some(stream) => stream,
+                None => break,
+            },
+            () = &mut stop => {
+                drop(permit);
+                return drained(&permits, config.requests_max).await;
+            }
+        };
         if stream.kind != StreamKind::FORWARD {
             tracing::debug!(peer = %stream.peer.name, kind = stream.kind.0, "not a forwarded request: stream reset");
             let _ = stream.send.reset(0u32.into());
@@ -606,6 +679,24 @@ where
         });
     }
     Ok(())
+}
+
+/// Waits until all `requests_max` slots of `permits` are free again: every
+/// forwarded request served has finished.
+async fn drained(permits: &Semaphore, requests_max: usize) -> Result<(), InvalidConfig> {
+    let all = u32::try_from(requests_max).unwrap_or(u32::MAX);
+    let _ = permits.acquire_many(all).await;
+    Ok(())
+}
+
+/// Why the peer refused to run the request, when `response` is such a
+/// refusal (see [`REFUSED_HEADER`]).
+fn refusal<B>(response: &Response<B>) -> Option<String> {
+    if response.status() != StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
+    let why = response.headers().get(&REFUSED_HEADER)?;
+    Some(String::from_utf8_lossy(why.as_bytes()).into_owned())
 }
 
 /// Whether a request body is known to be empty without reading it.

@@ -9,7 +9,11 @@
 //! the [`Forwarder`] picks from those [`ReplicaSource`] names. A response
 //! made here carries `x-wedge-node` and `x-wedge-site`. Requests that
 //! arrive from peers ([`Ingress::handle_forwarded`]) run here when they
-//! can, else go on (the hop limit stops loops).
+//! can, else go on (the hop limit stops loops). A peer's request for a
+//! function that has no free slot here, or any peer's request once the node
+//! drains ([`Ingress::start_draining`]), is refused without running: `503`
+//! with [`REFUSED_HEADER`], which the peer's forwarder takes as "try another
+//! replica".
 //!
 //! Before any of that, a client's `GET` or `HEAD` may be answered by the
 //! node's [`response_cache`](crate::response_cache) (see there for the
@@ -24,7 +28,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -40,7 +44,7 @@ use wedge_host::{Function, ResponseBody};
 
 use crate::forward::PeerAnswered;
 use crate::response_cache::{CACHE_STATUS_HEADER, ResponseCache, ResponseCacheConfig, store::StoreStats};
-use crate::{Forwarder, Replica, RouteTable, remove_internal_headers};
+use crate::{Forwarder, REFUSED_HEADER, Replica, RouteTable, remove_internal_headers};
 
 /// Where a route's requests go.
 #[derive(Clone)]
@@ -241,6 +245,8 @@ pub struct Ingress {
     node_headers: Option<(HeaderValue, HeaderValue)>,
     /// Answers to `GET` and `HEAD` that may be served again; `None` when off.
     response_cache: Option<Arc<ResponseCache>>,
+    /// Set once when the node starts draining: peers' requests are refused.
+    draining: AtomicBool,
 }
 
 impl Ingress {
@@ -259,6 +265,7 @@ impl Ingress {
             counters: IngressCounters::default(),
             forwarding: std::sync::OnceLock::new(),
             node_headers,
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -312,9 +319,20 @@ impl Ingress {
         self.response_cache.as_ref().map(|cache| cache.stats())
     }
 
+    /// From now on, refuses the requests peers forward here (see the module
+    /// docs); clients' requests are still served until [`Ingress::serve`]
+    /// stops. A node calls this when it leaves its cluster before stopping.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
     /// Serves a request a peer forwarded here (it arrived over the cluster
-    /// transport, with its hop count and request id).
+    /// transport, with its hop count and request id), or refuses it while
+    /// the node drains.
     pub async fn handle_forwarded(&self, request: http::Request<Incoming>) -> http::Response<ResponseBody> {
+        if self.draining.load(Ordering::Relaxed) {
+            return refused("draining", "this node is shutting down: send the request to another replica");
+        }
         self.route(request, None).await
     }
 
@@ -447,7 +465,7 @@ impl Ingress {
             {
                 return hit;
             }
-            let response = self.run_or_forward(target, request).await;
+            let response = self.run_or_forward(target, request, peer.is_none()).await;
             match cache {
                 Some((cache, plan)) => cache.finish(plan, target.name(), response),
                 None => response,
@@ -500,9 +518,19 @@ impl Ingress {
         served
     }
 
-    /// Runs `request` here or forwards it, as `target` and this node's load say.
-    async fn run_or_forward(&self, target: &Target, request: http::Request<Incoming>) -> http::Response<ResponseBody> {
+    /// Runs `request` here or forwards it, as `target` and this node's load
+    /// say. A peer's request (`from_peer`) that cannot run here for want of a
+    /// slot is refused rather than sent on: the peer has the other replicas.
+    async fn run_or_forward(
+        &self,
+        target: &Target,
+        request: http::Request<Incoming>,
+        from_peer: bool,
+    ) -> http::Response<ResponseBody> {
         match target {
+            Target::Local(function) if from_peer && function.is_saturated() => {
+                refused("saturated", &format!("function {} has no free instance slot on this node", function.name()))
+            }
             Target::Local(function) => match self.elsewhere_if_busy(function) {
                 Some((forwarding, replicas)) => forwarding.forwarder.forward(request, replicas).await,
                 None => self.run_here(function, request).await,
@@ -542,4 +570,12 @@ impl Ingress {
         let replicas = forwarding.replicas.replicas(function.name());
         (!replicas.is_empty()).then_some((forwarding, replicas))
     }
+}
+
+/// The answer to a peer's request this node will not run: `503` with
+/// [`REFUSED_HEADER`] saying `why`, so that the peer tries another replica.
+fn refused(why: &'static str, message: &str) -> http::Response<ResponseBody> {
+    let mut response = wedge_host::error_response(StatusCode::SERVICE_UNAVAILABLE, message, Some("1"));
+    response.headers_mut().insert(REFUSED_HEADER, HeaderValue::from_static(why));
+    response
 }

@@ -7,7 +7,8 @@
 //!
 //! It also forwards requests to the nodes that run their function, over the
 //! cluster's QUIC connections ([`Forwarder`], [`serve_forwarded`]: HTTP/1.1,
-//! one stream per request, hop counting, one retry), choosing the replica
+//! one stream per request, hop counting, one retry, refusals while draining),
+//! choosing the replica
 //! with a sans-IO power-of-two-choices balancer ([`Balancer`]: same site
 //! first, live load times latency).
 //!
@@ -28,8 +29,8 @@ mod routes;
 
 pub use balance::{Balancer, BalancerConfig, InvalidConfig, Replica, XorShift64};
 pub use forward::{
-    FORWARDED_BY_HEADER, ForwardConfig, ForwardStats, Forwarder, HOPS_HEADER, HOPS_MAX, HopLimitReached, ServeConfig,
-    check_hops, hops, remove_internal_headers, serve_forwarded,
+    FORWARDED_BY_HEADER, ForwardConfig, ForwardStats, Forwarder, HOPS_HEADER, HOPS_MAX, HopLimitReached,
+    REFUSED_HEADER, ServeConfig, check_hops, hops, remove_internal_headers, serve_forwarded,
 };
 pub use ingress::{Forwarding, Ingress, IngressConfig, IngressStats, ReplicaSource, Served, Target};
 pub use response_cache::{CACHE_STATUS_HEADER, ResponseCacheConfig};

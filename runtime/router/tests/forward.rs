@@ -22,7 +22,9 @@ use tokio::sync::{Notify, mpsc};
 use wedge_cluster::pki::{ClusterCa, load_ca_cert};
 use wedge_cluster::transport::{Peer, Transport, TransportConfig};
 use wedge_host::ResponseBody;
-use wedge_router::{ForwardConfig, Forwarder, HOPS_MAX, Replica, ServeConfig, check_hops, serve_forwarded};
+use wedge_router::{
+    ForwardConfig, Forwarder, HOPS_MAX, REFUSED_HEADER, Replica, ServeConfig, check_hops, serve_forwarded,
+};
 
 /// How long a test waits for something that should happen at once on loopback.
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -102,7 +104,7 @@ where
     F: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
     let streams = transport.accept_streams().unwrap();
-    tokio::spawn(serve_forwarded(streams, handler, ServeConfig::default()));
+    tokio::spawn(serve_forwarded(streams, handler, ServeConfig::default(), std::future::pending()));
 }
 
 /// Serves [`echo`] on `transport`; returns how many requests it answered.
@@ -428,6 +430,124 @@ async fn requests_a_peer_took_are_retried_only_if_replayable() {
         assert_eq!(forwarder.in_flight("node-c"), 0);
     }
     assert_eq!((taken.load(Ordering::SeqCst), served.load(Ordering::SeqCst)), (4, 2));
+}
+
+#[tokio::test]
+async fn a_refusal_is_tried_elsewhere_when_the_body_is_empty() {
+    let cluster = Cluster::new();
+    let (a, b, c) = (cluster.node("node-a"), cluster.node("node-b"), cluster.node("node-c"));
+    let served = serve_echo(&b);
+    // node-c drains: it answers every forwarded request with a refusal, running nothing.
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&refused);
+    serve(&c, move |request: Request<Incoming>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            drop(request);
+            let mut response = Response::new(full("draining\n"));
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            response.headers_mut().insert(REFUSED_HEADER, "draining".parse().unwrap());
+            response.headers_mut().insert("retry-after", "1".parse().unwrap());
+            response
+        }
+    });
+    let candidates = vec![replica(&c, "east", 0), replica(&b, "east", 100)];
+
+    // Bodiless, whatever the method: node-c ran nothing, so node-b gets it.
+    for method in [Method::GET, Method::POST] {
+        let forwarder = forwarder(&a);
+        let request = Request::builder().method(method.clone()).uri("/").body(Empty::<Bytes>::new()).unwrap();
+        let response = forwarder.forward(request, candidates.clone()).await;
+        assert_eq!(response.status(), StatusCode::OK, "{method}");
+        // The echo answers a POST with its body and what it saw in `x-seen`.
+        let seen: serde_json::Value = match response.headers().get("x-seen") {
+            Some(seen) => serde_json::from_slice(seen.as_bytes()).unwrap(),
+            None => json_body(response).await,
+        };
+        assert_eq!(seen["method"], method.as_str());
+        assert_eq!(forwarder.stats().retries, 1, "{method}");
+        assert_eq!(forwarder.in_flight("node-c"), 0);
+    }
+    assert_eq!((refused.load(Ordering::SeqCst), served.load(Ordering::SeqCst)), (2, 2));
+
+    // A body that was streamed cannot be sent again: the refusal reaches the client.
+    let forwarder = forwarder(&a);
+    let request = Request::post("/").body(Full::new(Bytes::from(vec![1u8; 4096]))).unwrap();
+    let response = forwarder.forward(request, candidates.clone()).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(forwarder.stats().retries, 0);
+
+    // The only replica refusing: its answer, not a 502.
+    let response = forwarder.forward(get("/"), vec![replica(&c, "east", 0)]).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()[REFUSED_HEADER], "draining");
+    assert_eq!((refused.load(Ordering::SeqCst), served.load(Ordering::SeqCst)), (4, 2));
+}
+
+#[tokio::test]
+async fn a_forwarded_request_never_goes_back_to_the_peer_it_came_from() {
+    let cluster = Cluster::new();
+    let (a, b, c) = (cluster.node("node-a"), cluster.node("node-b"), cluster.node("node-c"));
+    let served_a = serve_echo(&a);
+    let served_c = serve_echo(&c);
+    // node-b got this from node-a (the receiving side set the header from node-a's
+    // certificate) and does not run the function: its view lists node-a and node-c.
+    let from_a = || {
+        Request::get("/")
+            .header("x-wedge-hops", "1")
+            .header("x-wedge-forwarded-by", "node-a")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let forwarder = forwarder(&b);
+    for _ in 0..5 {
+        let response = forwarder.forward(from_a(), vec![replica(&a, "east", 0), replica(&c, "east", 0)]).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(json_body(response).await["hops"], "2");
+    }
+    assert_eq!((served_a.load(Ordering::SeqCst), served_c.load(Ordering::SeqCst)), (0, 5));
+
+    // Nowhere else to go: refused, so that node-a tries its next replica.
+    let response = forwarder.forward(from_a(), vec![replica(&a, "east", 0)]).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()[REFUSED_HEADER], "no-replica");
+    assert_eq!(served_a.load(Ordering::SeqCst), 0);
+
+    // A client's request (no hop yet) may go anywhere: the header means nothing then.
+    let request = Request::get("/").header("x-wedge-forwarded-by", "node-a").body(Empty::<Bytes>::new()).unwrap();
+    let response = forwarder.forward(request, vec![replica(&a, "east", 0)]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(served_a.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn stopping_the_server_lets_requests_in_flight_finish() {
+    let cluster = Cluster::new();
+    let (a, b) = (cluster.node("node-a"), cluster.node("node-b"));
+    let streams = b.accept_streams().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_forwarded(streams, echo, ServeConfig::default(), async {
+        let _ = stopped.await;
+    }));
+    let forwarder = Arc::new(forwarder(&a));
+    let to = vec![replica(&b, "east", 0)];
+    let slow = {
+        let (forwarder, to) = (Arc::clone(&forwarder), to.clone());
+        tokio::spawn(async move {
+            let request = Request::get("/slow").header("x-delay-ms", "500").body(Empty::<Bytes>::new()).unwrap();
+            forwarder.forward(request, to).await
+        })
+    };
+    eventually("node-b takes the slow request", || b.stats().streams_accepted == 1).await;
+    stop.send(()).unwrap();
+    tokio::task::yield_now().await;
+    assert!(!server.is_finished(), "the server returned with a request in flight");
+    // The server waits for the slow request, then returns; the answer is whole.
+    let response = slow.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(json_body(response).await["uri"], "/slow");
+    tokio::time::timeout(DEADLINE, server).await.unwrap().unwrap().unwrap();
 }
 
 #[tokio::test]
