@@ -62,6 +62,8 @@ pub mod store;
 mod types;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 pub use backoff::retry_delay_ms;
