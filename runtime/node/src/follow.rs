@@ -562,7 +562,9 @@ impl Applier {
         for (name, record, placed) in routed.chain(failed) {
             let target = match placed {
                 Placed::Here(function) => Target::Local(function),
-                Placed::Elsewhere => Target::Remote(name.as_str().into()),
+                Placed::Elsewhere => {
+                    Target::Remote { name: name.as_str().into(), artifact: record.artifact.as_str().into() }
+                }
             };
             for text in &record.routes {
                 let inserted = Route::parse(text).and_then(|route| table.insert(route, name, target.clone()));
@@ -961,6 +963,7 @@ mod tests {
             allowed_outbound_hosts: vec![],
             created_unix_ms: 1,
             replicas: Default::default(),
+            queue: None,
         }
     }
 

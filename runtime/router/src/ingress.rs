@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderName, HeaderValue, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -51,8 +51,14 @@ use crate::{Forwarder, REFUSED_HEADER, Replica, RouteTable, remove_internal_head
 pub enum Target {
     /// The function runs on this node.
     Local(Function),
-    /// The function (this name) runs on other nodes only.
-    Remote(Arc<str>),
+    /// The function runs on other nodes only.
+    Remote {
+        /// Its name.
+        name: Arc<str>,
+        /// sha256 of the component its active version runs: answers of
+        /// another version (a replica not yet caught up) are never cached.
+        artifact: Arc<str>,
+    },
 }
 
 impl Target {
@@ -60,7 +66,15 @@ impl Target {
     pub fn name(&self) -> &str {
         match self {
             Target::Local(function) => function.name(),
-            Target::Remote(name) => name,
+            Target::Remote { name, .. } => name,
+        }
+    }
+
+    /// sha256 of the component the active version of the function runs.
+    fn artifact(&self) -> &str {
+        match self {
+            Target::Local(function) => function.sha256(),
+            Target::Remote { artifact, .. } => artifact,
         }
     }
 }
@@ -84,6 +98,22 @@ pub struct Forwarding {
 const NODE_HEADER: &str = "x-wedge-node";
 /// `x-wedge-site`: that node's site.
 const SITE_HEADER: &str = "x-wedge-site";
+
+/// `x-wedge-artifact`: on an answer to a forwarded request, the sha256 of
+/// the component that produced it. The forwarding node compares it with the
+/// version it expects and removes it before the answer goes to the client.
+const ARTIFACT_HEADER: HeaderName = HeaderName::from_static("x-wedge-artifact");
+
+/// Whether a peer's answer came from another component than the active
+/// version of `target` (a replica that has not loaded the new version yet,
+/// or already an even newer one): such an answer is passed on but never
+/// cached, or the cache would keep serving the old version after the purge
+/// a deploy makes. Removes the header either way.
+fn answered_by_another_version(target: &Target, response: &mut http::Response<ResponseBody>) -> bool {
+    let artifact = response.headers_mut().remove(ARTIFACT_HEADER);
+    response.extensions().get::<PeerAnswered>().is_some()
+        && artifact.as_ref().and_then(|value| value.to_str().ok()) != Some(target.artifact())
+}
 
 /// Limits of the HTTP server itself (the functions have their own).
 #[derive(Debug, Clone)]
@@ -465,9 +495,10 @@ impl Ingress {
             {
                 return hit;
             }
-            let response = self.run_or_forward(target, request, peer.is_none()).await;
+            let mut response = self.run_or_forward(target, request, peer.is_none()).await;
+            let stale = answered_by_another_version(target, &mut response);
             match cache {
-                Some((cache, plan)) => cache.finish(plan, target.name(), response),
+                Some((cache, plan)) => cache.finish(plan, target.name(), response, !stale),
                 None => response,
             }
         }
@@ -533,9 +564,15 @@ impl Ingress {
             }
             Target::Local(function) => match self.elsewhere_if_busy(function) {
                 Some((forwarding, replicas)) => forwarding.forwarder.forward(request, replicas).await,
-                None => self.run_here(function, request).await,
+                None => {
+                    let mut response = self.run_here(function, request).await;
+                    if from_peer && let Ok(artifact) = HeaderValue::from_str(function.sha256()) {
+                        response.headers_mut().insert(ARTIFACT_HEADER, artifact);
+                    }
+                    response
+                }
             },
-            Target::Remote(name) => match self.forwarding.get() {
+            Target::Remote { name, .. } => match self.forwarding.get() {
                 Some(forwarding) => {
                     let replicas = forwarding.replicas.replicas(name);
                     forwarding.forwarder.forward(request, replicas).await
@@ -578,4 +615,42 @@ fn refused(why: &'static str, message: &str) -> http::Response<ResponseBody> {
     let mut response = wedge_host::error_response(StatusCode::SERVICE_UNAVAILABLE, message, Some("1"));
     response.headers_mut().insert(REFUSED_HEADER, HeaderValue::from_static(why));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn remote(artifact: &str) -> Target {
+        Target::Remote { name: "f".into(), artifact: artifact.into() }
+    }
+
+    fn answer(from_peer: bool, artifact: Option<&str>) -> http::Response<ResponseBody> {
+        let mut response = wedge_host::error_response(StatusCode::OK, "ok", None);
+        if from_peer {
+            response.extensions_mut().insert(PeerAnswered);
+        }
+        if let Some(artifact) = artifact {
+            response.headers_mut().insert(ARTIFACT_HEADER, HeaderValue::from_str(artifact).unwrap());
+        }
+        response
+    }
+
+    #[test]
+    fn only_a_peer_answer_of_the_active_version_counts_as_current() {
+        let target = remote("aaa");
+        for (from_peer, artifact, stale) in [
+            (true, Some("aaa"), false),
+            (true, Some("bbb"), true),
+            (true, None, true),
+            (false, None, false),
+            (false, Some("bbb"), false),
+        ] {
+            let mut response = answer(from_peer, artifact);
+            assert_eq!(answered_by_another_version(&target, &mut response), stale, "{from_peer} {artifact:?}");
+            assert!(response.headers().get(ARTIFACT_HEADER).is_none(), "the header never reaches the client");
+        }
+    }
 }

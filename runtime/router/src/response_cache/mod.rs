@@ -175,12 +175,15 @@ impl ResponseCache {
     }
 
     /// Labels `response` (fetched for `plan`'s request from `function`) and,
-    /// when it may be stored, stores it as its body streams out.
+    /// when it may be stored, stores it as its body streams out. An answer
+    /// of another version than the function's active one
+    /// (`!current_version`) is labelled but never stored.
     pub(crate) fn finish(
         self: &Arc<Self>,
         plan: Plan,
         function: &str,
         mut response: Response<ResponseBody>,
+        current_version: bool,
     ) -> Response<ResponseBody> {
         let label = match plan.class {
             RequestClass::Bypass(_) => "BYPASS",
@@ -188,6 +191,10 @@ impl ResponseCache {
         };
         response.headers_mut().insert(CACHE_STATUS_HEADER, HeaderValue::from_static(label));
         let Some(request_headers) = plan.request_headers else { return response };
+        if !current_version {
+            tracing::debug!(%function, "answer not stored: a replica answered with another version");
+            return response;
+        }
         let freshness = match storable(response.status(), response.headers()) {
             Ok(freshness) => freshness,
             Err(reason) => {
