@@ -694,18 +694,8 @@ fn markdown(r: &Report) -> String {
     md.push_str("| page | Cache-Control | req/s | p50 | p99 | errors (all rounds) | req/s per round |\n");
     md.push_str("|---|---|---:|---:|---:|---:|---|\n");
     for p in &r.pages {
-        let per_round: Vec<String> = p.rounds.iter().map(|s| format!("{:.0}", s.requests_per_sec)).collect();
-        md.push_str(&format!(
-            "| {} (`{}`) | `{}` | {:.0} | {} | {} | {} | {} |\n",
-            p.page,
-            p.path,
-            p.cache_control,
-            p.median.requests_per_sec,
-            fmt_us(p.median.p50_us),
-            fmt_us(p.median.p99_us),
-            p.median.errors,
-            per_round.join(" / ")
-        ));
+        let cells = wrk::row_cells(&p.median, &p.rounds);
+        md.push_str(&format!("| {} (`{}`) | `{}` | {cells}", p.page, p.path, p.cache_control));
     }
     md.push_str(&format!(
         "\n| ratio | req/s | p50 | p99 |\n|---|---:|---:|---:|\n| cached / computed | **{:.2}×** | {:.2}× | {:.2}× |\n",

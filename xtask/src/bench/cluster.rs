@@ -794,16 +794,7 @@ fn markdown(r: &Report) -> String {
         "| path | req/s | p50 | p99 | errors (all rounds) | req/s per round |\n|---|---:|---:|---:|---:|---|\n",
     );
     for w in &r.wrk {
-        let per_round: Vec<String> = w.rounds.iter().map(|s| format!("{:.0}", s.requests_per_sec)).collect();
-        md.push_str(&format!(
-            "| {} | {:.0} | {} | {} | {} | {} |\n",
-            w.path,
-            w.median.requests_per_sec,
-            fmt_us(w.median.p50_us),
-            fmt_us(w.median.p99_us),
-            w.median.errors,
-            per_round.join(" / ")
-        ));
+        md.push_str(&format!("| {} | {}", w.path, wrk::row_cells(&w.median, &w.rounds)));
     }
     md.push_str(&format!(
         "| forwarded / local | {:.2}× | {:.2}× | {:.2}× | | |\n\n",

@@ -445,16 +445,7 @@ fn markdown(report: &Report) -> String {
     md.push_str("| system | req/s | p50 | p99 | errors (all rounds) | req/s per round |\n");
     md.push_str("|---|---:|---:|---:|---:|---|\n");
     for s in &report.systems {
-        let per_round: Vec<String> = s.rounds.iter().map(|r| format!("{:.0}", r.requests_per_sec)).collect();
-        md.push_str(&format!(
-            "| {} | {:.0} | {} | {} | {} | {} |\n",
-            s.system,
-            s.median.requests_per_sec,
-            fmt_us(s.median.p50_us),
-            fmt_us(s.median.p99_us),
-            s.median.errors,
-            per_round.join(" / ")
-        ));
+        md.push_str(&format!("| {} | {}", s.system, wrk::row_cells(&s.median, &s.rounds)));
     }
     if !report.ratios.is_empty() {
         md.push_str("\n| ratio | req/s | p50 | p99 |\n|---|---:|---:|---:|\n");

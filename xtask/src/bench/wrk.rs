@@ -146,6 +146,14 @@ Transfer/sec:    863.10KB
     fn a_report_without_latency_is_an_error() {
         assert!(parse("Requests/sec: 1.0\n").is_err());
     }
+
+    #[test]
+    fn a_row_shows_the_median_and_every_round() {
+        let round = |requests_per_sec| Sample { requests_per_sec, p50_us: 812.0, p99_us: 1234.0, errors: 0 };
+        let rounds = [round(1200.4), round(1234.0)];
+        let cells = row_cells(&median(&rounds), &rounds);
+        assert_eq!(cells, format!("1217 | {} | {} | 0 | 1200 / 1234 |\n", fmt_us(812.0), fmt_us(1234.0)));
+    }
 }
 
 /// The median of each metric of the rounds on its own; errors are summed.
@@ -188,6 +196,20 @@ pub fn median_of(mut values: Vec<f64>) -> f64 {
         _ if n % 2 == 1 => values[n / 2],
         _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
+}
+
+/// The cells of a results-table row after its label: the median's req/s, p50, p99 and
+/// errors, then req/s of every round (`1234 | 812 µs | … | 1201 / 1234 |`, and a newline).
+pub fn row_cells(median: &Sample, rounds: &[Sample]) -> String {
+    let per_round: Vec<String> = rounds.iter().map(|s| format!("{:.0}", s.requests_per_sec)).collect();
+    format!(
+        "{:.0} | {} | {} | {} | {} |\n",
+        median.requests_per_sec,
+        fmt_us(median.p50_us),
+        fmt_us(median.p99_us),
+        median.errors,
+        per_round.join(" / ")
+    )
 }
 
 /// Microseconds for people: `812 µs`, `1.23 ms`, `2.01 s`.
