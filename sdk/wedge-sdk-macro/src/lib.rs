@@ -33,20 +33,94 @@ pub fn http_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-fn expand(function: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
+/// Exports a function as the component's `wedge:function/job` (world
+/// `wedge:function/job-handler`): it runs once per job of the queue the
+/// function is bound to.
+///
+/// The function takes one `wedge_sdk::Job` and returns `Result<(), E>` for
+/// any `E: Display`; an `Err` fails the attempt with that message (the queue
+/// retries the job later). It may be `async`. One function per component
+/// may carry the attribute, and a component is either a job handler or an
+/// HTTP handler.
+///
+/// ```ignore
+/// #[wedge_sdk::job_handler]
+/// fn handle(job: wedge_sdk::Job) -> Result<(), String> {
+///     println!("job {} attempt {}: {} bytes", job.id, job.attempt, job.payload.len());
+///     Ok(())
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn job_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        let attr = proc_macro2::TokenStream::from(attr);
+        return syn::Error::new(attr.span(), "#[job_handler] takes no arguments").to_compile_error().into();
+    }
+    let function = parse_macro_input!(item as ItemFn);
+    match expand_job(&function) {
+        Ok(tokens) => tokens.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+/// The checks both attributes make of the function's signature.
+fn check_signature(function: &ItemFn, attribute: &str, argument: &str) -> syn::Result<()> {
     let sig = &function.sig;
     if sig.inputs.len() != 1 {
         return Err(syn::Error::new(
             sig.inputs.span(),
-            "an #[http_handler] function takes exactly one argument: the `wedge_sdk::Request`",
+            format!("an #[{attribute}] function takes exactly one argument: the `{argument}`"),
         ));
     }
     if let Some(FnArg::Receiver(receiver)) = sig.inputs.first() {
-        return Err(syn::Error::new(receiver.span(), "#[http_handler] goes on a free function, not a method"));
+        return Err(syn::Error::new(receiver.span(), format!("#[{attribute}] goes on a free function, not a method")));
     }
     if !sig.generics.params.is_empty() {
-        return Err(syn::Error::new(sig.generics.span(), "an #[http_handler] function cannot be generic"));
+        return Err(syn::Error::new(sig.generics.span(), format!("an #[{attribute}] function cannot be generic")));
     }
+    Ok(())
+}
+
+fn expand_job(function: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
+    check_signature(function, "job_handler", "wedge_sdk::Job")?;
+    let sig = &function.sig;
+    let name = &sig.ident;
+    let run = if sig.asyncness.is_some() {
+        quote!(::wedge_sdk::__private::run_job_async)
+    } else {
+        quote!(::wedge_sdk::__private::run_job)
+    };
+    Ok(quote! {
+        #function
+
+        // The export glue: a hidden type implementing the generated `job`
+        // trait, exported with the job-handler bindings' `export!`. The
+        // generated ABI functions are `unsafe` by nature.
+        #[allow(unsafe_code)]
+        const _: () = {
+            #[doc(hidden)]
+            struct __WedgeJobHandler;
+
+            impl ::wedge_sdk::bindings::job_handler::exports::wedge::function::job::Guest
+                for __WedgeJobHandler
+            {
+                fn handle(
+                    job: ::wedge_sdk::bindings::job_handler::exports::wedge::function::job::Job,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    #run(job, #name)
+                }
+            }
+
+            ::wedge_sdk::bindings::job_handler::export!(
+                __WedgeJobHandler with_types_in ::wedge_sdk::bindings::job_handler
+            );
+        };
+    })
+}
+
+fn expand(function: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
+    check_signature(function, "http_handler", "wedge_sdk::Request")?;
+    let sig = &function.sig;
     let name = &sig.ident;
     let serve = if sig.asyncness.is_some() {
         quote!(::wedge_sdk::__private::serve_async)

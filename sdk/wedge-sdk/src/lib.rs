@@ -2,7 +2,8 @@
 //!
 //! A wedge function is a WebAssembly component that handles HTTP requests
 //! (`wasi:http/proxy`, plus wedge's own interfaces such as
-//! [`config`]). This crate turns a plain Rust function into one:
+//! [`config`]) or runs background jobs from a queue. This crate turns a
+//! plain Rust function into either. An HTTP function:
 //!
 //! ```no_run
 //! use wedge_sdk::{Request, http_handler};
@@ -22,10 +23,35 @@
 //! and the `.wasm` under `target/wasm32-wasip2/release/` is a component any
 //! `wasi:http/proxy` host can run (`wedge deploy`, or `wasmtime serve -Scli`).
 //!
+//! A job function (one crate is one function: an HTTP handler or a job
+//! handler, not both), run for each job sent to the queue it is bound to
+//! with `wedge deploy --queue NAME`:
+//!
+//! ```no_run
+//! use wedge_sdk::{Job, cache, job_handler};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Resize { image: String, width: u32 }
+//!
+//! #[job_handler]
+//! fn handle(job: Job) -> Result<(), Box<dyn std::error::Error>> {
+//!     let resize: Resize = job.json()?;
+//!     // ... the slow work; an `Err` (or a panic) retries the job later.
+//!     cache::set(&format!("thumb:{}", resize.image), format!("{} px", resize.width), None)?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! and any function sends jobs with [`queue::send`] or [`queue::send_json`].
+//!
 //! ## What is in here
 //!
 //! - [`http_handler`]: the attribute that exports a `fn` or `async fn` taking a
 //!   [`Request`] and returning anything that is [`IntoResponse`].
+//! - [`job_handler`]: the attribute that exports a `fn` or `async fn` taking a
+//!   [`Job`] and returning `Result<(), E>` with `E: Display`.
+//! - [`queue`]: send background jobs (bytes or serde types), durable before
+//!   `send` returns.
 //! - [`Request`] / [`Response`]: the [`http`] crate's types with streamed
 //!   bodies: [`IncomingBody`] (read chunk by chunk, through `std::io::Read`,
 //!   or collected with a size limit) and [`Body`] (in memory or streamed).
@@ -86,21 +112,25 @@ pub mod config;
 mod convert;
 pub mod executor;
 mod handler;
+mod job;
 pub mod outbound;
+pub mod queue;
 mod response;
 mod router;
 
 pub use http;
-pub use wedge_sdk_macro::http_handler;
+pub use wedge_sdk_macro::{http_handler, job_handler};
 
 pub use body::{Body, BodyError, CHUNK_BYTES, DEFAULT_COLLECT_LIMIT_BYTES, IncomingBody};
+pub use job::Job;
 pub use response::{IntoResponse, Json, Request, Response, json_error, text};
 pub use router::{Params, Router};
 
-/// Used by the code `#[http_handler]` generates. Not public API: it may
+/// Used by the code `#[http_handler]` and `#[job_handler]` generate. Not public API: it may
 /// change in any release.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::handler::{serve, serve_async};
+    pub use crate::job::{run as run_job, run_async as run_job_async};
     pub use wit_bindgen;
 }
