@@ -4,11 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{HostError, LoadError};
 use crate::guest_log::GuestLogSink;
 use crate::outbound::{AllowListEntry, OutboundPolicy};
+use crate::queue::QueueSender;
 
 const MIB: u64 = 1024 * 1024;
 /// Longest request deadline a function may ask for.
@@ -37,6 +39,10 @@ pub struct HostConfig {
     /// function share entries and functions never see each other's).
     /// `None`: cache calls fail with a `storage` error saying so.
     pub function_cache: Option<wedge_cache::Cache>,
+    /// How `wedge:function/queue` sends reach the node's queues (see
+    /// [`QueueSender`] for what it must guarantee). `None`: every send fails
+    /// with `unavailable("this node has no queues")`.
+    pub queue_sender: Option<Arc<dyn QueueSender>>,
 }
 
 impl Default for HostConfig {
@@ -48,6 +54,7 @@ impl Default for HostConfig {
             cache_dir: None,
             log_sink: None,
             function_cache: None,
+            queue_sender: None,
         }
     }
 }

@@ -115,6 +115,7 @@ fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<GuestState>> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     bindings::wedge::function::config::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)?;
     bindings::wedge::function::cache::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)?;
+    bindings::wedge::function::queue::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)?;
     Ok(linker)
 }
 

@@ -36,9 +36,11 @@ pub enum LoadError {
     /// A component that wasmtime cannot compile.
     #[error("invalid component: {0:#}")]
     Invalid(anyhow::Error),
-    /// A valid component that does not fit the `wedge:function/http-handler`
-    /// or `wasi:http/proxy` world.
-    #[error("component does not target a supported world (wasi:http/proxy or wedge:function/http-handler): {0:#}")]
+    /// A valid component that does not fit the `wedge:function/http-handler`,
+    /// `wasi:http/proxy` or `wedge:function/job-handler` world.
+    #[error(
+        "component does not target a supported world (wasi:http/proxy, wedge:function/http-handler or wedge:function/job-handler): {0:#}"
+    )]
     WrongWorld(anyhow::Error),
     /// The function's settings are unusable.
     #[error("function {name:?}: {reason}")]

@@ -5,6 +5,15 @@
 //! function's [`stats`](crate::stats): status class and time to the response
 //! head, failures by kind, body bytes both ways, in flight until its response
 //! body ends.
+//!
+//! A function is of one of two kinds ([`FunctionKind`]), told apart at load
+//! by the world its component exports: an HTTP handler serves
+//! [`Function::handle`], a job handler [`Function::handle_job`] (in
+//! [`job`]); each answers the other's call with a clear error.
+
+mod job;
+
+pub use job::{Job, JobFailure};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,8 +36,9 @@ use crate::engine::EngineHandle;
 use crate::error::LoadError;
 use crate::guest_log::GuestLog;
 use crate::outbound::{OutboundHooks, OutboundPolicy};
-use crate::state::GuestState;
-use crate::stats::{FunctionStats, FunctionStatsSnapshot, InFlight, TrapKind};
+use crate::state::bindings::JobHandlerPre;
+use crate::state::{GuestState, Services};
+use crate::stats::{FunctionStats, FunctionStatsSnapshot, InFlight, JobStatsSnapshot, TrapKind};
 
 /// The body of every response the host produces, guest-made or not.
 pub type ResponseBody = wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -46,7 +56,7 @@ struct FunctionInner {
     host: Arc<EngineHandle>,
     name: Arc<str>,
     sha256: String,
-    pre: ProxyPre<GuestState>,
+    pre: Pre,
     limits: Limits,
     env: Vec<(String, String)>,
     config: Arc<BTreeMap<String, String>>,
@@ -57,6 +67,32 @@ struct FunctionInner {
     running: Arc<Semaphore>,
     /// What its requests did, for metrics and reports.
     stats: Arc<FunctionStats>,
+}
+
+/// What a function does, decided by the world its component targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FunctionKind {
+    /// Exports `wasi:http/incoming-handler` (worlds `wasi:http/proxy`,
+    /// `wedge:function/http-handler`): serves HTTP requests.
+    HttpHandler,
+    /// Exports `wedge:function/job` (world `wedge:function/job-handler`):
+    /// runs the jobs of a queue.
+    JobHandler,
+}
+
+impl std::fmt::Display for FunctionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FunctionKind::HttpHandler => "an HTTP function (world wedge:function/http-handler)",
+            FunctionKind::JobHandler => "a job function (world wedge:function/job-handler)",
+        })
+    }
+}
+
+/// The pre-instantiated component, typed by its kind.
+enum Pre {
+    Http(ProxyPre<GuestState>),
+    Job(JobHandlerPre<GuestState>),
 }
 
 /// How a request's guest run ended when it produced no response.
@@ -122,7 +158,18 @@ impl Function {
     ) -> Result<Self, LoadError> {
         let instance_pre =
             handle.linker.instantiate_pre(&compiled.component).map_err(|e| LoadError::WrongWorld(e.into()))?;
-        let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(e.into()))?;
+        // Imports are the same for both worlds; the export tells them apart.
+        let pre = match ProxyPre::new(instance_pre.clone()) {
+            Ok(pre) => Pre::Http(pre),
+            Err(not_http) => match JobHandlerPre::new(instance_pre) {
+                Ok(pre) => Pre::Job(pre),
+                Err(not_job) => {
+                    return Err(LoadError::WrongWorld(anyhow::anyhow!(
+                        "it exports neither wasi:http/incoming-handler ({not_http:#}) nor wedge:function/job ({not_job:#})"
+                    )));
+                }
+            },
+        };
         let outbound = Arc::new(spec.outbound_policy()?);
         let concurrency = usize::try_from(spec.limits.concurrency_max).unwrap_or(usize::MAX);
         let cache = handle.config.function_cache.as_ref().map(|cache| cache.namespace(&spec.name));
@@ -148,6 +195,14 @@ impl Function {
         &self.inner.name
     }
 
+    /// Whether it serves HTTP requests or runs jobs.
+    pub fn kind(&self) -> FunctionKind {
+        match self.inner.pre {
+            Pre::Http(_) => FunctionKind::HttpHandler,
+            Pre::Job(_) => FunctionKind::JobHandler,
+        }
+    }
+
     /// sha256 of the component's bytes (hex).
     pub fn sha256(&self) -> &str {
         &self.inner.sha256
@@ -160,8 +215,14 @@ impl Function {
     }
 
     /// What this function's requests have done so far (shared by every clone).
+    /// A job function's runs count here too, in flight and in the traps.
     pub fn stats(&self) -> FunctionStatsSnapshot {
         self.inner.stats.snapshot()
+    }
+
+    /// What this function's job runs have done so far (all zero for an HTTP function).
+    pub fn job_stats(&self) -> JobStatsSnapshot {
+        self.inner.stats.job_snapshot()
     }
 
     /// Whether every instance slot of this function is taken (a request now
@@ -184,7 +245,10 @@ impl Function {
     #[doc(hidden)]
     pub async fn instantiate_only(&self) -> anyhow::Result<Instantiated> {
         let mut store = self.bench_store();
-        self.inner.pre.instantiate_async(&mut store).await.map_err(anyhow::Error::from)?;
+        match &self.inner.pre {
+            Pre::Http(pre) => _ = pre.instantiate_async(&mut store).await.map_err(anyhow::Error::from)?,
+            Pre::Job(pre) => _ = pre.instantiate_async(&mut store).await.map_err(anyhow::Error::from)?,
+        }
         Ok(Instantiated { _store: store })
     }
 
@@ -216,6 +280,15 @@ impl Function {
         B::Error: Into<HttpError>,
     {
         let limits = &self.inner.limits;
+        let Pre::Http(pre) = &self.inner.pre else {
+            let message = format!(
+                "function {} is {}: it runs the jobs of a queue and does not answer HTTP requests",
+                self.name(),
+                FunctionKind::JobHandler
+            );
+            return (error_response(StatusCode::NOT_IMPLEMENTED, &message, None), false);
+        };
+        let pre = pre.clone();
         if let Some(length) = content_length(&request)
             && length > limits.body_bytes_max
         {
@@ -231,7 +304,7 @@ impl Function {
         let (request, body_overflow) = limit_body(request, limits.body_bytes_max, Arc::clone(&self.inner.stats));
         // Timeouts are validated to be at most a day, so this cannot overflow.
         let deadline = Instant::now() + limits.timeout;
-        match self.run(request, deadline, permit, Arc::clone(&request_id)).await {
+        match self.run(pre, request, deadline, permit, Arc::clone(&request_id)).await {
             Ok(response) if body_overflow.is_set() => {
                 drop(response);
                 (self.body_too_large(), false)
@@ -248,6 +321,7 @@ impl Function {
 
     async fn run<B>(
         &self,
+        pre: ProxyPre<GuestState>,
         request: http::Request<LimitedBody<B>>,
         deadline: Instant,
         permit: OwnedSemaphorePermit,
@@ -276,7 +350,7 @@ impl Function {
                 let _permit = permit;
                 let timeout = deadline.saturating_duration_since(Instant::now());
                 let run = async {
-                    let proxy = function.inner.pre.instantiate_async(&mut store).await?;
+                    let proxy = pre.instantiate_async(&mut store).await?;
                     proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
                 };
                 let outcome = tokio::time::timeout(timeout, run).await;
@@ -323,16 +397,15 @@ impl Function {
         let inner = &self.inner;
         let hooks = OutboundHooks::new(Arc::clone(&inner.name), Arc::clone(&inner.outbound));
         let log = GuestLog::pair(Arc::clone(&inner.name), request_id, inner.host.config.log_sink.clone());
-        let state = GuestState::new(
-            &inner.env,
-            Arc::clone(&inner.config),
-            inner.cache.clone(),
-            Arc::clone(&inner.stats),
-            hooks,
-            inner.limits.memory_bytes_max,
-            log,
-        );
-        let mut store = Store::new(inner.pre.engine(), state);
+        let services = Services {
+            function_name: Arc::clone(&inner.name),
+            config: Arc::clone(&inner.config),
+            cache: inner.cache.clone(),
+            queue_sender: inner.host.config.queue_sender.clone(),
+            stats: Arc::clone(&inner.stats),
+        };
+        let state = GuestState::new(&inner.env, services, hooks, inner.limits.memory_bytes_max, log);
+        let mut store = Store::new(&inner.host.engine, state);
         store.limiter(|state| &mut state.limiter);
         // Check the deadline on every epoch tick; until then, yield to the
         // scheduler so a busy guest cannot starve other requests.

@@ -10,12 +10,18 @@
 //! - one [`Function`] per deployed component: its `InstancePre`, its
 //!   [`Limits`], configuration, environment and outbound allow-list, and the
 //!   statistics of its requests ([`Function::stats`]);
-//! - a fresh `Store` per request, so no state leaks between requests;
+//! - a fresh `Store` per request (or job), so no state leaks between them;
 //! - the host side of `wedge:function/cache`: each function gets its own
-//!   namespace of the node's [`wedge_cache::Cache`] ([`HostConfig::function_cache`]).
+//!   namespace of the node's [`wedge_cache::Cache`] ([`HostConfig::function_cache`]);
+//! - the host side of `wedge:function/queue`: a guest's `send` goes to the
+//!   node's [`QueueSender`] ([`HostConfig::queue_sender`]);
+//! - job functions (world `wedge:function/job-handler`): a [`Function`] knows
+//!   its [`FunctionKind`], and [`Function::handle_job`] runs one attempt of a
+//!   [`Job`] under the same limits as a request.
 //!
 //! It must not know about routes, sockets, the cluster or the control plane:
-//! it takes an `http::Request` and gives back an `http::Response`.
+//! it takes an `http::Request` and gives back an `http::Response`, or takes a
+//! [`Job`] and says whether it completed.
 
 mod cache;
 mod compile;
@@ -25,15 +31,20 @@ mod error;
 mod function;
 mod guest_log;
 mod outbound;
+mod queue;
 mod state;
 mod stats;
 
 pub use config::{FunctionSpec, HostConfig, Limits, validate_name};
 pub use error::{HostError, LoadError};
-pub use function::{Function, Instantiated, ResponseBody, error_response};
+pub use function::{Function, FunctionKind, Instantiated, Job, JobFailure, ResponseBody, error_response};
 pub use guest_log::{GuestLogLine, GuestLogSink, Stream};
 pub use outbound::{AllowListEntry, Denied, OutboundPolicy};
-pub use stats::{DURATION_BOUNDS_SECONDS, DurationHistogram, FunctionStatsSnapshot, StatusClass, TrapKind};
+pub use queue::{QueueMessage, QueueSendError, QueueSender, SendFuture};
+pub use stats::{
+    DURATION_BOUNDS_SECONDS, DurationHistogram, FunctionStatsSnapshot, JobOutcome, JobStatsSnapshot, StatusClass,
+    TrapKind,
+};
 
 use std::sync::Arc;
 

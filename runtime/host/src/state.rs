@@ -13,6 +13,7 @@ use wedge_cache::Namespace;
 
 use crate::guest_log::GuestLog;
 use crate::outbound::OutboundHooks;
+use crate::queue::QueueSender;
 use crate::stats::FunctionStats;
 
 /// Most resources (streams, headers, pollables, ...) one request may hold
@@ -23,12 +24,19 @@ const RESOURCES_MAX: usize = 10_000;
 const FIELDS_BYTES_MAX: usize = 64 * 1024;
 
 /// Host bindings generated from `wit/` (the same WIT the guest SDK uses).
+/// World `job-handler` imports everything `http-handler` does, so its
+/// bindings serve both: the `wedge:function/*` imports for the linker and
+/// the `job` export; `wasi:http`'s own bindings give the HTTP export.
 #[allow(missing_docs)]
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
-        world: "wedge:function/http-handler",
+        world: "wedge:function/job-handler",
         require_store_data_send: true,
+        // `send` waits for the queue's replication round trip; every other
+        // wedge import answers from memory and stays synchronous.
+        imports: { "wedge:function/queue.send": async },
+        exports: { default: async },
         with: {
             "wasi:http": wasmtime_wasi_http::p2::bindings::http,
             "wasi:io": wasmtime_wasi::p2::bindings::io,
@@ -46,20 +54,29 @@ pub(crate) struct GuestState {
     table: ResourceTable,
     hooks: OutboundHooks,
     pub(crate) limiter: MemoryLimiter,
-    config: Arc<BTreeMap<String, String>>,
-    /// This function's part of the node cache; `None` when the node has none.
-    cache: Option<Namespace>,
-    /// The function's statistics (the cache counts its hits and misses there).
-    stats: Arc<FunctionStats>,
+    services: Services,
     request_id: Arc<str>,
+}
+
+/// What the function's instances share, handed to each store: the host
+/// sides of the `wedge:function/*` imports and the statistics they count in.
+#[derive(Clone)]
+pub(crate) struct Services {
+    /// The function's name (queue sends say who sent them).
+    pub(crate) function_name: Arc<str>,
+    pub(crate) config: Arc<BTreeMap<String, String>>,
+    /// This function's part of the node cache; `None` when the node has none.
+    pub(crate) cache: Option<Namespace>,
+    /// The node's way to enqueue jobs; `None` when the node has no queues.
+    pub(crate) queue_sender: Option<Arc<dyn QueueSender>>,
+    /// The function's statistics (the cache counts its hits and misses there).
+    pub(crate) stats: Arc<FunctionStats>,
 }
 
 impl GuestState {
     pub(crate) fn new(
         env: &[(String, String)],
-        config: Arc<BTreeMap<String, String>>,
-        cache: Option<Namespace>,
-        stats: Arc<FunctionStats>,
+        services: Services,
         hooks: OutboundHooks,
         memory_bytes_max: u64,
         (stdout, stderr): (GuestLog, GuestLog),
@@ -86,21 +103,29 @@ impl GuestState {
             table,
             hooks,
             limiter: MemoryLimiter { bytes_max: memory_bytes_max, bytes_used: 0, refused: false },
-            config,
-            cache,
-            stats,
+            services,
             request_id,
         }
     }
 
     /// This function's namespace of the node cache, if the node has one.
     pub(crate) fn cache(&self) -> Option<&Namespace> {
-        self.cache.as_ref()
+        self.services.cache.as_ref()
+    }
+
+    /// The node's queue sender, if the node has queues.
+    pub(crate) fn queue_sender(&self) -> Option<&Arc<dyn QueueSender>> {
+        self.services.queue_sender.as_ref()
+    }
+
+    /// The name of the function this store runs.
+    pub(crate) fn function_name(&self) -> Arc<str> {
+        Arc::clone(&self.services.function_name)
     }
 
     /// The statistics of the function this store runs.
     pub(crate) fn stats(&self) -> &FunctionStats {
-        &self.stats
+        &self.services.stats
     }
 
     /// The id of the request this store serves.
@@ -123,11 +148,11 @@ impl WasiHttpView for GuestState {
 
 impl bindings::wedge::function::config::Host for GuestState {
     fn get(&mut self, key: String) -> Option<String> {
-        self.config.get(&key).cloned()
+        self.services.config.get(&key).cloned()
     }
 
     fn get_all(&mut self) -> Vec<(String, String)> {
-        self.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.services.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 }
 

@@ -2,6 +2,8 @@
 //! shares, written on the request path and read as a [`FunctionStatsSnapshot`] by whoever
 //! exposes them (the node's `/metrics`, its reports to the control plane). Fixed sizes
 //! only: a status-class array, a fixed-bucket latency histogram, a trap-kind array.
+//! A job function's jobs count in flight and failures by kind the same way, and their
+//! outcomes and durations apart ([`JobStatsSnapshot`]): they are not requests.
 //!
 //! It must not depend on an exposition format: names and labels are the node's business.
 
@@ -93,6 +95,57 @@ impl TrapKind {
     }
 }
 
+/// How one job run ended, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum JobOutcome {
+    /// The guest returned `ok`.
+    Succeeded,
+    /// The guest returned `err` with a message.
+    Failed,
+    /// The run failed inside the sandbox (counted by kind in the traps too).
+    Trapped,
+    /// The job never started: the function was at its concurrency limit, or is not a
+    /// job function.
+    Refused,
+}
+
+impl JobOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [JobOutcome; 4] =
+        [JobOutcome::Succeeded, JobOutcome::Failed, JobOutcome::Trapped, JobOutcome::Refused];
+
+    /// `succeeded`, `failed`, `trapped` or `refused`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobOutcome::Succeeded => "succeeded",
+            JobOutcome::Failed => "failed",
+            JobOutcome::Trapped => "trapped",
+            JobOutcome::Refused => "refused",
+        }
+    }
+}
+
+/// A job function's jobs at one moment; counters only grow while the function lives.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobStatsSnapshot {
+    /// Job runs by [`JobOutcome`] (in [`JobOutcome::ALL`] order).
+    pub runs_by_outcome: [u64; 4],
+    /// Time from the start of a run to its end, for runs that started.
+    pub duration: DurationHistogram,
+}
+
+impl JobStatsSnapshot {
+    /// Runs that ended with `outcome`.
+    pub fn runs(&self, outcome: JobOutcome) -> u64 {
+        self.runs_by_outcome[outcome as usize]
+    }
+
+    /// Runs, whatever their outcome.
+    pub fn runs_total(&self) -> u64 {
+        self.runs_by_outcome.iter().sum()
+    }
+}
+
 /// A fixed-bucket latency histogram.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DurationHistogram {
@@ -172,6 +225,9 @@ pub(crate) struct FunctionStats {
     response_bytes: AtomicU64,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
+    job_runs_by_outcome: [AtomicU64; 4],
+    job_bucket_counts: [AtomicU64; DURATION_BOUNDS_SECONDS.len() + 1],
+    job_duration_sum_ns: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -182,10 +238,15 @@ impl FunctionStats {
     /// Counts an answered request: its status class and its time to the response head.
     pub(crate) fn answered(&self, status: http::StatusCode, took: Duration) {
         bump(&self.requests_by_class[StatusClass::of(status) as usize], 1);
-        let seconds = took.as_secs_f64();
-        let bucket = DURATION_BOUNDS_SECONDS.iter().position(|&bound| seconds <= bound);
-        bump(&self.bucket_counts[bucket.unwrap_or(DURATION_BOUNDS_SECONDS.len())], 1);
-        bump(&self.duration_sum_ns, u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+        observe(&self.bucket_counts, &self.duration_sum_ns, took);
+    }
+
+    /// Counts a job run: its outcome and, when it started, how long it took.
+    pub(crate) fn job_ran(&self, outcome: JobOutcome, took: Option<Duration>) {
+        bump(&self.job_runs_by_outcome[outcome as usize], 1);
+        if let Some(took) = took {
+            observe(&self.job_bucket_counts, &self.job_duration_sum_ns, took);
+        }
     }
 
     pub(crate) fn trapped(&self, kind: TrapKind) {
@@ -202,6 +263,17 @@ impl FunctionStats {
 
     pub(crate) fn cache_get(&self, hit: bool) {
         bump(if hit { &self.cache_hits } else { &self.cache_misses }, 1);
+    }
+
+    pub(crate) fn job_snapshot(&self) -> JobStatsSnapshot {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        JobStatsSnapshot {
+            runs_by_outcome: self.job_runs_by_outcome.each_ref().map(get),
+            duration: DurationHistogram {
+                bucket_counts: self.job_bucket_counts.each_ref().map(get),
+                sum_seconds: get(&self.job_duration_sum_ns) as f64 / 1e9,
+            },
+        }
     }
 
     /// Counts a request in flight until the guard is dropped.
@@ -228,7 +300,15 @@ impl FunctionStats {
     }
 }
 
-/// One request in flight; dropping it ends it.
+/// Adds `took` to a histogram's bucket and sum.
+fn observe(buckets: &[AtomicU64; DURATION_BOUNDS_SECONDS.len() + 1], sum_ns: &AtomicU64, took: Duration) {
+    let seconds = took.as_secs_f64();
+    let bucket = DURATION_BOUNDS_SECONDS.iter().position(|&bound| seconds <= bound);
+    bump(&buckets[bucket.unwrap_or(DURATION_BOUNDS_SECONDS.len())], 1);
+    bump(sum_ns, u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+}
+
+/// One request (or job) in flight; dropping it ends it.
 pub(crate) struct InFlight(std::sync::Arc<FunctionStats>);
 
 impl Drop for InFlight {
@@ -299,5 +379,27 @@ mod tests {
         assert_eq!(snapshot.traps(TrapKind::Deadline), 2);
         let labels: Vec<&str> = TrapKind::ALL.iter().map(|kind| kind.as_str()).collect();
         assert_eq!(labels, ["deadline", "memory", "stack_overflow", "trap", "no_slot", "other"]);
+    }
+
+    #[test]
+    fn job_runs_count_by_outcome_and_only_started_ones_are_timed() {
+        let stats = FunctionStats::default();
+        stats.job_ran(JobOutcome::Succeeded, Some(Duration::from_millis(2)));
+        stats.job_ran(JobOutcome::Succeeded, Some(Duration::from_millis(20)));
+        stats.job_ran(JobOutcome::Failed, Some(Duration::from_millis(20)));
+        stats.job_ran(JobOutcome::Trapped, Some(Duration::from_secs(30)));
+        stats.job_ran(JobOutcome::Refused, None);
+        let jobs = stats.job_snapshot();
+        assert_eq!(jobs.runs_by_outcome, [2, 1, 1, 1]);
+        assert_eq!(jobs.runs(JobOutcome::Refused), 1);
+        assert_eq!(jobs.runs_total(), 5);
+        let mut expected = [0u64; 14];
+        expected[1] = 1; // 2 ms <= 2.5 ms
+        expected[4] = 2; // 20 ms <= 25 ms
+        expected[13] = 1; // 30 s
+        assert_eq!(jobs.duration.bucket_counts, expected);
+        assert_eq!(stats.snapshot(), FunctionStatsSnapshot::default(), "job runs are not requests");
+        let labels: Vec<&str> = JobOutcome::ALL.iter().map(|outcome| outcome.as_str()).collect();
+        assert_eq!(labels, ["succeeded", "failed", "trapped", "refused"]);
     }
 }
