@@ -1,7 +1,10 @@
 //! Checks a deploy passes before anything is stored: the name, the routes,
 //! the spec (limits, environment, outbound hosts) and — for a component not
-//! stored yet — that it compiles and links against the http-handler world on
-//! an engine configured like the nodes' engines.
+//! stored yet — that it compiles and links on an engine configured like the
+//! nodes' engines as a component of a supported world: an HTTP function
+//! (`wasi:http/proxy`, `wedge:function/http-handler`) or a job function
+//! (`wedge:function/job-handler`). A component of neither is refused with
+//! the host's message naming them.
 //!
 //! Compiling is the expensive part: it runs on the blocking pool, at most
 //! `compiles_max` at once, within `compile_timeout` (waiting for a turn
@@ -158,14 +161,34 @@ mod tests {
     }
 
     fn hello_wasm() -> Option<Vec<u8>> {
+        guest_wasm("hello")
+    }
+
+    fn guest_wasm(name: &str) -> Option<Vec<u8>> {
         let wasm_dir = std::env::var_os("WEDGE_WASM_DIR")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm"));
-        let wasm = std::fs::read(wasm_dir.join("hello.wasm")).ok();
+        let wasm = std::fs::read(wasm_dir.join(format!("{name}.wasm"))).ok();
         if wasm.is_none() {
-            eprintln!("skipped: hello.wasm not built (cargo xtask guests)");
+            eprintln!("skipped: {name}.wasm not built (cargo xtask guests)");
         }
         wasm
+    }
+
+    /// A job function is a supported world; a command (neither world) is
+    /// refused with one line naming the worlds.
+    #[tokio::test]
+    async fn job_functions_pass_and_components_of_neither_world_are_refused() {
+        let (Some(job), Some(command)) = (guest_wasm("guest-job"), guest_wasm("guest-command")) else { return };
+        let compiler = Compiler::new(128 * MIB, 1, Duration::from_secs(120)).unwrap();
+        let spec = DeploySpec::default().function_spec("worker");
+        assert_eq!(compiler.check(spec.clone(), Bytes::from(job)).await, Ok(()));
+        let Err(ValidationError::Invalid(message)) = compiler.check(spec, Bytes::from(command)).await else {
+            panic!("a command component passed validation");
+        };
+        assert!(message.contains("does not target a supported world"), "{message}");
+        assert!(message.contains("wedge:function/job-handler"), "{message}");
+        assert!(!message.contains('\n'), "{message}");
     }
 
     /// The spec check without compiling refuses what loading refuses.
