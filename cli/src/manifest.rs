@@ -21,6 +21,13 @@
 //! greeting = "hi"
 //! [function.env]                 # the only environment the guest sees
 //! RUST_LOG = "info"
+//!
+//! [[function]]
+//! component = "target/wasm/mailer.wasm"
+//! queue = "mail"                 # handles the jobs of this queue (one function per queue)
+//! queue_max_attempts = 8         # all optional: the queue's defaults otherwise
+//! queue_concurrency = 4
+//! queue_visibility_timeout = "1m"
 //! ```
 //!
 //! Everything is checked here, before anything is uploaded: names, routes,
@@ -29,7 +36,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use wedge_control::api::{DeploySpec, LimitsSpec};
+use wedge_control::api::{DeploySpec, LimitsSpec, QueueBinding};
 use wedge_node::config::{FunctionConfig, FunctionsFile, LimitsConfig};
 use wedge_node::units::{parse_bytes, parse_duration};
 
@@ -82,6 +89,7 @@ pub fn deployment(function: &FunctionConfig) -> anyhow::Result<Deployment> {
     }
     let limits = limits_spec(&function.limits).map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
     function.replicas.resolve().map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
+    let queue = queue_binding(function).map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
     Ok(Deployment {
         name,
         component: function.component.clone(),
@@ -93,8 +101,36 @@ pub fn deployment(function: &FunctionConfig) -> anyhow::Result<Deployment> {
             env: function.env.clone(),
             allowed_outbound_hosts: function.allowed_outbound_hosts.clone(),
             replicas: function.replicas,
+            queue,
         },
     })
+}
+
+/// The function's queue binding, checked; queue settings without a queue
+/// are an error.
+fn queue_binding(function: &FunctionConfig) -> Result<Option<QueueBinding>, String> {
+    let Some(name) = &function.queue else {
+        let settings = function.queue_max_attempts.is_some()
+            || function.queue_concurrency.is_some()
+            || function.queue_visibility_timeout.is_some();
+        return if settings { Err("queue settings need a queue (queue = \"NAME\")".into()) } else { Ok(None) };
+    };
+    let visibility_timeout_ms = function
+        .queue_visibility_timeout
+        .as_deref()
+        .map(|t| {
+            let duration = parse_duration(t).map_err(|e| format!("queue_visibility_timeout: {e}"))?;
+            u64::try_from(duration.as_millis()).map_err(|_| format!("queue_visibility_timeout: {t:?} is too long"))
+        })
+        .transpose()?;
+    let binding = QueueBinding {
+        name: name.clone(),
+        max_attempts: function.queue_max_attempts,
+        concurrency: function.queue_concurrency,
+        visibility_timeout_ms,
+    };
+    binding.validate()?;
+    Ok(Some(binding))
 }
 
 /// Limits in human units as numbers for the API.
@@ -201,6 +237,34 @@ mod tests {
         for (text, needle) in cases {
             let error = load(&write(dir.path(), text)).unwrap_err().to_string();
             assert!(error.contains(needle), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_queue_binds_the_function_with_its_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[[function]]\ncomponent = \"mailer.wasm\"\nqueue = \"mail\"\nqueue_max_attempts = 8\n\
+                    queue_concurrency = 4\nqueue_visibility_timeout = \"1m\"\n[[function]]\ncomponent = \"web.wasm\"\n";
+        let deployments = load(&write(dir.path(), text)).unwrap();
+        let expected = QueueBinding {
+            name: "mail".into(),
+            max_attempts: Some(8),
+            concurrency: Some(4),
+            visibility_timeout_ms: Some(60_000),
+        };
+        assert_eq!(deployments[0].spec.queue, Some(expected));
+        assert_eq!(deployments[1].spec.queue, None);
+        let cases = [
+            ("queue = \"Mail!\"\n", "queue name \"Mail!\""),
+            ("queue = \"mail\"\nqueue_max_attempts = 0\n", "max_attempts"),
+            ("queue = \"mail\"\nqueue_visibility_timeout = \"soon\"\n", "queue_visibility_timeout"),
+            ("queue_concurrency = 4\n", "queue settings need a queue"),
+            ("queue = \"mail\"\nqueue_priority = 1\n", "unknown field `queue_priority`"),
+        ];
+        for (keys, needle) in cases {
+            let text = format!("[[function]]\ncomponent = \"a.wasm\"\n{keys}");
+            let error = load(&write(dir.path(), &text)).unwrap_err().to_string();
+            assert!(error.contains(needle), "{keys:?}: {error}");
         }
     }
 

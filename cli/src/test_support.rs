@@ -19,5 +19,6 @@ pub fn version_record(function: &str, version: u64) -> VersionRecord {
         allowed_outbound_hosts: Vec::new(),
         created_unix_ms: 0,
         replicas: Default::default(),
+        queue: None,
     }
 }

@@ -17,6 +17,7 @@
 //! | `GET /v1/nodes` | – | `[NodeStatus]` |
 //! | `GET /v1/functions/{name}/logs?after=SEQ&wait_ms=MS&limit=N` | – | [`LogPage`] |
 //! | `GET /v1/overview` | – | [`Overview`]: sites and nodes, functions with replicas, rates and latency over the last [`Overview::window_ms`], recent placement decisions |
+//! | `GET /v1/queues` | – | [`QueuesReport`]: every bound job queue with its assignment (primary, backup, epoch), the highest confirmed epoch and what each node last reported of it |
 //!
 //! Outside `/v1`, without a token: `GET /healthz` answers `ok` while the
 //! process serves (liveness); `GET /readyz` answers a [`ReadyReport`], 200
@@ -202,6 +203,58 @@ pub struct DeploySpec {
     /// How many replicas run it.
     #[serde(default, skip_serializing_if = "ReplicasSpec::is_default")]
     pub replicas: ReplicasSpec,
+    /// The job queue this function handles (`wedge deploy --queue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueBinding>,
+}
+
+/// A function bound to a job queue as its handler, with the queue's
+/// settings that differ from [`wedge_jobs::QueueConfig::default`]. One
+/// function per queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueBinding {
+    /// The queue's name: 1-63 of `a-z`, `0-9`, `-`, not starting or ending
+    /// with `-` (like a function name).
+    pub name: String,
+    /// Attempts a job gets before it is dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Jobs handled at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// How long a job's lease lasts unless renewed, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility_timeout_ms: Option<u64>,
+}
+
+impl QueueBinding {
+    /// The queue's settings: the defaults with this binding's changes.
+    pub fn config(&self) -> wedge_jobs::QueueConfig {
+        let defaults = wedge_jobs::QueueConfig::default();
+        wedge_jobs::QueueConfig {
+            max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
+            concurrency_max: self.concurrency.unwrap_or(defaults.concurrency_max),
+            visibility_timeout_ms: self.visibility_timeout_ms.unwrap_or(defaults.visibility_timeout_ms),
+            ..defaults
+        }
+    }
+
+    /// Checks the name and the settings; the message says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        let name = &self.name;
+        let name_ok = !name.is_empty()
+            && name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !name_ok {
+            return Err(format!(
+                "queue name {name:?}: use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+            ));
+        }
+        self.config().validate().map_err(|error| format!("queue {name}: {error}"))
+    }
 }
 
 /// One stored version of a function: immutable once written.
@@ -230,6 +283,9 @@ pub struct VersionRecord {
     /// How many replicas run it.
     #[serde(default, skip_serializing_if = "ReplicasSpec::is_default")]
     pub replicas: ReplicasSpec,
+    /// The job queue it handles, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueBinding>,
 }
 
 /// One function, as `wedge ls` shows it.
@@ -247,6 +303,9 @@ pub struct FunctionSummary {
     pub artifact: Sha256Hex,
     /// When the active version was made active, ms since the epoch.
     pub updated_unix_ms: u64,
+    /// The job queue the active version handles, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
 }
 
 /// One function in detail, as `wedge info` shows it.
@@ -305,6 +364,93 @@ pub struct DesiredState {
     /// the control plane); long-polls pass it back as `placement`.
     #[serde(default)]
     pub placement_generation: u64,
+    /// Every bound job queue → who holds it: its primary and backup with
+    /// the epoch of that assignment. Published with the placements (a
+    /// change bumps `placement_generation`); older nodes ignore it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub queues: BTreeMap<String, QueueAssignment>,
+}
+
+/// Who holds one job queue, as the control plane assigned it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueAssignment {
+    /// The function that handles its jobs.
+    pub function: String,
+    /// Rises with every change of `primary` or `backup`; nodes fence older
+    /// epochs.
+    pub epoch: u64,
+    /// The node that accepts sends and hands out jobs.
+    pub primary: String,
+    /// The node that keeps a copy; `None` while no other live node exists.
+    pub backup: Option<String>,
+    /// The queue's settings.
+    pub config: wedge_jobs::QueueConfig,
+}
+
+/// What a node holds of one job queue, from its store (see
+/// `wedge_jobs::Meta`): the control plane's only evidence for failover.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueReport {
+    /// The queue.
+    pub queue: String,
+    /// The epoch in which it last served as primary with its role
+    /// confirmed by its backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_epoch: Option<u64>,
+    /// As a backup: the epoch of the full copy it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_epoch: Option<u64>,
+    /// The epoch in which its backup refused it as a primary that lost the
+    /// queue's data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_state: Option<u64>,
+}
+
+impl QueueReport {
+    /// Whether the node holds a record of the queue (served it as a
+    /// confirmed primary, or holds a backup's copy).
+    pub fn has_record(&self) -> bool {
+        self.primary_epoch.is_some() || self.synced_epoch.is_some()
+    }
+
+    /// The newest epoch this report proves confirmed.
+    pub fn confirmed_epoch(&self) -> Option<u64> {
+        self.primary_epoch.max(self.synced_epoch)
+    }
+
+    /// Whether it holds a copy of `epoch` (as its backup, or as its
+    /// confirmed primary).
+    pub fn holds(&self, epoch: u64) -> bool {
+        self.synced_epoch == Some(epoch) || self.primary_epoch == Some(epoch)
+    }
+}
+
+/// `GET /v1/queues`: every bound job queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuesReport {
+    /// Whether nodes are given these assignments yet (see
+    /// [`PlacementReport::published`]).
+    pub published: bool,
+    /// Every bound queue, by name.
+    pub queues: Vec<QueueStatus>,
+}
+
+/// One queue of a [`QueuesReport`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStatus {
+    /// The queue.
+    pub queue: String,
+    /// The function bound to it.
+    pub function: String,
+    /// Its assignment; `None` while no live node can take it.
+    pub assignment: Option<QueueAssignment>,
+    /// The highest epoch a node has reported holding a confirmed copy of.
+    pub confirmed_epoch: u64,
+    /// Why the control plane waits instead of failing over, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// Node → what it last reported of the queue.
+    pub reports: BTreeMap<String, QueueReport>,
 }
 
 /// A guest output line shipped from a node.
@@ -373,6 +519,9 @@ pub struct NodeReport {
     /// latency quantiles from the difference between two reports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub traffic: Vec<FunctionTraffic>,
+    /// What the node holds of each job queue it has a store for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<QueueReport>,
 }
 
 /// Counters of one function on one node since the node started. They only

@@ -1,5 +1,6 @@
 //! The control plane's Prometheus metrics (`GET /metrics`), as listed in
 //! `deploy/observability/METRICS.md`: deploys by result, placement changes,
+//! job-queue assignment changes,
 //! API latency by route template, method and status class, and, computed at
 //! each scrape from the scheduler, the store and the node reports, replicas
 //! per function and nodes per site.
@@ -77,6 +78,7 @@ pub(crate) struct ControlMetrics {
     registry: Registry,
     deploys: Family<ResultLabels, Counter>,
     placement_changes: Counter,
+    queue_assignments: Counter,
     api_requests: Family<ApiLabels, Histogram>,
     replicas: Family<ReplicaLabels, Gauge>,
     nodes: Family<SiteLabels, Gauge>,
@@ -104,6 +106,12 @@ impl ControlMetrics {
             "Placement decisions that changed where a function runs",
             placement_changes.clone(),
         );
+        let queue_assignments = Counter::default();
+        registry.register(
+            "wedge_control_queue_assignments",
+            "Job-queue decisions that changed a queue's primary or backup (a new epoch) or unassigned it",
+            queue_assignments.clone(),
+        );
         let api_requests = Family::<ApiLabels, Histogram>::new_with_constructor(api_histogram as fn() -> Histogram);
         registry.register(
             "wedge_control_api_request_duration_seconds",
@@ -118,12 +126,26 @@ impl ControlMetrics {
         );
         let nodes = Family::<SiteLabels, Gauge>::default();
         registry.register("wedge_control_nodes", "Nodes reporting to the control plane, by site", nodes.clone());
-        Self { registry, deploys, placement_changes, api_requests, replicas, nodes, scrape: Mutex::new(()) }
+        Self {
+            registry,
+            deploys,
+            placement_changes,
+            queue_assignments,
+            api_requests,
+            replicas,
+            nodes,
+            scrape: Mutex::new(()),
+        }
     }
 
     /// Counts `changes` placement decisions that moved a replica.
     pub(crate) fn placement_changed(&self, changes: u64) {
         self.placement_changes.inc_by(changes);
+    }
+
+    /// Counts `changes` queue decisions that assigned or unassigned a queue.
+    pub(crate) fn queue_assignments_changed(&self, changes: u64) {
+        self.queue_assignments.inc_by(changes);
     }
 
     /// Counts one answered API request.

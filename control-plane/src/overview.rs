@@ -193,6 +193,7 @@ mod tests {
             allowed_outbound_hosts: vec![],
             created_unix_ms: 1,
             replicas: ReplicasSpec { min: Some(min), max: None },
+            queue: None,
         }
     }
 

@@ -21,13 +21,15 @@
 //! stopped reporting an hour ago is not "serving". [`Reports::nodes`] still
 //! lists stale nodes, with how long ago they were heard from.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::api::{FunctionTraffic, LogLine, LogPage, NodeCluster, NodeFunctionError, NodeReport, NodeStatus};
+use crate::api::{
+    FunctionTraffic, LogLine, LogPage, NodeCluster, NodeFunctionError, NodeReport, NodeStatus, QueueReport,
+};
 use crate::traffic::TRAFFIC_BUCKETS_MAX;
 
 /// Longest log line kept; longer ones are cut (at a character boundary) and
@@ -266,6 +268,13 @@ impl Reports {
         nodes
     }
 
+    /// Node → what it last reported of its job queues, for every node heard
+    /// from (stale ones too: their last word is still evidence of what they
+    /// hold).
+    pub(crate) fn queues(&self) -> BTreeMap<String, Vec<QueueReport>> {
+        self.lock().nodes.iter().map(|(name, entry)| (name.clone(), entry.report.queues.clone())).collect()
+    }
+
     /// Up to `limit` lines of `function` with `seq > after`, oldest first.
     /// With none, `next` is `after` itself.
     pub(crate) fn logs(&self, function: &str, after: u64, limit: usize) -> LogPage {
@@ -343,6 +352,7 @@ pub(crate) fn check_report(report: &mut NodeReport) -> Result<(), String> {
             return Err(format!("cluster.down names {name:?}: node names are 1 to {SITE_BYTES_MAX} bytes"));
         }
     }
+    check_queues(&report.queues)?;
     check_traffic(&report.traffic)?;
     for error in &mut report.errors {
         truncate_text(&mut error.error, ERROR_BYTES_MAX);
@@ -350,6 +360,24 @@ pub(crate) fn check_report(report: &mut NodeReport) -> Result<(), String> {
     let kept = kept_bytes(report);
     if kept > REPORT_KEPT_BYTES_MAX {
         return Err(format!("serving and errors take {kept} bytes; at most {REPORT_KEPT_BYTES_MAX} a node is kept"));
+    }
+    Ok(())
+}
+
+/// Checks a report's job queues: at most [`REPORT_ENTRIES_MAX`], each once
+/// and by a valid queue name (they are kept, and failover acts on them).
+fn check_queues(queues: &[QueueReport]) -> Result<(), String> {
+    if queues.len() > REPORT_ENTRIES_MAX {
+        return Err(format!("queues has {} entries; at most {REPORT_ENTRIES_MAX}", queues.len()));
+    }
+    let mut seen = HashSet::new();
+    for report in queues {
+        let queue = &report.queue;
+        wedge_host::validate_name(queue)
+            .map_err(|_| format!("queues: {queue:?} is not a queue name (1-63 of a-z, 0-9, '-')"))?;
+        if !seen.insert(queue.as_str()) {
+            return Err(format!("queues: queue {queue:?} is listed twice"));
+        }
     }
     Ok(())
 }
@@ -411,13 +439,14 @@ fn check_traffic(traffic: &[FunctionTraffic]) -> Result<(), String> {
 fn kept_bytes(report: &NodeReport) -> u64 {
     let serving: usize = report.serving.iter().map(|(function, _)| function.len()).sum();
     let errors: usize = report.errors.iter().map(|e| e.function.len() + e.error.len()).sum();
-    let entries = report.serving.len() + report.errors.len();
+    let queues: usize = report.queues.iter().map(|q| q.queue.len()).sum();
+    let entries = report.serving.len() + report.errors.len() + report.queues.len();
     let (cluster_strings, cluster_entries) = report.cluster.as_ref().map_or((0, 0), |cluster| {
         let names: usize = cluster.function_in_flight.keys().chain(cluster.down.keys()).map(String::len).sum();
         (cluster.site.len() + names, cluster.function_in_flight.len() + cluster.down.len())
     });
     let entries = entries + cluster_entries;
-    let strings = u64::try_from(report.ingress.len() + serving + errors + cluster_strings).unwrap_or(u64::MAX);
+    let strings = u64::try_from(report.ingress.len() + serving + errors + queues + cluster_strings).unwrap_or(u64::MAX);
     let overhead = u64::try_from(entries).unwrap_or(u64::MAX).saturating_mul(ENTRY_OVERHEAD_BYTES);
     strings.saturating_add(overhead)
 }
@@ -658,6 +687,26 @@ mod tests {
         assert_eq!(asked.get(), 2, "asked once before and once after, per function");
         assert!(reports.lock().logs.is_empty(), "a buffer for the removed function was left behind");
         assert!(reports.logs("f", 0, 10).lines.is_empty());
+    }
+
+    #[test]
+    fn queue_reports_are_bounded_checked_and_kept() {
+        let queue = |name: &str| QueueReport { queue: name.into(), synced_epoch: Some(3), ..QueueReport::default() };
+        let mut good = NodeReport { queues: vec![queue("mail"), queue("thumbs")], ..NodeReport::default() };
+        check_report(&mut good).unwrap();
+        let reports = Reports::new(limits(), 0);
+        reports.record("n1", good.clone(), Instant::now(), stored(&[]));
+        assert_eq!(reports.queues()["n1"], good.queues);
+
+        for (queues, says) in [
+            (vec![queue("Mail")], "not a queue name"),
+            (vec![queue("mail"), queue("mail")], "listed twice"),
+            (vec![queue("q"); REPORT_ENTRIES_MAX + 1], "at most"),
+        ] {
+            let mut report = NodeReport { queues, ..NodeReport::default() };
+            let error = check_report(&mut report).unwrap_err();
+            assert!(error.contains(says), "{error}");
+        }
     }
 
     #[test]

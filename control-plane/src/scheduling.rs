@@ -13,6 +13,13 @@
 //! adopts it instead of moving everything. A function with no node placed (none alive) is
 //! left out of the placements: nodes keep serving it where they do.
 //!
+//! Each round also assigns the job queues bound to functions a primary and a backup
+//! ([`assign_queues`], after the placements, which it prefers). The assignments are saved in
+//! the store before they are published with the placements (same generation), so that a
+//! restart never lowers an epoch or forgets a confirmation; if saving fails, the previous
+//! assignments stay in force and the next round tries again. Nothing is assigned during the
+//! warm-up either: a node that has not reported yet must not look like a lost primary.
+//!
 //! [`ControlConfig::placement_interval`]: crate::ControlConfig::placement_interval
 //! [`ControlConfig::placement_stale_after`]: crate::ControlConfig::placement_stale_after
 
@@ -22,8 +29,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::api::{PlacementReport, now_unix_ms};
+use crate::api::{PlacementReport, QueueAssignment, QueueStatus, QueuesReport, now_unix_ms};
 use crate::metrics::ControlMetrics;
+use crate::placement::queues::{BoundQueue, QueueTable, assign_queues};
 use crate::placement::{Action, Decision, FunctionDemand, NodeView, Scheduler};
 use crate::reports::{ClusterNode, Reports};
 use crate::store::Store;
@@ -38,11 +46,16 @@ pub(crate) struct Placements {
     pub(crate) generation: u64,
     /// Function → the nodes that run it (functions with none left out).
     pub(crate) placements: BTreeMap<String, Vec<String>>,
+    /// Queue → its primary and backup.
+    pub(crate) queues: BTreeMap<String, QueueAssignment>,
 }
 
 /// The scheduler and what it needs, shared by the loop and the API.
 pub(crate) struct Scheduling {
     scheduler: Mutex<Scheduler>,
+    /// The queue assignments as last saved in the store (only rounds change it, holding
+    /// the scheduler's lock first).
+    queues: Mutex<QueueTable>,
     published: watch::Sender<Arc<Placements>>,
     started: Instant,
     warm_up: Duration,
@@ -50,10 +63,12 @@ pub(crate) struct Scheduling {
 }
 
 impl Scheduling {
-    pub(crate) fn new(scheduler: Scheduler, stale_after: Duration) -> Self {
-        let first = Placements { generation: now_unix_ms(), placements: BTreeMap::new() };
+    /// `queues` is what the store saved last.
+    pub(crate) fn new(scheduler: Scheduler, queues: QueueTable, stale_after: Duration) -> Self {
+        let first = Placements { generation: now_unix_ms(), ..Placements::default() };
         Self {
             scheduler: Mutex::new(scheduler),
+            queues: Mutex::new(queues),
             published: watch::Sender::new(Arc::new(first)),
             started: Instant::now(),
             warm_up: stale_after,
@@ -64,6 +79,10 @@ impl Scheduling {
     fn scheduler(&self) -> std::sync::MutexGuard<'_, Scheduler> {
         // The scheduler's state stays consistent between calls; keep going after a panic.
         self.scheduler.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn queue_table(&self) -> std::sync::MutexGuard<'_, QueueTable> {
+        self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The placements now.
@@ -96,26 +115,107 @@ impl Scheduling {
             .collect();
         let nodes: Vec<NodeView> = reports.cluster_view(now, self.stale_after).into_iter().map(node_view).collect();
         let mut scheduler = self.scheduler();
-        let decisions = scheduler.plan(now, now_unix_ms(), &demands, &nodes);
+        let mut decisions = scheduler.plan(now, now_unix_ms(), &demands, &nodes);
+        let warm = now.duration_since(self.started) >= self.warm_up;
+        if warm {
+            let assigned = self.assign_queues(store, reports, &functions, &nodes, scheduler.placements());
+            scheduler.record(&assigned);
+            decisions.extend(assigned);
+        }
         for decision in &decisions {
             tracing::info!(function = %decision.function, action = ?decision.action, reason = %decision.reason, "placement");
         }
-        if now.duration_since(self.started) >= self.warm_up {
+        if warm {
             let placements: BTreeMap<String, Vec<String>> = scheduler
                 .placements()
                 .iter()
                 .filter(|(_, nodes)| !nodes.is_empty())
                 .map(|(f, n)| (f.clone(), n.clone()))
                 .collect();
+            let queues: BTreeMap<String, QueueAssignment> = self
+                .queue_table()
+                .queues
+                .iter()
+                .map(|(queue, state)| (queue.clone(), state.assignment.clone()))
+                .collect();
             self.published.send_if_modified(|published| {
-                if published.placements == placements {
+                if published.placements == placements && published.queues == queues {
                     return false;
                 }
-                *published = Arc::new(Placements { generation: published.generation + 1, placements });
+                *published = Arc::new(Placements { generation: published.generation + 1, placements, queues });
                 true
             });
         }
         decisions
+    }
+
+    /// The queue part of a round: the next assignments, saved before they replace the
+    /// current ones; the decisions taken (none when saving failed).
+    fn assign_queues(
+        &self,
+        store: &dyn Store,
+        reports: &Reports,
+        functions: &[crate::api::VersionRecord],
+        nodes: &[NodeView],
+        placements: &BTreeMap<String, Vec<String>>,
+    ) -> Vec<Decision> {
+        let bound: Vec<BoundQueue> = functions
+            .iter()
+            .filter_map(|record| {
+                let queue = record.queue.as_ref()?;
+                Some(BoundQueue {
+                    queue: queue.name.clone(),
+                    function: record.function.clone(),
+                    config: queue.config(),
+                })
+            })
+            .collect();
+        let mut table = self.queue_table();
+        let (next, decisions) = assign_queues(&table, now_unix_ms(), &bound, nodes, placements, &reports.queues());
+        if next != *table {
+            if let Err(error) = store.save_queue_table(&next) {
+                tracing::warn!(%error, "queues: cannot save the assignments; keeping the previous ones");
+                return Vec::new();
+            }
+            *table = next;
+        }
+        decisions
+    }
+
+    /// What `GET /v1/queues` answers: every assigned or waiting queue with what the nodes
+    /// last reported of it.
+    pub(crate) fn queues_report(&self, reports: &Reports) -> QueuesReport {
+        let table = self.queue_table().clone();
+        let reported = reports.queues();
+        let of = |queue: &str| {
+            reported
+                .iter()
+                .filter_map(|(node, queues)| {
+                    queues.iter().find(|r| r.queue == queue).map(|r| (node.clone(), r.clone()))
+                })
+                .collect()
+        };
+        let mut queues: Vec<QueueStatus> = table
+            .queues
+            .iter()
+            .map(|(queue, state)| QueueStatus {
+                queue: queue.clone(),
+                function: state.assignment.function.clone(),
+                assignment: Some(state.assignment.clone()),
+                confirmed_epoch: state.confirmed_epoch,
+                waiting: state.waiting.clone(),
+                reports: of(queue),
+            })
+            .collect();
+        queues.extend(table.unassigned.iter().map(|(queue, function)| QueueStatus {
+            queue: queue.clone(),
+            function: function.clone(),
+            waiting: Some("no live node can take it".to_owned()),
+            reports: of(queue),
+            ..QueueStatus::default()
+        }));
+        queues.sort_by(|a, b| a.queue.cmp(&b.queue));
+        QueuesReport { published: self.started.elapsed() >= self.warm_up, queues }
     }
 
     /// What `GET /v1/placement` answers: every function's nodes and target, and the recent
@@ -176,6 +276,13 @@ pub(crate) async fn run(
                     .filter(|decision| matches!(decision.action, Action::Place { .. } | Action::Remove { .. }))
                     .count();
                 metrics.placement_changed(u64::try_from(moved).unwrap_or(u64::MAX));
+                let assigned = decisions
+                    .iter()
+                    .filter(|decision| {
+                        matches!(decision.action, Action::QueueAssign { .. } | Action::QueueUnassign { .. })
+                    })
+                    .count();
+                metrics.queue_assignments_changed(u64::try_from(assigned).unwrap_or(u64::MAX));
             }
             Err(error) => tracing::error!(%error, "placement round failed"),
         }

@@ -57,7 +57,8 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::api::{
     DeploySpec, DesiredState, ErrorBody, FunctionInfo, FunctionSummary, LogPage, NodeReport, NodeStatus, Overview,
-    PlacementReport, ReadyCheck, ReadyReport, Removed, RollbackRequest, STATE_WAIT_MAX_MS, VersionRecord, now_unix_ms,
+    PlacementReport, QueuesReport, ReadyCheck, ReadyReport, Removed, RollbackRequest, STATE_WAIT_MAX_MS, VersionRecord,
+    now_unix_ms,
 };
 use crate::auth::{
     Role, Token, TokenError, TokenOrigin, Tokens, constant_time_eq, discard, require_token, resolve_token,
@@ -200,7 +201,7 @@ impl ControlPlane {
             return Err(ConfigError(SAME_TOKENS.into()).into());
         }
         let store_dir = config.data_dir.join("store");
-        let store = open_store(&store_dir).map_err(|source| ControlError::Store { path: store_dir, source })?;
+        let store = open_store(&store_dir).map_err(|source| ControlError::Store { path: store_dir.clone(), source })?;
         let compiler = Compiler::new(config.instance_memory_bytes_max, config.compiles_max, config.compile_timeout)?;
         let reports = Reports::new(
             ReportLimits {
@@ -214,7 +215,8 @@ impl ControlPlane {
         let refused_body_bytes_max = deploy_body_bytes_max(&config);
         let scheduler =
             Scheduler::new(config.placement.clone()).map_err(|error| ConfigError(format!("placement: {error}")))?;
-        let scheduling = Arc::new(Scheduling::new(scheduler, config.placement_stale_after));
+        let queues = store.queue_table().map_err(|source| ControlError::Store { path: store_dir.clone(), source })?;
+        let scheduling = Arc::new(Scheduling::new(scheduler, queues, config.placement_stale_after));
         let reports = Arc::new(reports);
         let shared = Shared {
             scheduling,
@@ -431,6 +433,7 @@ fn router(shared: Arc<Shared>, tokens: Tokens) -> Router {
         .route("/placement", get(placement))
         .route("/nodes/{node}/report", post(report).layer(DefaultBodyLimit::max(to_usize(REPORT_BYTES_MAX))))
         .route("/overview", get(overview))
+        .route("/queues", get(queues))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(tokens, require_token))
         .with_state(Arc::clone(&shared));
@@ -510,7 +513,7 @@ impl From<StoreError> for ApiError {
             StoreError::NoSuchFunction(_) | StoreError::NoSuchVersion { .. } | StoreError::NoSuchArtifact(_) => {
                 Self::not_found(message)
             }
-            StoreError::NothingToRollBackTo(_) | StoreError::RouteTaken { .. } => {
+            StoreError::NothingToRollBackTo(_) | StoreError::RouteTaken { .. } | StoreError::QueueTaken { .. } => {
                 Self::new(StatusCode::CONFLICT, message)
             }
             StoreError::Invalid(_) => Self::bad_request(message),
@@ -829,6 +832,9 @@ async fn deploy(
         .map_err(|error| ApiError::bad_request(format!("part `spec` is not a valid deploy spec: {error}")))?;
     validate::check_routes(&spec.routes)?;
     spec.replicas.resolve().map_err(ApiError::bad_request)?;
+    if let Some(queue) = &spec.queue {
+        queue.validate().map_err(ApiError::bad_request)?;
+    }
     let function = spec.function_spec(&name);
     shared.compiler.check_spec(&function)?;
     if let Some(artifact) = &spec.artifact {
@@ -1039,6 +1045,7 @@ async fn state(
     let published = shared.scheduling.current();
     state.placement_generation = published.generation;
     state.placements = published.placements.clone();
+    state.queues = published.queues.clone();
     Ok(Json(state))
 }
 
@@ -1143,6 +1150,10 @@ async fn report(
 
 async fn nodes(State(shared): State<Arc<Shared>>) -> Json<Vec<NodeStatus>> {
     Json(shared.reports.nodes(Instant::now()))
+}
+
+async fn queues(State(shared): State<Arc<Shared>>) -> Json<QueuesReport> {
+    Json(shared.scheduling.queues_report(&shared.reports))
 }
 
 async fn overview(State(shared): State<Arc<Shared>>) -> Result<Json<Overview>, ApiError> {

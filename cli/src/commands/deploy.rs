@@ -56,6 +56,24 @@ pub struct DeployArgs {
     #[arg(long, value_name = "N")]
     max_replicas: Option<u32>,
 
+    /// Bind the function to this job queue as its handler (one function
+    /// per queue): 1-63 of a-z, 0-9, '-'.
+    #[arg(long, value_name = "NAME")]
+    queue: Option<String>,
+
+    /// Attempts a job of the queue gets before it is dead-lettered (default 5).
+    #[arg(long, value_name = "N", requires = "queue")]
+    queue_max_attempts: Option<u32>,
+
+    /// Jobs of the queue handled at once (default 16).
+    #[arg(long, value_name = "N", requires = "queue")]
+    queue_concurrency: Option<u32>,
+
+    /// How long a job's lease lasts unless renewed; a job whose handler
+    /// died is handed out again after it (default 30s).
+    #[arg(long, value_parser = super::values::duration, value_name = "DURATION", requires = "queue")]
+    queue_visibility_timeout: Option<String>,
+
     #[command(flatten)]
     connection: ConnectionArgs,
 
@@ -120,6 +138,10 @@ impl DeployArgs {
         if let Some(component) = &self.component {
             let mut function = self.function.function(self.name.clone(), component.clone(), self.routes.clone());
             function.replicas = ReplicasSpec { min: self.min_replicas, max: self.max_replicas };
+            function.queue.clone_from(&self.queue);
+            function.queue_max_attempts = self.queue_max_attempts;
+            function.queue_concurrency = self.queue_concurrency;
+            function.queue_visibility_timeout.clone_from(&self.queue_visibility_timeout);
             return Ok((manifest::plan(&[function])?, false));
         }
         if self.name.is_some()
@@ -127,9 +149,10 @@ impl DeployArgs {
             || self.function.any()
             || self.min_replicas.is_some()
             || self.max_replicas.is_some()
+            || self.queue.is_some()
         {
             bail!(
-                "--name, --route, --env, --set, --allow-outbound, replicas and limits apply to a component named on \
+                "--name, --route, --env, --set, --allow-outbound, --queue, replicas and limits apply to a component named on \
                  the command line; for a manifest, put them in the file"
             );
         }

@@ -1,6 +1,6 @@
 //! `wedge info`: one function in detail: its active version's routes,
-//! artifact, limits, config and outbound hosts, and which nodes serve it or
-//! failed to load it.
+//! artifact, limits, config and outbound hosts, the job queue it handles,
+//! and which nodes serve it or failed to load it.
 
 use clap::Args;
 use wedge_control::api::{FunctionInfo, LimitsSpec};
@@ -79,6 +79,17 @@ pub fn render(info: &FunctionInfo) -> String {
             },
         ),
     ];
+    if let Some(queue) = &active.queue {
+        let config = queue.config();
+        let text = format!(
+            "{} (max attempts {}, concurrency {}, visibility timeout {})",
+            queue.name,
+            config.max_attempts,
+            config.concurrency_max,
+            human_millis(config.visibility_timeout_ms)
+        );
+        lines.insert(lines.len() - 1, ("queue", text));
+    }
     for failure in &info.failing_nodes {
         lines.push(("failing", format!("{} (version {}): {}", failure.node, failure.version, failure.error)));
     }
@@ -109,6 +120,7 @@ mod tests {
                 routes: active.routes.clone(),
                 artifact: active.artifact.clone(),
                 updated_unix_ms: 0,
+                queue: None,
             },
             active,
             serving_nodes: vec!["node-a".into()],

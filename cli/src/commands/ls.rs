@@ -36,21 +36,31 @@ impl LsArgs {
 }
 
 /// The `wedge ls` table; the version column reads `2 of 3` after a rollback.
+/// A QUEUE column follows when a function handles a job queue.
 pub fn table(functions: &[FunctionSummary]) -> Table {
-    let mut table = Table::new(&["NAME", "VERSION", "ARTIFACT", "UPDATED (UTC)", "ROUTES"]);
+    let queues = functions.iter().any(|function| function.queue.is_some());
+    let mut columns = vec!["NAME", "VERSION", "ARTIFACT", "UPDATED (UTC)", "ROUTES"];
+    if queues {
+        columns.push("QUEUE");
+    }
+    let mut table = Table::new(&columns);
     for function in functions {
         let version = if function.active_version == function.latest_version {
             function.active_version.to_string()
         } else {
             format!("{} of {}", function.active_version, function.latest_version)
         };
-        table.row(vec![
+        let mut row = vec![
             function.name.clone(),
             version,
             short_sha(&function.artifact).to_string(),
             utc_time(function.updated_unix_ms),
             function.routes.join(", "),
-        ]);
+        ];
+        if queues {
+            row.push(function.queue.clone().unwrap_or_else(|| "-".to_string()));
+        }
+        table.row(row);
     }
     table
 }
@@ -68,6 +78,7 @@ mod tests {
             routes: vec![format!("/{name}")],
             artifact: "0123456789abcdef".into(),
             updated_unix_ms: 0,
+            queue: None,
         };
         let text = table(&[f("hello", 3, 3), f("json-api", 1, 2)]).render();
         assert_eq!(

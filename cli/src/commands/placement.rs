@@ -80,6 +80,11 @@ fn action(action: &Action) -> String {
         Action::ScaleDown { replicas } => format!("scaled down to {replicas}"),
         Action::Unplaceable { wanted, placed } => format!("short: {placed} of {wanted}"),
         Action::Refused { min_replicas, max_replicas } => format!("refused {min_replicas}..{max_replicas}"),
+        Action::QueueAssign { queue, epoch, primary, backup } => {
+            format!("queue {queue} epoch {epoch}: primary {primary}, backup {}", backup.as_deref().unwrap_or("none"))
+        }
+        Action::QueueWait { queue } => format!("queue {queue} waits"),
+        Action::QueueUnassign { queue } => format!("queue {queue} unassigned"),
     }
 }
 

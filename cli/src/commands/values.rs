@@ -77,6 +77,10 @@ impl FunctionFlags {
             env: self.env.iter().cloned().collect(),
             allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
             replicas: Default::default(),
+            queue: None,
+            queue_max_attempts: None,
+            queue_concurrency: None,
+            queue_visibility_timeout: None,
         }
     }
 }

@@ -57,6 +57,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 mod autoscale;
+#[cfg(test)]
+mod queue_tests;
+pub mod queues;
 mod round;
 #[cfg(test)]
 mod sim;
@@ -265,6 +268,28 @@ pub enum Action {
         /// The refused maximum.
         max_replicas: u32,
     },
+    /// The function's job queue got a new assignment ([`queues`]).
+    QueueAssign {
+        /// The queue.
+        queue: String,
+        /// The assignment's epoch.
+        epoch: u64,
+        /// Its primary.
+        primary: String,
+        /// Its backup, if any.
+        backup: Option<String>,
+    },
+    /// The function's job queue keeps its assignment although its primary is
+    /// lost (or it has none): no live node can safely take it.
+    QueueWait {
+        /// The queue.
+        queue: String,
+    },
+    /// The queue is no longer bound to the function; it has no assignment.
+    QueueUnassign {
+        /// The queue.
+        queue: String,
+    },
 }
 
 /// The placement scheduler. See the module documentation.
@@ -376,13 +401,20 @@ impl Scheduler {
             schedule_function(&self.config, &mut self.functions, name, bounds, placed, lost, now, &mut round);
         }
         self.alive_before = Some(round.alive().map(|node| node.name.clone()).collect());
-        for decision in &round.decisions {
+        self.record(&round.decisions);
+        round.decisions
+    }
+
+    /// Keeps `decisions` taken beside the placements (the job queues'
+    /// assignments, [`queues`]) in the same ring, so that one log explains
+    /// everything that moved.
+    pub fn record(&mut self, decisions: &[Decision]) {
+        for decision in decisions {
             if self.decisions.len() >= self.config.decisions_max {
                 self.decisions.pop_front();
             }
             self.decisions.push_back(decision.clone());
         }
-        round.decisions
     }
 
     /// Where each function runs: live node names, sorted. Every function

@@ -21,6 +21,7 @@ mod sled_store;
 pub use sled_store::SledStore;
 
 use crate::api::{DeploySpec, DesiredState, FunctionSummary, Sha256Hex, VersionRecord};
+use crate::placement::queues::QueueTable;
 
 /// A new version to store.
 #[derive(Debug, Clone)]
@@ -69,6 +70,15 @@ pub enum StoreError {
         /// The function that has it.
         owner: String,
     },
+    /// A job queue is already bound to another function (one function per
+    /// queue).
+    #[error("queue {queue} is already bound to function {owner}")]
+    QueueTaken {
+        /// The queue.
+        queue: String,
+        /// The function bound to it.
+        owner: String,
+    },
     /// The call's own input is inconsistent: component bytes whose sha256
     /// is not `artifact`, or a route that does not parse. Nothing was
     /// stored. Callers check these first; this is the store refusing to
@@ -90,12 +100,15 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Stores a new version (and its artifact if not yet stored) and makes
     /// it active. Fails with [`StoreError::RouteTaken`] when one of its
-    /// routes is served by another function's active version.
+    /// routes is served by another function's active version, and with
+    /// [`StoreError::QueueTaken`] when its queue is bound to another
+    /// function's active version.
     fn deploy(&self, new: NewVersion) -> Result<VersionRecord, StoreError>;
 
     /// Makes `to` (or the newest version older than the active one) active.
     /// Fails with [`StoreError::RouteTaken`] when that version's routes are
-    /// now served by another function.
+    /// now served by another function, [`StoreError::QueueTaken`] when its
+    /// queue is now bound to another.
     fn rollback(&self, function: &str, to: Option<u64>) -> Result<VersionRecord, StoreError>;
 
     /// Removes a function with all its versions; artifacts no other version
@@ -126,6 +139,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// The active version of every function and the current revision.
     fn desired_state(&self) -> Result<DesiredState, StoreError>;
+
+    /// The queue assignments last saved ([`Store::save_queue_table`]),
+    /// empty when none was.
+    fn queue_table(&self) -> Result<QueueTable, StoreError>;
+
+    /// Replaces the saved queue assignments, durably, before they are
+    /// published: epochs and confirmations survive a restart. Does not
+    /// change the revision (assignments travel with the placements).
+    fn save_queue_table(&self, table: &QueueTable) -> Result<(), StoreError>;
 
     /// The current revision (0 for an empty store).
     fn revision(&self) -> u64;

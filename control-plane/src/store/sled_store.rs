@@ -18,6 +18,7 @@
 //! | `versions` | name, `0x00`, version as u64 big-endian | [`VersionRecord`] JSON |
 //! | `meta` | `revision` / `layout` | u64 big-endian each |
 //! | `meta` | `store_id` | 32 lowercase hex characters (16 random bytes), made once |
+//! | `queues` | `table` | [`QueueTable`] JSON: the job queues' assignments, epochs and confirmations (absent until the first is saved; a store from before it simply has none) |
 //!
 //! Names never contain `0x00` (the caller validates them as DNS labels), so
 //! `name 0x00` is an exact prefix for one function's versions, and the
@@ -144,7 +145,8 @@ use sled::{Db, Tree};
 use wedge_router::Route;
 
 use super::{NewVersion, Store, StoreError};
-use crate::api::{DesiredState, FunctionSummary, VersionRecord, is_sha256_hex, now_unix_ms, sha256_hex};
+use crate::api::{DesiredState, FunctionSummary, QueueBinding, VersionRecord, is_sha256_hex, now_unix_ms, sha256_hex};
+use crate::placement::queues::QueueTable;
 
 /// `meta` key of the revision counter.
 const REVISION_KEY: &[u8] = b"revision";
@@ -152,6 +154,8 @@ const REVISION_KEY: &[u8] = b"revision";
 const LAYOUT_KEY: &[u8] = b"layout";
 /// `meta` key of the store's id.
 const STORE_ID_KEY: &[u8] = b"store_id";
+/// The one key of the `queues` tree.
+const QUEUE_TABLE_KEY: &[u8] = b"table";
 /// Random bytes in a store id (hex-encoded: 32 characters).
 const STORE_ID_BYTES: usize = 16;
 /// The layout this code reads and writes.
@@ -245,6 +249,8 @@ pub struct SledStore {
     versions: Tree,
     /// `revision`, `layout`, `store_id`.
     meta: Tree,
+    /// `table` → [`QueueTable`] JSON.
+    queues: Tree,
     /// The store's directory (sled's files are in it).
     dir: PathBuf,
     /// `<dir>/artifacts`: one file per stored artifact.
@@ -299,6 +305,7 @@ impl SledStore {
             functions: open("functions")?,
             versions: open("versions")?,
             meta: open("meta")?,
+            queues: open("queues")?,
             db,
             dir: dir.to_path_buf(),
             artifacts_dir: dir.join(ARTIFACTS_DIR),
@@ -699,6 +706,23 @@ impl SledStore {
         Ok(())
     }
 
+    /// Fails with [`StoreError::QueueTaken`] when `queue` is bound to the
+    /// active version of a function other than `function`. Caller holds the
+    /// write lock.
+    fn check_queue(&self, function: &str, queue: Option<&QueueBinding>) -> Result<(), StoreError> {
+        let Some(queue) = queue else { return Ok(()) };
+        for (owner, record) in self.all_functions()? {
+            if owner == function {
+                continue;
+            }
+            let active = self.active_record(&owner, &record)?;
+            if active.queue.as_ref().is_some_and(|bound| bound.name == queue.name) {
+                return Err(StoreError::QueueTaken { queue: queue.name.clone(), owner });
+            }
+        }
+        Ok(())
+    }
+
     /// The error of a failed [`SledStore::transact`]: an abort committed
     /// nothing; a storage error leaves sled's state unknown, which poisons
     /// the store.
@@ -816,6 +840,7 @@ impl Store for SledStore {
         let mut synced = self.lock_usable()?;
         let previous = self.function_record(&new.function)?;
         self.check_routes(&new.function, &routes)?;
+        self.check_queue(&new.function, new.spec.queue.as_ref())?;
         // Whether to write the file: only when the artifact is not stored
         // yet (the lock keeps a concurrent remove from deleting it). The
         // size of a stored one comes from its reference, not its file.
@@ -839,6 +864,7 @@ impl Store for SledStore {
             allowed_outbound_hosts: new.spec.allowed_outbound_hosts.clone(),
             created_unix_ms: new.now_unix_ms,
             replicas: new.spec.replicas,
+            queue: new.spec.queue.clone(),
         };
         let function =
             FunctionRecord { active_version: version, latest_version: version, updated_unix_ms: new.now_unix_ms };
@@ -907,6 +933,7 @@ impl Store for SledStore {
             .map(|text| parse_stored_route(text, function).map(|route| (text.clone(), route)))
             .collect::<Result<Vec<_>, _>>()?;
         self.check_routes(function, &routes)?;
+        self.check_queue(function, target.queue.as_ref())?;
         // The trait passes no clock here; a rollback is stamped with the
         // store's, never earlier than the previous change.
         let updated = FunctionRecord {
@@ -1056,6 +1083,22 @@ impl Store for SledStore {
         })
     }
 
+    fn queue_table(&self) -> Result<QueueTable, StoreError> {
+        self.check_usable()?;
+        match self.queues.get(QUEUE_TABLE_KEY).map_err(db_err)? {
+            Some(value) => decode_json(&value, "queues"),
+            None => Ok(QueueTable::default()),
+        }
+    }
+
+    fn save_queue_table(&self, table: &QueueTable) -> Result<(), StoreError> {
+        let json = encode_json(table)?;
+        let mut synced = self.lock_usable()?;
+        // One key: sled writes it entirely or not at all.
+        self.queues.insert(QUEUE_TABLE_KEY, json).map_err(|error| self.poison(db_err(error)))?;
+        self.make_durable(&mut synced).map_err(|error| self.poison(error))
+    }
+
     fn store_id(&self) -> &str {
         &self.store_id
     }
@@ -1077,6 +1120,7 @@ fn summary(name: String, record: &FunctionRecord, active: &VersionRecord) -> Fun
         routes: active.routes.clone(),
         artifact: active.artifact.clone(),
         updated_unix_ms: record.updated_unix_ms,
+        queue: active.queue.as_ref().map(|queue| queue.name.clone()),
     }
 }
 
@@ -1324,6 +1368,7 @@ mod tests {
                 routes: vec!["/hello".into(), "/hi".into()],
                 artifact: v2.artifact.clone(),
                 updated_unix_ms: 2_000,
+                queue: None,
             }
         );
         assert!(store.function("nobody").expect("function").is_none());
@@ -1416,6 +1461,62 @@ mod tests {
         // The owner may redeploy its own routes.
         let v2 = store.deploy(new_version("owner", b"owner v2", &["/taken/", "example.com/x"], 5)).expect("owner");
         assert_eq!(v2.version, 2);
+    }
+
+    fn with_queue(mut new: NewVersion, queue: &str) -> NewVersion {
+        new.spec.queue = Some(QueueBinding {
+            name: queue.into(),
+            max_attempts: Some(3),
+            concurrency: None,
+            visibility_timeout_ms: None,
+        });
+        new
+    }
+
+    #[test]
+    fn one_function_per_queue_on_deploy_rollback_and_after_remove() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        let v1 = store.deploy(with_queue(new_version("mailer", b"m1", &["/m"], 1), "mail")).expect("bind");
+        assert_eq!(v1.queue.as_ref().map(|q| q.name.as_str()), Some("mail"));
+        assert_eq!(store.functions().expect("functions")[0].queue.as_deref(), Some("mail"));
+        store.deploy(new_version("other", b"o1", &["/o"], 2)).expect("other");
+        let before = snapshot(&store);
+
+        // Another function may not take it, by deploy...
+        let err = store.deploy(with_queue(new_version("other", b"o2", &["/o"], 3), "mail")).expect_err("taken");
+        assert!(
+            matches!(&err, StoreError::QueueTaken { queue, owner } if queue == "mail" && owner == "mailer"),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), "queue mail is already bound to function mailer");
+        assert_eq!(snapshot(&store), before, "a refused binding changes nothing");
+        // ...the owner may redeploy it, and unbind it with a version without.
+        store.deploy(with_queue(new_version("mailer", b"m2", &["/m"], 4), "mail")).expect("owner keeps it");
+        store.deploy(new_version("mailer", b"m3", &["/m"], 5)).expect("unbind");
+        store.deploy(with_queue(new_version("other", b"o3", &["/o"], 6), "mail")).expect("free now");
+        // A rollback of mailer to its bound version is refused while other has it.
+        let err = store.rollback("mailer", Some(2)).expect_err("taken");
+        assert!(matches!(&err, StoreError::QueueTaken { owner, .. } if owner == "other"), "{err}");
+        // A removed function frees its queue.
+        store.remove("other").expect("remove");
+        store.rollback("mailer", Some(2)).expect("free again");
+        let state = store.desired_state().expect("state");
+        assert_eq!(state.functions[0].queue.as_ref().map(|q| q.config().max_attempts), Some(3));
+        store.verify_all().expect("consistent");
+    }
+
+    #[test]
+    fn the_queue_table_is_saved_durably_without_a_revision() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir);
+        let revision = store.revision();
+        let mut table = QueueTable::default();
+        table.unassigned.insert("mail".into(), "mailer".into());
+        store.save_queue_table(&table).expect("save");
+        assert_eq!(store.revision(), revision, "assignments travel with placements, not revisions");
+        drop(store);
+        assert_eq!(open(&dir).queue_table().expect("read"), table);
     }
 
     #[test]

@@ -98,6 +98,19 @@ pub struct FunctionConfig {
     /// `wedge deploy` sends it, `wedge serve` (one machine) has no use for it.
     #[serde(default)]
     pub replicas: wedge_control::api::ReplicasSpec,
+    /// The job queue this function handles (`queue = "emails"`); `wedge deploy`
+    /// binds it, `wedge serve` (one machine, no queues) has no use for it.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Attempts a job of that queue gets before it is dead-lettered.
+    #[serde(default)]
+    pub queue_max_attempts: Option<u32>,
+    /// Jobs of that queue handled at once.
+    #[serde(default)]
+    pub queue_concurrency: Option<u32>,
+    /// How long a job's lease lasts unless renewed, e.g. `30s`.
+    #[serde(default)]
+    pub queue_visibility_timeout: Option<String>,
 }
 
 /// Limits as written in TOML or on the command line.

@@ -489,6 +489,8 @@ impl Applier {
             functions,
             placements,
             placement_generation: self.served_from.2,
+            // Job queues are not run by nodes yet (issue 8's node wiring).
+            queues: Default::default(),
         }
     }
 
@@ -584,6 +586,8 @@ impl Applier {
             functions: next.values().map(|(record, _)| record.clone()).collect(),
             placements: desired.placements.clone(),
             placement_generation: desired.placement_generation,
+            // Job queues are not run by nodes yet (issue 8's node wiring).
+            queues: Default::default(),
         };
         // Saved before it is served: whatever a client has seen this node
         // serve, a restart without the control plane serves too.
@@ -910,6 +914,8 @@ async fn report(
             logs: std::mem::take(&mut pending),
             cluster: cluster.as_ref().map(|(agent, ingress)| cluster_report(agent, ingress)),
             traffic: traffic(&ingress),
+            // Job queues are not run by nodes yet (issue 8's node wiring).
+            queues: Vec::new(),
         };
         match client.report(&config.node_name, &report).await {
             Ok(()) => {

@@ -192,6 +192,7 @@ mod tests {
             allowed_outbound_hosts: vec![],
             created_unix_ms: 1,
             replicas: Default::default(),
+            queue: None,
         }
     }
 
