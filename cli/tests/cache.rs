@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Reply, Server, get, send, wasm};
+use common::{NodeCommand, Reply, Server, get, send, wasm};
 
 const TOKEN: &str = "test-token-cache-0123456789";
 const NODE_TOKEN: &str = "test-node-token-cache-9876543210";
@@ -176,34 +176,12 @@ fn refused_input_gets_the_hosts_message_and_changes_nothing() {
 
 /// A control plane on `dir`.
 fn start_control(dir: &Path) -> Server {
-    Server::spawn(
-        "control",
-        &["--data-dir", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"],
-        "wedge control listening on http://",
-        &[("WEDGE_TOKEN", TOKEN), ("WEDGE_NODE_TOKEN", NODE_TOKEN)],
-    )
+    common::start_control(dir, TOKEN, NODE_TOKEN)
 }
 
 /// A `wedge node` following `control`, keeping its state in `dir`.
 fn start_node(control: &Server, dir: &Path) -> Server {
-    let control_url = format!("http://{}", control.addr);
-    Server::spawn(
-        "node",
-        &[
-            "--name",
-            "edge-1",
-            "--control",
-            &control_url,
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ],
-        "wedge node serving on http://",
-        &[("WEDGE_NODE_TOKEN", NODE_TOKEN)],
-    )
+    NodeCommand::new("edge-1", &control.url(""), dir, NODE_TOKEN).spawn()
 }
 
 #[test]

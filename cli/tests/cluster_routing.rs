@@ -13,11 +13,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Server, agent, wait_until, wasm};
+use common::{NodeCommand, Server, agent, wait_until, wasm};
 use wedge_cluster::agent::MembersReport;
 use wedge_control::api::PlacementReport;
 
@@ -51,36 +50,9 @@ fn start_node(
     data_dir: &Path,
     join: Option<SocketAddr>,
 ) -> (Node, SocketAddr) {
-    let control_url = format!("http://{}", control.addr);
-    let join = join.map(|addr| addr.to_string());
-    let mut args = vec![
-        "--name",
-        name,
-        "--site",
-        site,
-        "--control",
-        &control_url,
-        "--cluster-dir",
-        cluster_dir.to_str().unwrap(),
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--gossip",
-        "127.0.0.1:0",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--cluster-size",
-        "4",
-    ];
-    if let Some(seed) = &join {
-        args.extend(["--join", seed.as_str()]);
-    }
-    let server = Server::spawn("node", &args, "wedge node serving on http://", &[("WEDGE_NODE_TOKEN", NODE_TOKEN)]);
-    let stdout = server.stdout();
-    let line = |prefix: &str| stdout.lines().find_map(|l| l.strip_prefix(prefix)).unwrap().to_string();
-    let admin = format!("http://{}", line("wedge node admin on http://"));
-    let gossip: SocketAddr = line("wedge node gossip on ").split(' ').next().unwrap().parse().unwrap();
+    let command = NodeCommand::new(name, &control.url(""), data_dir, NODE_TOKEN).in_cluster(cluster_dir, site, 4);
+    let server = command.join(join).spawn();
+    let (admin, gossip) = (server.admin_url(), server.gossip_addr());
     (Node { server, name: name.into(), site: site.into(), admin }, gossip)
 }
 
@@ -168,11 +140,7 @@ struct Dirs {
 fn dirs() -> Dirs {
     let root = tempfile::tempdir().unwrap();
     let cluster = root.path().join("cluster");
-    let output = Command::new(env!("CARGO_BIN_EXE_wedge"))
-        .args(["cluster", "init", "--dir", cluster.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    common::init_cluster(&cluster);
     let (control, nodes) = (root.path().join("control"), root.path().join("nodes"));
     Dirs { _root: root, cluster, control, nodes }
 }
@@ -181,12 +149,7 @@ fn dirs() -> Dirs {
 fn two_replicas_in_two_sites_answer_everywhere_and_survive_a_kill_and_a_lost_site() {
     let _measuring = common::measuring();
     let dirs = dirs();
-    let control = Server::spawn(
-        "control",
-        &["--data-dir", dirs.control.to_str().unwrap(), "--listen", "127.0.0.1:0"],
-        "wedge control listening on http://",
-        &[("WEDGE_TOKEN", TOKEN), ("WEDGE_NODE_TOKEN", NODE_TOKEN)],
-    );
+    let control = common::start_control(&dirs.control, TOKEN, NODE_TOKEN);
     let layout = [("n1", "east"), ("n2", "east"), ("n3", "west"), ("n4", "west")];
     let mut nodes: Vec<Option<Node>> = Vec::new();
     let mut seed = None;

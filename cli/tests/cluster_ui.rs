@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, wait_until, wasm};
+use common::{NodeCommand, Server, wait_until, wasm};
 use wedge_control::api::{NodeState, Overview};
 
 const TOKEN: &str = "ui-test-admin-token-0123456789abcdef";
@@ -89,35 +89,9 @@ fn start_node(
     data: &Path,
     join: Option<SocketAddr>,
 ) -> (Server, SocketAddr) {
-    let control_url = format!("http://{}", control.addr);
-    let join = join.map(|addr| addr.to_string());
-    let mut args = vec![
-        "--name",
-        name,
-        "--site",
-        site,
-        "--control",
-        &control_url,
-        "--cluster-dir",
-        cluster.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--gossip",
-        "127.0.0.1:0",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--cluster-size",
-        "2",
-    ];
-    if let Some(seed) = &join {
-        args.extend(["--join", seed.as_str()]);
-    }
-    let server = Server::spawn("node", &args, "wedge node serving on http://", &[("WEDGE_NODE_TOKEN", NODE_TOKEN)]);
-    let stdout = server.stdout();
-    let gossip = stdout.lines().find_map(|l| l.strip_prefix("wedge node gossip on ")).unwrap();
-    let gossip: SocketAddr = gossip.split(' ').next().unwrap().parse().unwrap();
+    let server =
+        NodeCommand::new(name, &control.url(""), data, NODE_TOKEN).in_cluster(cluster, site, 2).join(join).spawn();
+    let gossip = server.gossip_addr();
     (server, gossip)
 }
 
@@ -131,17 +105,8 @@ fn overview(control: &Server) -> Overview {
 fn the_ui_and_wedge_top_show_sites_nodes_and_replicas() {
     let root = tempfile::tempdir().unwrap();
     let cluster = root.path().join("cluster");
-    let init = Command::new(env!("CARGO_BIN_EXE_wedge"))
-        .args(["cluster", "init", "--dir", cluster.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-    let control = Server::spawn(
-        "control",
-        &["--data-dir", root.path().join("control").to_str().unwrap(), "--listen", "127.0.0.1:0"],
-        "wedge control listening on http://",
-        &[("WEDGE_TOKEN", TOKEN), ("WEDGE_NODE_TOKEN", NODE_TOKEN)],
-    );
+    common::init_cluster(&cluster);
+    let control = common::start_control(&root.path().join("control"), TOKEN, NODE_TOKEN);
     let (_east, seed) = start_node("node-east", "east", &control, &cluster, &root.path().join("east"), None);
     let (_west, _) = start_node("node-west", "west", &control, &cluster, &root.path().join("west"), Some(seed));
     let hello = wasm("hello");

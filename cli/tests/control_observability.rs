@@ -26,12 +26,7 @@ const TOKEN: &str = "observability-admin-token-0123456789";
 const NODE_TOKEN: &str = "observability-node-token-9876543210";
 
 fn start_control(data_dir: &Path) -> Server {
-    Server::spawn(
-        "control",
-        &["--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"],
-        "wedge control listening on http://",
-        &[("WEDGE_TOKEN", TOKEN), ("WEDGE_NODE_TOKEN", NODE_TOKEN)],
-    )
+    common::start_control(data_dir, TOKEN, NODE_TOKEN)
 }
 
 fn report(name: &str, site: &str, down: &[(&str, u64)], traffic: Vec<FunctionTraffic>) -> NodeReport {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Server, get, send, wasm};
+use common::{NodeCommand, Server, get, send, wasm};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 /// What the nodes hold: it may read state and artifacts and report, nothing
@@ -20,39 +20,23 @@ const NODE_TOKEN: &str = "test-node-token-fedcba9876543210";
 
 /// A control plane on a fresh data dir.
 fn start_control(data_dir: &Path) -> Server {
-    Server::spawn(
-        "control",
-        &["--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"],
-        "wedge control listening on http://",
-        &[("WEDGE_TOKEN", TOKEN), ("WEDGE_NODE_TOKEN", NODE_TOKEN)],
-    )
+    common::start_control(data_dir, TOKEN, NODE_TOKEN)
 }
 
 /// A control plane again on `data_dir`, on the same address as before.
 fn restart_control(data_dir: &Path, addr: std::net::SocketAddr) -> Server {
-    let listen = addr.to_string();
-    Server::spawn(
-        "control",
-        &["--data-dir", data_dir.to_str().unwrap(), "--listen", &listen],
-        "wedge control listening on http://",
-        &[("WEDGE_TOKEN", TOKEN), ("WEDGE_NODE_TOKEN", NODE_TOKEN)],
-    )
+    common::start_control_on(data_dir, &addr.to_string(), TOKEN, NODE_TOKEN)
 }
 
 fn start_node(name: &str, control: &Server, data_dir: &Path) -> Server {
-    let control_url = format!("http://{}", control.addr);
-    start_node_at(name, &control_url, data_dir)
+    start_node_at(name, &control.url(""), data_dir)
 }
 
 fn start_node_at(name: &str, control_url: &str, data_dir: &Path) -> Server {
-    Server::spawn(
-        "node",
-        &node_args(name, control_url, data_dir),
-        "wedge node serving on http://",
-        &[("WEDGE_NODE_TOKEN", NODE_TOKEN)],
-    )
+    NodeCommand::new(name, control_url, data_dir, NODE_TOKEN).spawn()
 }
 
+/// What [`NodeCommand`] gives a node, for one started without it.
 fn node_args<'a>(name: &'a str, control_url: &'a str, data_dir: &'a Path) -> Vec<&'a str> {
     let data_dir = data_dir.to_str().unwrap();
     vec![

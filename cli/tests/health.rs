@@ -10,25 +10,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Server, get, wait_until};
+use common::{NodeCommand, Server, get, wait_until, wedge};
 use wedge_control::api::ReadyReport;
 
 const NODE_TOKEN: &str = "node-token-for-health-tests";
 const ADMIN_TOKEN: &str = "admin-token-for-health-tests";
-
-/// `wedge ARGS` with no WEDGE_* variables of the caller's.
-fn wedge(args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wedge"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("WEDGE_") {
-            command.env_remove(&key);
-        }
-    }
-    command.args(args).output().unwrap()
-}
 
 /// A loopback port nothing listens on (for a moment): bound, read, released.
 fn free_tcp_port() -> u16 {
@@ -56,33 +44,9 @@ fn node(
     gossip: &str,
     join: &[&str],
 ) -> (Server, String) {
-    let (cluster, data) = (cluster_dir.to_str().unwrap(), data_dir.to_str().unwrap());
-    let mut args = vec![
-        "--name",
-        name,
-        "--site",
-        "east",
-        "--cluster-dir",
-        cluster,
-        "--data-dir",
-        data,
-        "--gossip",
-        gossip,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--control",
-        control,
-        "--cluster-size",
-        "3",
-    ];
-    for seed in join {
-        args.extend(["--join", seed]);
-    }
-    let server = Server::spawn("node", &args, "wedge node serving on http://", &[("WEDGE_NODE_TOKEN", NODE_TOKEN)]);
-    let stdout = server.stdout();
-    let admin = stdout.lines().find_map(|l| l.strip_prefix("wedge node admin on ")).unwrap().to_string();
+    let command = NodeCommand::new(name, control, data_dir, NODE_TOKEN).in_cluster(cluster_dir, "east", 3);
+    let server = command.gossip(gossip).join(join).spawn();
+    let admin = server.admin_url();
     (server, admin)
 }
 
@@ -90,8 +54,7 @@ fn node(
 fn nodes_are_ready_once_joined_and_following_and_the_control_plane_once_its_store_is_open() {
     let dir = tempfile::tempdir().unwrap();
     let cluster_dir = dir.path().join("cluster");
-    let init = wedge(&["cluster", "init", "--dir", cluster_dir.to_str().unwrap()]);
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    common::init_cluster(&cluster_dir);
     let control_port = free_tcp_port();
     let control_url = format!("http://127.0.0.1:{control_port}");
     let seed = format!("127.0.0.1:{}", free_udp_port());

@@ -11,31 +11,15 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Server, get, wait_until};
+use common::{NodeCommand, Server, get, init_cluster, wait_until, wedge};
 use wedge_cluster::agent::{MemberRecord, MembersReport};
 
 /// Nodes have no control plane here: nothing listens on this port, so
 /// they keep retrying it and serve (nothing) meanwhile.
 const NO_CONTROL: &str = "http://127.0.0.1:9";
-
-/// `wedge ARGS` with no WEDGE_* variables of the caller's.
-fn wedge(args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wedge"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("WEDGE_") {
-            command.env_remove(&key);
-        }
-    }
-    command.args(args).output().unwrap()
-}
-
-fn init_cluster(dir: &Path) {
-    let output = wedge(&["cluster", "init", "--dir", dir.to_str().unwrap()]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-}
 
 /// A running node and what it needs to be restarted as itself.
 struct Node {
@@ -52,38 +36,9 @@ impl Node {
     /// Starts node `name` in `site`; `gossip` may be port 0; `join` are
     /// `HOST:PORT` seeds.
     fn start(cluster_dir: &Path, data_dir: &Path, name: &str, site: &str, gossip: &str, join: &[String]) -> Node {
-        let (cluster, data) = (cluster_dir.to_str().unwrap(), data_dir.to_str().unwrap());
-        let mut args = vec![
-            "--name",
-            name,
-            "--site",
-            site,
-            "--cluster-dir",
-            cluster,
-            "--data-dir",
-            data,
-            "--gossip",
-            gossip,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--control",
-            NO_CONTROL,
-            "--cluster-size",
-            "5",
-        ];
-        for seed in join {
-            args.extend(["--join", seed.as_str()]);
-        }
-        let server =
-            Server::spawn("node", &args, "wedge node serving on http://", &[("WEDGE_NODE_TOKEN", "unused-here")]);
-        let stdout = server.stdout();
-        let line = |prefix: &str| {
-            stdout.lines().find_map(|l| l.strip_prefix(prefix)).unwrap_or_else(|| panic!("no {prefix:?} in {stdout}"))
-        };
-        let admin = format!("http://{}", line("wedge node admin on http://"));
-        let gossip = line("wedge node gossip on ").split(' ').next().unwrap().parse().unwrap();
+        let command = NodeCommand::new(name, NO_CONTROL, data_dir, "unused-here").in_cluster(cluster_dir, site, 5);
+        let server = command.gossip(gossip).join(join).spawn();
+        let (admin, gossip) = (server.admin_url(), server.gossip_addr());
         Node {
             server,
             name: name.into(),

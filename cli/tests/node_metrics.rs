@@ -11,10 +11,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Server, get, send, wait_until, wasm};
+use common::{NodeCommand, Server, get, send, start_control, wait_until, wasm};
 
 const TOKEN: &str = "test-token-node-metrics-0123456789";
 const NODE_TOKEN: &str = "test-node-token-node-metrics-9876543210";
@@ -115,34 +114,14 @@ impl Node {
     }
 }
 
-fn start_control(dir: &Path) -> Server {
-    Server::spawn(
-        "control",
-        &["--data-dir", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"],
-        "wedge control listening on http://",
-        &[("WEDGE_TOKEN", TOKEN), ("WEDGE_NODE_TOKEN", NODE_TOKEN)],
-    )
-}
-
 /// Starts `wedge node --name NAME` following `control`, with an admin listener and `extra` flags.
 fn start_node(name: &str, control: &Server, data_dir: &Path, extra: &[&str]) -> Node {
-    let control_url = format!("http://{}", control.addr);
-    let mut args = vec![
-        "--name",
-        name,
-        "--control",
-        &control_url,
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra);
-    let server = Server::spawn("node", &args, "wedge node serving on http://", &[("WEDGE_NODE_TOKEN", NODE_TOKEN)]);
-    let admin = server.stdout().lines().find_map(|l| l.strip_prefix("wedge node admin on ").map(str::to_string));
-    Node { admin: admin.unwrap(), server }
+    node(NodeCommand::new(name, &control.url(""), data_dir, NODE_TOKEN).flags(extra))
+}
+
+fn node(command: NodeCommand) -> Node {
+    let server = command.spawn();
+    Node { admin: server.admin_url(), server }
 }
 
 /// `wedge ARGS` against `control`; must succeed.
@@ -161,7 +140,7 @@ fn deploy(control: &Server, guest: &str, name: &str, route: &str, flags: &[&str]
 #[test]
 fn known_traffic_moves_the_node_metrics_by_exactly_its_amounts() {
     let dirs = tempfile::tempdir().unwrap();
-    let control = start_control(&dirs.path().join("control"));
+    let control = start_control(&dirs.path().join("control"), TOKEN, NODE_TOKEN);
     let node = start_node("metrics-1", &control, &dirs.path().join("node"), &[]);
     deploy(&control, "echo", "echo", "/echo", &[]);
     deploy(&control, "guest-panic", "panic", "/panic", &[]);
@@ -275,28 +254,12 @@ fn known_traffic_moves_the_node_metrics_by_exactly_its_amounts() {
 
 /// Starts `wedge node` in a cluster, logging JSON with the ingress's `answered` lines.
 fn start_cluster_node(name: &str, control: &Server, dirs: &Path, join: Option<SocketAddr>) -> (Node, SocketAddr) {
-    let cluster_dir = dirs.join("cluster");
-    let join = join.map(|addr| addr.to_string());
-    let mut flags = vec![
-        "--site",
-        "east",
-        "--cluster-dir",
-        cluster_dir.to_str().unwrap(),
-        "--gossip",
-        "127.0.0.1:0",
-        "--cluster-size",
-        "2",
-        "--log-format",
-        "json",
-        "--log",
-        "info,wedge_router::ingress=debug",
-    ];
-    if let Some(seed) = &join {
-        flags.extend(["--join", seed.as_str()]);
-    }
-    let node = start_node(name, control, &dirs.join(name), &flags);
-    let gossip = node.server.stdout().lines().find_map(|l| l.strip_prefix("wedge node gossip on ").map(str::to_string));
-    let gossip: SocketAddr = gossip.unwrap().split(' ').next().unwrap().parse().unwrap();
+    let command = NodeCommand::new(name, &control.url(""), &dirs.join(name), NODE_TOKEN)
+        .in_cluster(&dirs.join("cluster"), "east", 2)
+        .join(join)
+        .flags(&["--log-format", "json", "--log", "info,wedge_router::ingress=debug"]);
+    let node = node(command);
+    let gossip = node.server.gossip_addr();
     (node, gossip)
 }
 
@@ -313,12 +276,8 @@ fn answered_lines(node: &Node, request_id: &str) -> Vec<serde_json::Value> {
 #[test]
 fn a_forwarded_request_keeps_its_id_in_the_logs_of_both_nodes_and_counts_on_each() {
     let dirs = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_wedge"))
-        .args(["cluster", "init", "--dir", dirs.path().join("cluster").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let control = start_control(&dirs.path().join("control"));
+    common::init_cluster(&dirs.path().join("cluster"));
+    let control = start_control(&dirs.path().join("control"), TOKEN, NODE_TOKEN);
     let (first, seed) = start_cluster_node("n1", &control, dirs.path(), None);
     let (second, _) = start_cluster_node("n2", &control, dirs.path(), Some(seed));
     let nodes = [&first, &second];

@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Reply, Server, get, send, wait_until, wasm};
+use common::{NodeCommand, Reply, Server, get, send, wait_until, wasm};
 
 const TOKEN: &str = "test-token-response-cache-0123";
 const NODE_TOKEN: &str = "test-node-token-response-cache-3210";
@@ -27,12 +27,7 @@ impl Cluster {
     fn start(node_flags: &[&str]) -> Cluster {
         let dirs = tempfile::tempdir().unwrap();
         let control_dir = dirs.path().join("control");
-        let control = Server::spawn(
-            "control",
-            &["--data-dir", control_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"],
-            "wedge control listening on http://",
-            &[("WEDGE_TOKEN", TOKEN), ("WEDGE_NODE_TOKEN", NODE_TOKEN)],
-        );
+        let control = common::start_control(&control_dir, TOKEN, NODE_TOKEN);
         let node = start_node(&control, &dirs.path().join("node"), node_flags);
         Cluster { control, node, _dirs: dirs }
     }
@@ -56,21 +51,7 @@ impl Cluster {
 }
 
 fn start_node(control: &Server, data_dir: &Path, flags: &[&str]) -> Server {
-    let control_url = format!("http://{}", control.addr);
-    let mut args = vec![
-        "--name",
-        "edge-1",
-        "--control",
-        &control_url,
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(flags);
-    Server::spawn("node", &args, "wedge node serving on http://", &[("WEDGE_NODE_TOKEN", NODE_TOKEN)])
+    NodeCommand::new("edge-1", &control.url(""), data_dir, NODE_TOKEN).flags(flags).spawn()
 }
 
 /// The run id the guest put in `reply`'s body.

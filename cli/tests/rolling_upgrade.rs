@@ -21,12 +21,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Server, wait_until, wasm};
+use common::{NodeCommand, Server, wait_until, wasm};
 
 const TOKEN: &str = "rolling-test-admin-token-0123456789";
 const NODE_TOKEN: &str = "rolling-test-node-token-9876543210";
@@ -53,37 +53,17 @@ struct NodeSpec {
 
 impl NodeSpec {
     fn start(&self, control: &Server, cluster_dir: &Path, seeds: &str) -> Server {
-        let control_url = format!("http://{}", control.addr);
         let (listen, admin, gossip) = (self.listen.to_string(), self.admin.to_string(), self.gossip.to_string());
         let drain_delay = format!("{}ms", DRAIN_DELAY.as_millis());
         let drain_timeout = format!("{}s", DRAIN_TIMEOUT.as_secs());
-        let args = [
-            "--name",
-            self.name,
-            "--site",
-            self.site,
-            "--control",
-            &control_url,
-            "--cluster-dir",
-            cluster_dir.to_str().unwrap(),
-            "--data-dir",
-            self.data_dir.to_str().unwrap(),
-            "--listen",
-            &listen,
-            "--admin",
-            &admin,
-            "--gossip",
-            &gossip,
-            "--join",
-            seeds,
-            "--cluster-size",
-            "3",
-            "--drain-delay",
-            &drain_delay,
-            "--drain-timeout",
-            &drain_timeout,
-        ];
-        Server::spawn("node", &args, "wedge node serving on http://", &[("WEDGE_NODE_TOKEN", NODE_TOKEN)])
+        NodeCommand::new(self.name, &control.url(""), &self.data_dir, NODE_TOKEN)
+            .in_cluster(cluster_dir, self.site, 3)
+            .listen(&listen)
+            .admin(&admin)
+            .gossip(&gossip)
+            .join([seeds])
+            .flags(&["--drain-delay", &drain_delay, "--drain-timeout", &drain_timeout])
+            .spawn()
     }
 
     fn readyz(&self) -> String {
@@ -260,17 +240,8 @@ fn replacing_every_node_in_turn_under_load_fails_no_request() {
     let _measuring = common::measuring();
     let root = tempfile::tempdir().unwrap();
     let cluster_dir = root.path().join("cluster");
-    let output = Command::new(env!("CARGO_BIN_EXE_wedge"))
-        .args(["cluster", "init", "--dir", cluster_dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let control = Server::spawn(
-        "control",
-        &["--data-dir", root.path().join("control").to_str().unwrap(), "--listen", "127.0.0.1:0"],
-        "wedge control listening on http://",
-        &[("WEDGE_TOKEN", TOKEN), ("WEDGE_NODE_TOKEN", NODE_TOKEN)],
-    );
+    common::init_cluster(&cluster_dir);
+    let control = common::start_control(&root.path().join("control"), TOKEN, NODE_TOKEN);
 
     let specs: Vec<NodeSpec> = [("n1", "site-a"), ("n2", "site-a"), ("n3", "site-b")]
         .into_iter()

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -183,6 +183,126 @@ impl Server {
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
+
+    /// The first stdout line that starts with `prefix`, without it.
+    fn announced(&self, prefix: &str) -> String {
+        let stdout = self.stdout();
+        let line = stdout.lines().find_map(|l| l.strip_prefix(prefix));
+        line.unwrap_or_else(|| panic!("no {prefix:?} in {stdout}")).to_string()
+    }
+
+    /// A `wedge node`'s admin URL (`http://HOST:PORT`), as it printed it.
+    pub fn admin_url(&self) -> String {
+        self.announced("wedge node admin on ")
+    }
+
+    /// A clustered `wedge node`'s gossip address, as it printed it.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.announced("wedge node gossip on ").split(' ').next().unwrap().parse().unwrap()
+    }
+}
+
+/// Starts `wedge control` on `data_dir`, listening on `listen`, with the
+/// admin `token` and the `node_token`.
+pub fn start_control_on(data_dir: &Path, listen: &str, token: &str, node_token: &str) -> Server {
+    Server::spawn(
+        "control",
+        &["--data-dir", data_dir.to_str().unwrap(), "--listen", listen],
+        "wedge control listening on http://",
+        &[("WEDGE_TOKEN", token), ("WEDGE_NODE_TOKEN", node_token)],
+    )
+}
+
+/// [`start_control_on`] a free loopback port.
+pub fn start_control(data_dir: &Path, token: &str, node_token: &str) -> Server {
+    start_control_on(data_dir, "127.0.0.1:0", token, node_token)
+}
+
+/// How a test starts a `wedge node`: the flags every test gives (name,
+/// control plane, data directory; ingress and admin on free loopback
+/// ports unless set), a cluster's when it is in one, and the test's own.
+pub struct NodeCommand {
+    name: String,
+    control_url: String,
+    data_dir: PathBuf,
+    node_token: String,
+    listen: String,
+    admin: String,
+    /// Cluster directory, site, cluster size and gossip address, when the
+    /// node is in a cluster.
+    cluster: Option<(PathBuf, String, usize, String)>,
+    join: Vec<String>,
+    flags: Vec<String>,
+}
+
+impl NodeCommand {
+    pub fn new(name: &str, control_url: &str, data_dir: &Path, node_token: &str) -> NodeCommand {
+        NodeCommand {
+            name: name.into(),
+            control_url: control_url.into(),
+            data_dir: data_dir.into(),
+            node_token: node_token.into(),
+            listen: "127.0.0.1:0".into(),
+            admin: "127.0.0.1:0".into(),
+            cluster: None,
+            join: Vec::new(),
+            flags: Vec::new(),
+        }
+    }
+
+    /// In the cluster of `cluster_dir` (made by [`init_cluster`]), in
+    /// `site`, expecting `size` nodes; gossip on a free loopback port
+    /// unless [`NodeCommand::gossip`] says otherwise.
+    pub fn in_cluster(mut self, cluster_dir: &Path, site: &str, size: usize) -> NodeCommand {
+        self.cluster = Some((cluster_dir.into(), site.into(), size, "127.0.0.1:0".into()));
+        self
+    }
+
+    pub fn listen(mut self, addr: &str) -> NodeCommand {
+        self.listen = addr.into();
+        self
+    }
+
+    pub fn admin(mut self, addr: &str) -> NodeCommand {
+        self.admin = addr.into();
+        self
+    }
+
+    /// Gossip on `addr`; only after [`NodeCommand::in_cluster`].
+    pub fn gossip(mut self, addr: &str) -> NodeCommand {
+        self.cluster.as_mut().expect("gossip needs in_cluster first").3 = addr.into();
+        self
+    }
+
+    /// One `--join` per seed.
+    pub fn join<S: ToString>(mut self, seeds: impl IntoIterator<Item = S>) -> NodeCommand {
+        self.join.extend(seeds.into_iter().map(|seed| seed.to_string()));
+        self
+    }
+
+    /// More flags, after all the others.
+    pub fn flags(mut self, flags: &[&str]) -> NodeCommand {
+        self.flags.extend(flags.iter().map(|flag| flag.to_string()));
+        self
+    }
+
+    /// Starts it and waits until it serves.
+    pub fn spawn(&self) -> Server {
+        let data_dir = self.data_dir.to_str().unwrap();
+        let mut args = vec!["--name", &self.name, "--control", &self.control_url, "--data-dir", data_dir];
+        args.extend(["--listen", &self.listen, "--admin", &self.admin]);
+        let size;
+        if let Some((cluster_dir, site, cluster_size, gossip)) = &self.cluster {
+            size = cluster_size.to_string();
+            args.extend(["--site", site, "--cluster-dir", cluster_dir.to_str().unwrap()]);
+            args.extend(["--gossip", gossip, "--cluster-size", &size]);
+        }
+        for seed in &self.join {
+            args.extend(["--join", seed]);
+        }
+        args.extend(self.flags.iter().map(String::as_str));
+        Server::spawn("node", &args, "wedge node serving on http://", &[("WEDGE_NODE_TOKEN", &self.node_token)])
+    }
 }
 
 impl Drop for Server {
@@ -270,11 +390,8 @@ pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -
     started.elapsed()
 }
 
-/// `wedge ARGS` against the control plane at `control` with `token` and an
-/// empty config directory (no profile of the user's), without the caller's
-/// `WEDGE_*` variables.
-pub fn wedge_against(control: SocketAddr, token: &str, args: &[&str]) -> std::process::Output {
-    let config_home = tempfile::tempdir().unwrap();
+/// A `wedge` command without the caller's `WEDGE_*` variables.
+fn wedge_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wedge"));
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("WEDGE_") {
@@ -282,6 +399,25 @@ pub fn wedge_against(control: SocketAddr, token: &str, args: &[&str]) -> std::pr
         }
     }
     command
+}
+
+/// `wedge ARGS` with no WEDGE_* variables of the caller's.
+pub fn wedge(args: &[&str]) -> std::process::Output {
+    wedge_command().args(args).output().unwrap()
+}
+
+/// `wedge cluster init --dir DIR`; must succeed.
+pub fn init_cluster(dir: &Path) {
+    let output = wedge(&["cluster", "init", "--dir", dir.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// `wedge ARGS` against the control plane at `control` with `token` and an
+/// empty config directory (no profile of the user's), without the caller's
+/// `WEDGE_*` variables.
+pub fn wedge_against(control: SocketAddr, token: &str, args: &[&str]) -> std::process::Output {
+    let config_home = tempfile::tempdir().unwrap();
+    wedge_command()
         .args(args)
         .env("WEDGE_CONTROL", format!("http://{control}"))
         .env("WEDGE_TOKEN", token)
