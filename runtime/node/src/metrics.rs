@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use wedge_cache::CacheStats;
@@ -192,38 +192,35 @@ struct Exposition(NodeSnapshot);
 
 type Labels<'a> = Vec<(&'static str, &'a str)>;
 
-fn counter_family<'a>(
+/// A family of `kind` (a counter or a gauge) with one sample per label set.
+fn family<'a>(
     encoder: &mut DescriptorEncoder,
+    kind: MetricType,
     name: &str,
     help: &str,
     samples: impl IntoIterator<Item = (Labels<'a>, u64)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
     for (labels, value) in samples {
-        metric.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&value, None)?;
-    }
-    Ok(())
-}
-
-fn gauge_family<'a>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (Labels<'a>, u64)>,
-) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in samples {
-        metric.encode_family(&labels)?.encode_gauge(&value)?;
+        sample(metric.encode_family(&labels)?, kind, value)?;
     }
     Ok(())
 }
 
 fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
-    encoder.encode_descriptor(name, help, None, MetricType::Counter)?.encode_counter::<NoLabelSet, _, u64>(&value, None)
+    sample(encoder.encode_descriptor(name, help, None, MetricType::Counter)?, MetricType::Counter, value)
 }
 
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
-    encoder.encode_descriptor(name, help, None, MetricType::Gauge)?.encode_gauge(&value)
+    sample(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?, MetricType::Gauge, value)
+}
+
+/// One sample of a counter or (any other `kind`) a gauge.
+fn sample(mut metric: MetricEncoder<'_>, kind: MetricType, value: u64) -> Result<(), std::fmt::Error> {
+    match kind {
+        MetricType::Counter => metric.encode_counter::<NoLabelSet, _, u64>(&value, None),
+        _ => metric.encode_gauge(&value),
+    }
 }
 
 impl Exposition {
@@ -233,8 +230,9 @@ impl Exposition {
     }
 
     fn encode_functions(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        counter_family(
+        family(
             encoder,
+            MetricType::Counter,
             "wedge_function_requests",
             "Requests run on this node by the function, by the class of the status it answered",
             self.running().flat_map(|(name, stats, _)| {
@@ -261,20 +259,23 @@ impl Exposition {
                 None,
             )?;
         }
-        gauge_family(
+        family(
             encoder,
+            MetricType::Gauge,
             "wedge_function_in_flight",
             "Requests inside the function now",
             self.running().map(|(name, stats, _)| (vec![("function", name)], stats.in_flight)),
         )?;
-        gauge_family(
+        family(
             encoder,
+            MetricType::Gauge,
             "wedge_function_instances",
             "Instances alive now (an instance lives until its response body ends)",
             self.running().map(|(name, _, sample)| (vec![("function", name)], sample.instances)),
         )?;
-        counter_family(
+        family(
             encoder,
+            MetricType::Counter,
             "wedge_function_compilations",
             "Components compiled or loaded from the compilation cache to serve the function",
             self.0.functions.iter().flat_map(|(name, sample)| {
@@ -285,8 +286,9 @@ impl Exposition {
                 ]
             }),
         )?;
-        counter_family(
+        family(
             encoder,
+            MetricType::Counter,
             "wedge_function_traps",
             "Requests that failed inside the sandbox, by cause",
             self.running().flat_map(|(name, stats, _)| {
@@ -295,14 +297,16 @@ impl Exposition {
                     .map(move |kind| (vec![("function", name), ("kind", kind.as_str())], stats.traps(kind)))
             }),
         )?;
-        counter_family(
+        family(
             encoder,
+            MetricType::Counter,
             "wedge_function_request_bytes",
             "Request body bytes given to the function",
             self.running().map(|(name, stats, _)| (vec![("function", name)], stats.request_bytes)),
         )?;
-        counter_family(
+        family(
             encoder,
+            MetricType::Counter,
             "wedge_function_response_bytes",
             "Response body bytes the function produced",
             self.running().map(|(name, stats, _)| (vec![("function", name)], stats.response_bytes)),
@@ -312,8 +316,9 @@ impl Exposition {
     fn encode_router(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let ingress = &self.0.ingress;
         let served = [Served::Local, Served::Forwarded, Served::Cache, Served::NotFound, Served::Error];
-        counter_family(
+        family(
             encoder,
+            MetricType::Counter,
             "wedge_router_requests",
             "Requests at this node's ingress, by how they were answered",
             served.map(|how| (vec![("served", how.as_str())], ingress.served(how))),
@@ -331,8 +336,9 @@ impl Exposition {
             "Forwarded requests that failed on every replica tried",
             forward.failures,
         )?;
-        counter_family(
+        family(
             encoder,
+            MetricType::Counter,
             "wedge_response_cache_lookups",
             "Response-cache decisions for requests at this ingress",
             [("hit", ingress.cache_hits), ("miss", ingress.cache_misses), ("bypass", ingress.cache_bypasses)]
@@ -349,21 +355,24 @@ impl Exposition {
     }
 
     fn encode_cache(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        counter_family(
+        family(
             encoder,
+            MetricType::Counter,
             "wedge_cache_hits",
             "Function cache gets that found a live entry",
             self.running().map(|(name, stats, _)| (vec![("function", name)], stats.cache_hits)),
         )?;
-        counter_family(
+        family(
             encoder,
+            MetricType::Counter,
             "wedge_cache_misses",
             "Function cache gets that found nothing (or only an expired entry)",
             self.running().map(|(name, stats, _)| (vec![("function", name)], stats.cache_misses)),
         )?;
         let cache = &self.0.cache;
-        counter_family(
+        family(
             encoder,
+            MetricType::Counter,
             "wedge_cache_evictions",
             "Function cache entries removed by reclaim (expired) or to stay under the byte cap (capacity)",
             [
@@ -376,15 +385,17 @@ impl Exposition {
     }
 
     fn encode_cluster(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        gauge_family(
+        family(
             encoder,
+            MetricType::Gauge,
             "wedge_node_info",
             "This node's name and site, to join on",
             [(vec![("node", self.0.node.as_str()), ("site", self.0.site.as_str())], 1)],
         )?;
         let Some(cluster) = &self.0.cluster else { return Ok(()) };
-        gauge_family(
+        family(
             encoder,
+            MetricType::Gauge,
             "wedge_cluster_members",
             "Members as this node sees them (itself included), by site and state",
             cluster
@@ -398,8 +409,9 @@ impl Exposition {
             "Times this node saw a member become suspect",
             cluster.suspicions,
         )?;
-        counter_family(
+        family(
             encoder,
+            MetricType::Counter,
             "wedge_cluster_gossip_bytes",
             "Gossip datagram bytes",
             [
