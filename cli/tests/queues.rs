@@ -6,9 +6,8 @@
 //! the nodes' reports; when the primary is declared down and the backup
 //! reported the confirmed epoch, the backup is promoted; a second binding of
 //! the queue (409) and bad queue names or settings (400) are refused with
-//! the store unchanged; `wedge rm` unbinds. The bound component is `hello`:
-//! a job-handler component cannot be deployed until validation accepts the
-//! job-handler world.
+//! the store unchanged; `wedge rm` unbinds. The bound component is the
+//! job-handler test guest `guest-job`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -130,11 +129,11 @@ fn a_bound_queue_is_assigned_over_reporting_nodes_fails_over_and_is_unbound() {
     reporter.set("east-1", Some(report("east", vec![], &[])));
     reporter.set("west-1", Some(report("west", vec![], &[])));
 
-    let hello = wasm("hello");
-    let hello_path = hello.to_str().unwrap();
+    let job = wasm("guest-job");
+    let job_path = job.to_str().unwrap();
     let args = [
         "deploy",
-        hello_path,
+        job_path,
         "--name",
         "mailer",
         "--queue",
@@ -199,7 +198,7 @@ fn a_bound_queue_is_assigned_over_reporting_nodes_fails_over_and_is_unbound() {
     // bad settings, unknown keys.
     let revision = state(&control).revision;
     let functions_before = get_json(&control, "/v1/functions", TOKEN).1;
-    let sha = wedge_control::api::sha256_hex(&std::fs::read(&hello).unwrap());
+    let sha = wedge_control::api::sha256_hex(&std::fs::read(&job).unwrap());
     let spec = |queue: &str| format!("{{\"routes\":[\"/other\"],\"artifact\":\"{sha}\",\"queue\":{queue}}}");
     let (status, body) = raw_deploy(&control, "other", &spec(r#"{"name":"mail"}"#));
     assert_eq!((status, body.contains("queue mail is already bound to function mailer")), (409, true), "{body}");
@@ -215,10 +214,10 @@ fn a_bound_queue_is_assigned_over_reporting_nodes_fails_over_and_is_unbound() {
         assert_eq!(status, 400, "{queue}: {body}");
         assert!(body.contains(says), "{queue}: {body}");
     }
-    let cli = wedge(&control, &["deploy", hello_path, "--name", "other", "--queue", "mail"]);
+    let cli = wedge(&control, &["deploy", job_path, "--name", "other", "--queue", "mail"]);
     assert!(!cli.status.success());
     assert!(String::from_utf8_lossy(&cli.stderr).contains("queue mail is already bound to function mailer"));
-    let cli = wedge(&control, &["deploy", hello_path, "--name", "other", "--queue", "Mail!"]);
+    let cli = wedge(&control, &["deploy", job_path, "--name", "other", "--queue", "Mail!"]);
     assert!(!cli.status.success());
     assert!(String::from_utf8_lossy(&cli.stderr).contains("queue name"), "{}", String::from_utf8_lossy(&cli.stderr));
     assert_eq!(state(&control).revision, revision, "nothing refused was stored");
