@@ -71,8 +71,8 @@ fn render(report: &PlacementReport) -> String {
     text
 }
 
-/// An action in a few words.
-fn action(action: &Action) -> String {
+/// An action in a few words (also in `wedge top`).
+pub(super) fn action(action: &Action) -> String {
     match action {
         Action::Place { node } => format!("placed on {node}"),
         Action::Remove { node } => format!("removed from {node}"),

@@ -22,7 +22,7 @@ use clap::Args;
 use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use crossterm::{cursor, execute, queue, style, terminal};
 use wedge_control::api::{NodeState, Overview};
-use wedge_control::placement::{Action, Decision};
+use wedge_control::placement::Decision;
 
 use crate::client::{Client, ClientError};
 use crate::output::{Table, escape_controls, utc_time};
@@ -273,19 +273,7 @@ pub fn render(overview: &Overview, width: usize) -> Vec<String> {
 }
 
 fn decision(decision: &Decision) -> String {
-    let action = match &decision.action {
-        Action::Place { node } => format!("placed on {node}"),
-        Action::Remove { node } => format!("removed from {node}"),
-        Action::ScaleUp { replicas } => format!("scaled up to {replicas}"),
-        Action::ScaleDown { replicas } => format!("scaled down to {replicas}"),
-        Action::Unplaceable { wanted, placed } => format!("short: {placed} of {wanted}"),
-        Action::Refused { min_replicas, max_replicas } => format!("refused {min_replicas}..{max_replicas}"),
-        Action::QueueAssign { queue, epoch, primary, backup } => {
-            format!("queue {queue} epoch {epoch}: primary {primary}, backup {}", backup.as_deref().unwrap_or("none"))
-        }
-        Action::QueueWait { queue } => format!("queue {queue} waits"),
-        Action::QueueUnassign { queue } => format!("queue {queue} unassigned"),
-    };
+    let action = super::placement::action(&decision.action);
     let time = utc_time(decision.at_unix_ms);
     let clock = time.split(' ').nth(1).unwrap_or(&time);
     format!("  {clock}  {} {} — {}", decision.function, escape_controls(&action), escape_controls(&decision.reason))
@@ -324,6 +312,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use wedge_control::api::{OverviewFunction, OverviewNode, OverviewSite, ReplicaCounts};
+    use wedge_control::placement::Action;
 
     use super::*;
 
