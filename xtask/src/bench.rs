@@ -88,6 +88,31 @@ fn instantiate(args: InstantiateArgs) -> Result<()> {
     )
 }
 
+/// What every report starts with (flattened into it): which bench ran, when, on which
+/// commit and how many CPUs, against which `wedge`.
+#[derive(serde::Serialize)]
+struct RunInfo {
+    bench: &'static str,
+    unix_time: u64,
+    commit: String,
+    cpus: usize,
+    wedge_version: String,
+}
+
+impl RunInfo {
+    /// `bench` run now in `ws`, measuring `wedge_version`.
+    fn now(bench: &'static str, ws: &Workspace, wedge_version: String) -> RunInfo {
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::SystemTime::UNIX_EPOCH);
+        RunInfo {
+            bench,
+            unix_time: since_epoch.map_or(0, |d| d.as_secs()),
+            commit: util::commit_name(ws),
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            wedge_version,
+        }
+    }
+}
+
 /// Prints a bench's markdown report and writes it, with the report as JSON, to
 /// `<bench_dir>/<name>.md` and `<name>.json`.
 fn write_report(bench_dir: &std::path::Path, name: &str, markdown: &str, report: &impl serde::Serialize) -> Result<()> {
@@ -100,4 +125,23 @@ fn write_report(bench_dir: &std::path::Path, name: &str, markdown: &str, report:
         .with_context(|| format!("could not write {}", json_path.display()))?;
     println!("written to {} and {}", md_path.display(), json_path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_starts_with_its_run_info_as_plain_keys() {
+        #[derive(serde::Serialize)]
+        struct Report {
+            #[serde(flatten)]
+            run: RunInfo,
+            rounds: u32,
+        }
+        let run = RunInfo { bench: "b", unix_time: 1, commit: "abc".into(), cpus: 2, wedge_version: "w".into() };
+        let json = serde_json::to_string(&Report { run, rounds: 3 }).unwrap();
+        let expected = r#"{"bench":"b","unix_time":1,"commit":"abc","cpus":2,"wedge_version":"w","rounds":3}"#;
+        assert_eq!(json, expected);
+    }
 }

@@ -20,11 +20,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Barrier, Mutex};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use super::RunInfo;
 use super::children::{Proc, START_DEADLINE, Wedge, after, free_port, spawn_ready};
 use super::wrk::{self, Latency, Load, Sample, fmt_us, median, median_of};
 use crate::guests;
@@ -194,11 +195,8 @@ struct PageReport {
 
 #[derive(Serialize)]
 struct Report {
-    bench: &'static str,
-    unix_time: u64,
-    commit: String,
-    cpus: usize,
-    wedge_version: String,
+    #[serde(flatten)]
+    run: RunInfo,
     redis_version: String,
     load_generator: String,
     rounds: u32,
@@ -281,11 +279,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let (sequential, concurrent) = measured;
     let report = Report {
-        bench: "cache",
-        unix_time: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        commit: util::commit_name(&ws),
-        cpus: thread::available_parallelism().map_or(0, |n| n.get()),
-        wedge_version,
+        run: RunInfo::now("cache", &ws, wedge_version),
         redis_version,
         load_generator: wrk::version(),
         rounds: args.rounds,
@@ -653,9 +647,9 @@ fn markdown(r: &Report) -> String {
         r.value_bytes,
         r.keys,
         r.set_ttl_ms / 1000,
-        r.cpus,
-        r.commit,
-        r.wedge_version
+        r.run.cpus,
+        r.run.commit,
+        r.run.wedge_version
     ));
     md.push_str(
         "| operation | function ops/s | Redis ops/s | **ops/s function / Redis** | function p50 | Redis p50 \

@@ -27,11 +27,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use super::RunInfo;
 use super::children::{Proc, Wedge, after, spawn_ready};
 use super::wrk::{self, Latency, Load, Sample, fmt_us, median};
 use crate::guests;
@@ -315,11 +316,8 @@ struct BalanceReport {
 
 #[derive(Serialize)]
 struct Report {
-    bench: &'static str,
-    unix_time: u64,
-    commit: String,
-    cpus: usize,
-    wedge_version: String,
+    #[serde(flatten)]
+    run: RunInfo,
     load_generator: String,
     nodes: usize,
     /// The nodes the control plane placed hello on.
@@ -489,11 +487,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let forward_overhead_p50_ms = (probe[1].latency.p50_us - probe[0].latency.p50_us) / 1e3;
     let report = Report {
-        bench: "cluster",
-        unix_time: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        commit: util::commit_name(&ws),
-        cpus: thread::available_parallelism().map_or(0, |n| n.get()),
-        wedge_version,
+        run: RunInfo::now("cluster", &ws, wedge_version),
         load_generator: wrk::version(),
         nodes: NODES,
         replicas,
@@ -746,9 +740,9 @@ fn markdown(r: &Report) -> String {
         r.replicas.join(" and "),
         r.forwarding_node,
         r.local_node,
-        r.cpus,
-        r.commit,
-        r.wedge_version,
+        r.run.cpus,
+        r.run.commit,
+        r.run.wedge_version,
         r.load_generator,
     ));
 

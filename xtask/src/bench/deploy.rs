@@ -20,11 +20,12 @@ use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use super::RunInfo;
 use super::children::{Proc, Wedge, after, spawn_ready};
 use crate::guests;
 use crate::util::{self, Workspace};
@@ -212,11 +213,8 @@ impl Stats {
 
 #[derive(Serialize)]
 struct Report {
-    bench: &'static str,
-    unix_time: u64,
-    commit: String,
-    cpus: usize,
-    wedge_version: String,
+    #[serde(flatten)]
+    run: RunInfo,
     rounds: u32,
     nodes: u32,
     poll_interval_ms: f64,
@@ -392,11 +390,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let target_ms = TARGET.as_secs_f64() * 1e3;
     let report = Report {
-        bench: "deploy",
-        unix_time: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        commit: util::commit_name(&ws),
-        cpus: thread::available_parallelism().map_or(0, |n| n.get()),
-        wedge_version,
+        run: RunInfo::now("deploy", &ws, wedge_version),
         rounds: args.rounds,
         nodes: args.nodes,
         poll_interval_ms: POLL_INTERVAL.as_secs_f64() * 1e3,
@@ -655,7 +649,12 @@ fn markdown(report: &Report) -> String {
     md.push_str(&format!(
         "One `wedge control` and {} `wedge node`(s) on 127.0.0.1, examples/hello, {} round(s) after one \
          warm-up deploy; nodes polled every {} ms. {} CPUs, commit {}, {}.\n\n",
-        report.nodes, report.rounds, report.poll_interval_ms, report.cpus, report.commit, report.wedge_version
+        report.nodes,
+        report.rounds,
+        report.poll_interval_ms,
+        report.run.cpus,
+        report.run.commit,
+        report.run.wedge_version
     ));
     md.push_str("| measurement | median | p90 | max |\n|---|---:|---:|---:|\n");
     let mut row = |what: String, s: &Stats| {
