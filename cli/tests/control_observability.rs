@@ -29,6 +29,17 @@ fn start_control(data_dir: &Path) -> Server {
     common::start_control(data_dir, TOKEN, NODE_TOKEN)
 }
 
+/// A control plane on a fresh data directory (removed with the `TempDir`) with
+/// examples/hello deployed as `hello`.
+fn control_with_hello() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let control = start_control(&dir.path().join("control"));
+    let hello = wasm("hello");
+    let output = common::wedge_against(control.addr, TOKEN, &["deploy", hello.to_str().unwrap(), "--name", "hello"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    (dir, control)
+}
+
 fn report(name: &str, site: &str, down: &[(&str, u64)], traffic: Vec<FunctionTraffic>) -> NodeReport {
     NodeReport {
         ingress: format!("127.0.0.1:{}", 18_000 + name.len()),
@@ -191,11 +202,7 @@ fn metrics_count_known_api_traffic_exactly() {
 
 #[test]
 fn the_overview_derives_rates_from_node_reports_and_wedge_top_shows_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let control = start_control(&dir.path().join("control"));
-    let hello = wasm("hello");
-    let output = common::wedge_against(control.addr, TOKEN, &["deploy", hello.to_str().unwrap(), "--name", "hello"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (_dir, control) = control_with_hello();
 
     let bounds = vec![0.005, 0.01, 0.05, 0.1];
     let counters = |requests: u64, errors: u64, counts: [u64; 4]| {
@@ -357,11 +364,7 @@ fn live_top_until(control: &Server, key: &[u8]) -> String {
 
 #[test]
 fn live_wedge_top_redraws_and_gives_the_terminal_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let control = start_control(&dir.path().join("control"));
-    let hello = wasm("hello");
-    let output = common::wedge_against(control.addr, TOKEN, &["deploy", hello.to_str().unwrap(), "--name", "hello"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (_dir, control) = control_with_hello();
     const ENTER: &str = "\x1b[?1049h";
     const LEAVE: &str = "\x1b[?1049l";
     const SHOW_CURSOR: &str = "\x1b[?25h";
