@@ -34,7 +34,9 @@
 //!   extensions.
 //! - `x-request-id` is passed on untouched (even if the client listed it in
 //!   `Connection`), so one id follows a request across nodes.
-//! - Both internal headers mean something only between nodes: the ingress
+//! - `x-wedge-internal` ([`INTERNAL_HEADER`]): a request between nodes
+//!   that no function serves (job queues); the receiver handles it itself.
+//! - The internal headers mean something only between nodes: the ingress
 //!   must remove them from requests that come from clients
 //!   ([`remove_internal_headers`]), or a client could pose as a peer.
 //! - Hop-by-hop fields (RFC 9110 §7.6.1) are removed in both directions, by
@@ -154,6 +156,12 @@ pub const HOPS_HEADER: HeaderName = HeaderName::from_static("x-wedge-hops");
 /// The header that names the node a request was forwarded by.
 pub const FORWARDED_BY_HEADER: HeaderName = HeaderName::from_static("x-wedge-forwarded-by");
 
+/// The header that marks a request between nodes that is not a client's
+/// (a job queue's send, replication or job run): the receiving node handles
+/// it itself instead of routing it to a function. Only peers can set it:
+/// [`remove_internal_headers`] removes it from every client request.
+pub const INTERNAL_HEADER: HeaderName = HeaderName::from_static("x-wedge-internal");
+
 /// The header of a `503` that a peer sends instead of running a forwarded
 /// request (it is draining, or the function is saturated there); its value
 /// says why. The forwarder tries another replica (see the module docs).
@@ -210,6 +218,7 @@ pub fn check_hops(headers: &HeaderMap) -> Result<u32, HopLimitReached> {
 pub fn remove_internal_headers(headers: &mut HeaderMap) {
     headers.remove(&HOPS_HEADER);
     headers.remove(&FORWARDED_BY_HEADER);
+    headers.remove(&INTERNAL_HEADER);
 }
 
 /// A request that has been forwarded as often as it may be.

@@ -30,7 +30,7 @@ mod routes;
 pub use balance::{Balancer, BalancerConfig, InvalidConfig, Replica, XorShift64};
 pub use forward::{
     FORWARDED_BY_HEADER, ForwardConfig, ForwardStats, Forwarder, HOPS_HEADER, HOPS_MAX, HopLimitReached,
-    REFUSED_HEADER, ServeConfig, check_hops, hops, remove_internal_headers, serve_forwarded,
+    INTERNAL_HEADER, REFUSED_HEADER, ServeConfig, check_hops, hops, remove_internal_headers, serve_forwarded,
 };
 pub use ingress::{Forwarding, Ingress, IngressConfig, IngressStats, ReplicaSource, Served, Target};
 pub use response_cache::{CACHE_STATUS_HEADER, ResponseCacheConfig};
