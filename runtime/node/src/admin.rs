@@ -13,6 +13,8 @@
 //! - `GET /v1/members`: the cluster members as this node sees them, a
 //!   [`MembersReport`](wedge_cluster::agent::MembersReport) (what `wedge members` prints);
 //!   404 when the node runs without a cluster.
+//! - `GET /v1/queues`: the job queues this node holds, a list of
+//!   [`QueueView`](crate::jobs::QueueView) (role, epoch, depth by state, what it completed).
 //! - `GET /metrics`: the node's Prometheus metrics ([`crate::metrics`], names in
 //!   `deploy/observability/METRICS.md`).
 //!
@@ -36,6 +38,7 @@ use tokio::sync::watch;
 use wedge_cluster::agent::Agent;
 use wedge_control::api::{ReadyCheck, ReadyReport};
 
+use crate::jobs::Queues;
 use crate::metrics::NodeMetrics;
 
 /// Most admin connections open at once.
@@ -133,6 +136,7 @@ pub async fn serve(
     agent: Option<Arc<Agent>>,
     readiness: Arc<Readiness>,
     metrics: Arc<NodeMetrics>,
+    queues: Arc<Queues>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
@@ -153,8 +157,9 @@ pub async fn serve(
             () = stopped(&mut stop) => return,
         };
         let (agent, readiness, metrics) = (agent.clone(), Arc::clone(&readiness), Arc::clone(&metrics));
+        let queues = Arc::clone(&queues);
         let service = service_fn(move |request| {
-            let answer = respond(&request, agent.as_deref(), &readiness, &metrics);
+            let answer = respond(&request, agent.as_deref(), &readiness, &metrics, &queues);
             async move { Ok::<_, Infallible>(answer) }
         });
         tokio::spawn(async move {
@@ -175,9 +180,10 @@ fn respond(
     agent: Option<&Agent>,
     readiness: &Readiness,
     metrics: &NodeMetrics,
+    queues: &Queues,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path();
-    if !matches!(path, "/healthz" | "/readyz" | "/v1/members" | "/metrics") {
+    if !matches!(path, "/healthz" | "/readyz" | "/v1/members" | "/v1/queues" | "/metrics") {
         return text(StatusCode::NOT_FOUND, format!("no such admin endpoint: {path}\n"));
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -197,6 +203,7 @@ fn respond(
             let status = if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             json(status, &report, "readiness")
         }
+        ("/v1/queues", _) => json(StatusCode::OK, &queues.views(), "the queues"),
         (_, None) => text(StatusCode::NOT_FOUND, "this node runs without a cluster (no --cluster-dir)\n".to_string()),
         (_, Some(agent)) => json(StatusCode::OK, &agent.report(), "the members"),
     }

@@ -12,6 +12,11 @@
 //! - the **ingress** serves HTTP throughout; a swap never touches a request
 //!   in flight.
 //!
+//! Job queues ([`crate::jobs`], in `<data-dir>/jobs`) take their roles from the
+//! desired state as the follower applies it, report what they hold through the
+//! reporter, and talk to peers over the same transport as forwarded requests
+//! (internal requests, told apart by their header).
+//!
 //! With a cluster ([`ClusterSettings`]) the node also runs membership and
 //! publishes its load ([`crate::cluster`]); with an admin address it serves
 //! [`crate::admin`], whose `/readyz` the follower feeds ([`Readiness`]).
@@ -58,6 +63,7 @@ use crate::admin::{self, Readiness};
 use crate::cluster::ClusterSettings;
 use crate::control_client::ControlClient;
 use crate::function_cache::NodeCache;
+use crate::jobs::{NodeQueueSender, Queues};
 use crate::local_state::LocalState;
 use crate::metrics::{Compilations, NodeMetrics};
 
@@ -195,6 +201,10 @@ pub struct FollowingNode {
     serving: Arc<Mutex<Serving>>,
     log_lines: mpsc::Receiver<GuestLogLine>,
     cache: NodeCache,
+    /// The node's job queues.
+    queues: Arc<Queues>,
+    /// Stops the queues' engine once the node has drained.
+    queues_stop: watch::Sender<bool>,
 }
 
 impl FollowingNode {
@@ -207,10 +217,15 @@ impl FollowingNode {
         let local = LocalState::open(&config.data_dir)?;
         let cache = NodeCache::open(&local.function_cache_dir(), config.function_cache.clone())?;
         let (sink, log_lines) = GuestLogSink::bounded(LOG_LINES_BUFFERED_MAX);
+        let (queues_stop, queues_stopped) = watch::channel(false);
+        let queues = Queues::start(&config.node_name, &config.data_dir.join("jobs"), queues_stopped)?;
+        let queue_sender = Arc::new(NodeQueueSender(std::sync::OnceLock::new()));
+        let _ = queue_sender.0.set(Arc::clone(&queues));
         let host = Host::new(HostConfig {
             cache_dir: Some(local.compiled_dir()),
             log_sink: Some(sink),
             function_cache: Some(cache.cache().clone()),
+            queue_sender: Some(queue_sender),
             ..HostConfig::default()
         })
         .context("creating the wasm engine")?;
@@ -239,6 +254,8 @@ impl FollowingNode {
             saved: None,
             serving: Arc::clone(&serving),
             compilations: Arc::clone(&compilations),
+            queues: Arc::clone(&queues),
+            queues_served: BTreeMap::new(),
         };
         match applier.local.load_state()? {
             Some(saved) => {
@@ -267,6 +284,7 @@ impl FollowingNode {
                     placements: Arc::clone(&placements),
                 };
                 ingress.enable_forwarding(Forwarding { forwarder, replicas: Arc::new(replicas) });
+                queues.connect(Arc::clone(&agent), &settings.site, Arc::clone(&placements)).context("job queues")?;
                 Some(agent)
             }
             None => None,
@@ -297,6 +315,8 @@ impl FollowingNode {
             serving,
             log_lines,
             cache,
+            queues,
+            queues_stop,
         })
     }
 
@@ -310,7 +330,7 @@ impl FollowingNode {
         let admin = self.admin_listener.map(|listener| {
             let (agent, readiness, metrics) =
                 (self.agent.clone(), Arc::clone(&self.readiness), Arc::clone(&self.metrics));
-            tokio::spawn(admin::serve(listener, agent, readiness, metrics, stop.clone()))
+            tokio::spawn(admin::serve(listener, agent, readiness, metrics, Arc::clone(&self.queues), stop.clone()))
         });
         let load = self.agent.clone().map(|agent| {
             let serving = Arc::clone(&self.serving);
@@ -320,9 +340,17 @@ impl FollowingNode {
         let (stop_forwarded, forwarded_stopped) = oneshot::channel::<()>();
         let forwarded = self.agent.as_ref().and_then(|agent| agent.transport().accept_streams()).map(|streams| {
             let ingress = Arc::clone(&self.ingress);
-            let handler = move |request| {
+            let queues = Arc::clone(&self.queues);
+            let handler = move |request: http::Request<hyper::body::Incoming>| {
                 let ingress = Arc::clone(&ingress);
-                async move { ingress.handle_forwarded(request).await }
+                let queues = Arc::clone(&queues);
+                async move {
+                    if request.headers().contains_key(wedge_router::INTERNAL_HEADER) {
+                        queues.handle_peer(request).await
+                    } else {
+                        ingress.handle_forwarded(request).await
+                    }
+                }
             };
             let stop = async move {
                 let _ = forwarded_stopped.await;
@@ -347,6 +375,7 @@ impl FollowingNode {
             log_lines: self.log_lines,
             cluster,
             report_now,
+            queues: Arc::clone(&self.queues),
         };
         let reporter = tokio::spawn(report(self.config.clone(), self.client, sources, stop));
         let ingress = Arc::clone(&self.ingress);
@@ -391,6 +420,7 @@ impl FollowingNode {
         for task in admin.into_iter().chain(load) {
             let _ = task.await;
         }
+        let _ = self.queues_stop.send(true);
         self.cache.close().await;
     }
 }
@@ -448,6 +478,11 @@ struct Applier {
     serving: Arc<Mutex<Serving>>,
     /// Counts each function's compilations, for `/metrics`.
     compilations: Arc<Compilations>,
+    /// Takes the queues' roles and the job functions loaded here.
+    queues: Arc<Queues>,
+    /// The queue assignments applied (saved with the served state, so a restart
+    /// without the control plane takes its last roles again).
+    queues_served: BTreeMap<String, wedge_control::api::QueueAssignment>,
 }
 
 /// Where a routed function runs.
@@ -489,8 +524,7 @@ impl Applier {
             functions,
             placements,
             placement_generation: self.served_from.2,
-            // Job queues are not run by nodes yet (issue 8's node wiring).
-            queues: Default::default(),
+            queues: self.queues_served.clone(),
         }
     }
 
@@ -586,8 +620,7 @@ impl Applier {
             functions: next.values().map(|(record, _)| record.clone()).collect(),
             placements: desired.placements.clone(),
             placement_generation: desired.placement_generation,
-            // Job queues are not run by nodes yet (issue 8's node wiring).
-            queues: Default::default(),
+            queues: desired.queues.clone(),
         };
         // Saved before it is served: whatever a client has seen this node
         // serve, a restart without the control plane serves too.
@@ -603,6 +636,13 @@ impl Applier {
         }
         self.placements.set(desired.placements.clone());
         self.ingress.set_routes(table);
+        let here = next.iter().filter_map(|(name, (_, placed))| match placed {
+            Placed::Here(function) => Some((name.clone(), function.clone())),
+            Placed::Elsewhere => None,
+        });
+        self.queues.set_functions(here.collect());
+        self.queues.assign(desired.queues.clone()).await;
+        self.queues_served = desired.queues.clone();
         // After the swap: the response cache refuses what the replaced
         // versions still answer (it planned those requests before the purge).
         // A function moved between here and elsewhere keeps its record and
@@ -714,6 +754,7 @@ fn decide(served: &DesiredState, desired: &DesiredState) -> Decision {
         && served.revision == desired.revision
         && by_name(served) == by_name(desired)
         && served.placements == desired.placements
+        && served.queues == desired.queues
     {
         Decision::UpToDate
     } else {
@@ -868,6 +909,8 @@ struct ReportSources {
     cluster: Option<(Arc<Agent>, Arc<Ingress>)>,
     /// Notified after every applied change: report at once.
     report_now: Arc<Notify>,
+    /// What the node holds of its job queues.
+    queues: Arc<Queues>,
 }
 
 /// The reporter task: what this node serves plus guest output, at least
@@ -879,7 +922,7 @@ async fn report(
     sources: ReportSources,
     mut stop: watch::Receiver<bool>,
 ) {
-    let ReportSources { ingress_addr, ingress, serving, mut log_lines, cluster, report_now } = sources;
+    let ReportSources { ingress_addr, ingress, serving, mut log_lines, cluster, report_now, queues } = sources;
     let mut interval = tokio::time::interval(config.report_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing_since: Option<Instant> = None;
@@ -914,8 +957,7 @@ async fn report(
             logs: std::mem::take(&mut pending),
             cluster: cluster.as_ref().map(|(agent, ingress)| cluster_report(agent, ingress)),
             traffic: traffic(&ingress),
-            // Job queues are not run by nodes yet (issue 8's node wiring).
-            queues: Vec::new(),
+            queues: queues.reports(),
         };
         match client.report(&config.node_name, &report).await {
             Ok(()) => {

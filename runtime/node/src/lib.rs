@@ -8,7 +8,7 @@
 //! ([`follow::FollowingNode`], for `wedge node`), keeping what it serves on its
 //! own disk ([`local_state`]); a following node may join a cluster
 //! ([`cluster`]) and serve an admin listener ([`admin`]) with its Prometheus
-//! metrics ([`metrics`]). Either kind gives
+//! metrics ([`metrics`]); it runs the job queues assigned to it ([`jobs`]). Either kind gives
 //! its functions one node-local cache ([`function_cache`]).
 //!
 //! It must not parse command lines or read the environment: the `wedge`
@@ -20,6 +20,7 @@ pub mod config;
 pub mod control_client;
 pub mod follow;
 pub mod function_cache;
+pub mod jobs;
 pub mod local_state;
 pub mod metrics;
 pub mod units;

@@ -1,0 +1,890 @@
+//! The node's job queues: the async shell around `wedge-jobs`' sans-IO [`QueueCore`]s.
+//!
+//! - **One owner task** ([`Engine`]) holds a core per queue this node holds (primary,
+//!   backup, or a record in its store), all in one sled database at `<data-dir>/jobs`.
+//!   Every event reaches it through one bounded channel of [`Input`]s; after each input
+//!   it drains every core's outputs, leases what can run, and publishes what the reporter
+//!   and the admin listener read ([`Queues::reports`], [`Queues::views`]). Timers come
+//!   from the cores' `poll_timeout`, capped by [`IDLE_WAKE`] so that jobs waiting for a
+//!   worker (the job function not loaded yet) are tried again.
+//! - **Roles** come from the desired state's `queues` as the follower applies it
+//!   ([`Queues::assign`]).
+//! - **Peers** talk over the cluster's QUIC transport, one HTTP/1.1 request per stream,
+//!   marked with [`INTERNAL_HEADER`] (which the ingress strips from client requests, so
+//!   only a peer authenticated by mutual TLS can reach these routes):
+//!   `POST /_wedge/queues/{queue}/send` (a send forwarded to the primary, answered once
+//!   acknowledged), `POST /_wedge/queues/{queue}/peer` (a [`PeerMessage`] as JSON,
+//!   answered at once), `POST /_wedge/jobs/run` (run one leased job on this node's job
+//!   function, answered with its outcome). Bodies are bounded ([`PEER_BODY_BYTES_MAX`]).
+//! - **Sends** of guests ([`QueueSender`]) go to the local core when this node is the
+//!   primary, else to the primary over the send route; either way `Ok` only once the
+//!   core acknowledged.
+//! - **Dispatch**: a primary leases ready jobs within the queue's concurrency to the job
+//!   function's replicas — this node's first while it has a free instance, else the
+//!   placed live peer with the fewest runs this node sent it — renews leases at half the
+//!   visibility timeout while a run lasts, and completes each with its outcome (a trap or
+//!   a deadline is a failure; a peer that does not answer is one too, and one that dies
+//!   silently lets the visibility timeout hand the job out again).
+
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use wedge_cluster::agent::Agent;
+use wedge_cluster::membership::MemberState;
+use wedge_control::api::{QueueAssignment, QueueReport};
+use wedge_host::{Function, QueueMessage, QueueSendError, QueueSender, ResponseBody, SendFuture};
+use wedge_jobs::{
+    Completion, JobError, LeaseId, LeasedJob, NodeId, Outcome, Output, PeerMessage, QueueCore, QueueStats, Role,
+    SendRequest, SledStore, WorkerId,
+};
+use wedge_router::{ForwardConfig, Forwarder, INTERNAL_HEADER, Replica, XorShift64};
+
+use crate::follow::PlacementBook;
+
+/// Inputs waiting for the engine; senders wait when it is full (peer messages are
+/// dropped instead: the core sends them again).
+const INPUTS_MAX: usize = 4096;
+/// Longest sleep of the engine: jobs that found no worker are tried again this often.
+const IDLE_WAKE: Duration = Duration::from_millis(200);
+/// Largest body of an internal request (a send's payload is capped lower by its queue;
+/// a full copy for a backup is the largest message).
+pub const PEER_BODY_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// How long a send waits for its acknowledgement, forwarded or not: a little over the
+/// core's own timeout for the backup's confirmation.
+const SEND_TIMEOUT: Duration = Duration::from_millis(wedge_jobs::replication::SEND_ACK_TIMEOUT_MS + 2_000);
+/// Messages waiting to go to one peer; beyond it they are dropped (the core resends).
+const PEER_OUTBOX_MAX: usize = 1024;
+/// How long one peer message may take.
+const PEER_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a job run on a peer may take to answer (its function's deadline applies
+/// there; this is for a peer that stops answering).
+const PEER_RUN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// A failure of an internal request to a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The node is not in the cluster, or not a live member.
+    #[error("node {0} is not a live member of the cluster")]
+    NotAMember(String),
+    /// This node is not in a cluster.
+    #[error("this node is not in a cluster")]
+    NoCluster,
+    /// The peer answered with an error status.
+    #[error("node {node} answered {status}: {body}")]
+    Status {
+        /// The peer.
+        node: String,
+        /// Its status.
+        status: StatusCode,
+        /// Its body.
+        body: String,
+    },
+    /// The answer could not be read or decoded.
+    #[error("node {node}: unreadable answer: {reason}")]
+    Answer {
+        /// The peer.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// No answer in time.
+    #[error("node {0} did not answer in time")]
+    Timeout(String),
+}
+
+/// A send as it travels to the primary.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireSend {
+    payload: Vec<u8>,
+    delay_ms: u64,
+    idempotency_key: Option<String>,
+}
+
+/// [`QueueSendError`] on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+enum WireSendError {
+    UnknownQueue,
+    PayloadTooLarge(u32),
+    QueueFull,
+    DelayTooLong(u64),
+    InvalidIdempotencyKey(u32),
+    Unavailable(String),
+}
+
+impl From<QueueSendError> for WireSendError {
+    fn from(error: QueueSendError) -> Self {
+        match error {
+            QueueSendError::UnknownQueue => WireSendError::UnknownQueue,
+            QueueSendError::PayloadTooLarge { max_bytes } => WireSendError::PayloadTooLarge(max_bytes),
+            QueueSendError::QueueFull => WireSendError::QueueFull,
+            QueueSendError::DelayTooLong { max_ms } => WireSendError::DelayTooLong(max_ms),
+            QueueSendError::InvalidIdempotencyKey { max_bytes } => WireSendError::InvalidIdempotencyKey(max_bytes),
+            QueueSendError::Unavailable(message) => WireSendError::Unavailable(message),
+        }
+    }
+}
+
+impl From<WireSendError> for QueueSendError {
+    fn from(error: WireSendError) -> Self {
+        match error {
+            WireSendError::UnknownQueue => QueueSendError::UnknownQueue,
+            WireSendError::PayloadTooLarge(max_bytes) => QueueSendError::PayloadTooLarge { max_bytes },
+            WireSendError::QueueFull => QueueSendError::QueueFull,
+            WireSendError::DelayTooLong(max_ms) => QueueSendError::DelayTooLong { max_ms },
+            WireSendError::InvalidIdempotencyKey(max_bytes) => QueueSendError::InvalidIdempotencyKey { max_bytes },
+            WireSendError::Unavailable(message) => QueueSendError::Unavailable(message),
+        }
+    }
+}
+
+/// One job run asked of a peer.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireRun {
+    function: String,
+    id: String,
+    queue: String,
+    payload: Vec<u8>,
+    attempt: u32,
+    idempotency_key: Option<String>,
+}
+
+/// How a run on a peer ended: `None` for success, else the failure.
+type WireOutcome = Option<String>;
+
+/// One queue as the node's admin listener shows it (`GET /v1/queues`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueView {
+    /// The queue.
+    pub queue: String,
+    /// This node's role: `primary`, `backup` or `none`.
+    pub role: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Ready now.
+    pub ready: u32,
+    /// Waiting for a delay or a backoff.
+    pub delayed: u32,
+    /// Leased to a worker.
+    pub in_flight: u32,
+    /// Dead-lettered.
+    pub dead: u32,
+    /// Age of the oldest job not dead, in ms.
+    pub oldest_age_ms: u64,
+    /// Jobs this node completed as primary since it started.
+    pub completed: u64,
+    /// Failed attempts this node recorded as primary since it started.
+    pub failed_attempts: u64,
+    /// Jobs this node dead-lettered as primary since it started.
+    pub dead_lettered: u64,
+}
+
+/// What reaches the engine.
+enum Input {
+    /// The queues of the applied desired state.
+    Assign(BTreeMap<String, QueueAssignment>),
+    /// A send for a queue this node is primary of.
+    Send { queue: String, request: SendRequest, reply: oneshot::Sender<Result<String, QueueSendError>> },
+    /// A message from a peer.
+    Peer { queue: String, from: NodeId, message: PeerMessage },
+    /// A run ended.
+    Finished { queue: String, lease: LeaseId, worker: String, outcome: Outcome },
+    /// A run goes on: extend its lease.
+    Renew { queue: String, lease: LeaseId },
+    /// The job functions loaded here changed.
+    FunctionsChanged,
+}
+
+/// What peers and dispatch need of the cluster.
+struct Cluster {
+    agent: Arc<Agent>,
+    forwarder: Forwarder,
+    placements: Arc<PlacementBook>,
+}
+
+/// The node's queues, shared by the follower, the host's sends, the peer routes, the
+/// reporter and the admin listener. Cheap to clone behind an `Arc`.
+pub struct Queues {
+    me: String,
+    inputs: mpsc::Sender<Input>,
+    /// The assignments applied, by queue (read by sends to find the primary).
+    assignments: RwLock<BTreeMap<String, QueueAssignment>>,
+    /// Job functions loaded here, by function name (read by the run route and dispatch).
+    functions: RwLock<BTreeMap<String, Function>>,
+    cluster: OnceLock<Cluster>,
+    /// Per queue: what the reporter sends and the admin listener shows.
+    published: Mutex<Vec<(QueueReport, QueueView)>>,
+    /// Per peer: its ordered outbox of replication messages.
+    outboxes: Mutex<BTreeMap<String, mpsc::Sender<(String, PeerMessage)>>>,
+}
+
+impl std::fmt::Debug for Queues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queues").field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A random number without a dependency: std seeds its hasher keys from the OS.
+fn random_seed(salt: &str) -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one(salt)
+}
+
+impl Queues {
+    /// Opens the job store at `dir` (every queue it holds gets a core with no role until
+    /// assigned) and starts the engine task, which stops when `stop` turns true.
+    pub fn start(me: &str, dir: &Path, stop: watch::Receiver<bool>) -> anyhow::Result<Arc<Self>> {
+        let store =
+            SledStore::open(dir).map_err(|e| anyhow::anyhow!("opening the job store {}: {e}", dir.display()))?;
+        let (inputs, receiver) = mpsc::channel(INPUTS_MAX);
+        let queues = Arc::new(Queues {
+            me: me.to_owned(),
+            inputs,
+            assignments: RwLock::default(),
+            functions: RwLock::default(),
+            cluster: OnceLock::new(),
+            published: Mutex::default(),
+            outboxes: Mutex::default(),
+        });
+        let mut engine = Engine {
+            shared: Arc::clone(&queues),
+            me: NodeId(me.to_owned()),
+            store: store.clone(),
+            slots: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            next_token: 0,
+            rng: XorShift64::new(random_seed(me)),
+            sent_to: BTreeMap::new(),
+        };
+        for name in store.queues().map_err(|e| anyhow::anyhow!("reading the job store: {e}"))? {
+            engine.open(&name, wedge_jobs::QueueConfig::default(), String::new())?;
+        }
+        engine.publish();
+        tokio::spawn(engine.run(receiver, stop));
+        Ok(queues)
+    }
+
+    /// Lets the queues reach peers (once the node has joined its cluster).
+    pub fn connect(&self, agent: Arc<Agent>, site: &str, placements: Arc<PlacementBook>) -> anyhow::Result<()> {
+        let config = ForwardConfig { response_head_timeout: PEER_RUN_TIMEOUT, ..ForwardConfig::default() };
+        let forwarder = Forwarder::new(Arc::clone(agent.transport()), site, config)?;
+        let _ = self.cluster.set(Cluster { agent, forwarder, placements });
+        Ok(())
+    }
+
+    /// Takes the queues of an applied desired state.
+    pub async fn assign(&self, queues: BTreeMap<String, QueueAssignment>) {
+        *self.assignments.write().unwrap_or_else(|p| p.into_inner()) = queues.clone();
+        let _ = self.inputs.send(Input::Assign(queues)).await;
+    }
+
+    /// Takes the functions loaded here (job functions among them run jobs).
+    pub fn set_functions(&self, functions: BTreeMap<String, Function>) {
+        let jobs = functions.into_iter().filter(|(_, f)| f.kind() == wedge_host::FunctionKind::JobHandler).collect();
+        *self.functions.write().unwrap_or_else(|p| p.into_inner()) = jobs;
+        let _ = self.inputs.try_send(Input::FunctionsChanged);
+    }
+
+    /// What the node reports to the control plane of each queue it holds.
+    pub fn reports(&self) -> Vec<QueueReport> {
+        self.published.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(report, _)| report.clone()).collect()
+    }
+
+    /// Each queue as the admin listener shows it.
+    pub fn views(&self) -> Vec<QueueView> {
+        self.published.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, view)| view.clone()).collect()
+    }
+
+    /// Sends to the local core (this node must be the primary) and waits for the
+    /// acknowledgement.
+    async fn send_here(&self, queue: String, request: SendRequest) -> Result<String, QueueSendError> {
+        let (reply, answer) = oneshot::channel();
+        let input = Input::Send { queue, request, reply };
+        if self.inputs.send(input).await.is_err() {
+            return Err(QueueSendError::Unavailable("the node's queues are stopping".into()));
+        }
+        match tokio::time::timeout(SEND_TIMEOUT, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(QueueSendError::Unavailable("the queue dropped the send (stopping)".into())),
+            Err(_) => Err(QueueSendError::Unavailable(format!("not acknowledged within {SEND_TIMEOUT:?}"))),
+        }
+    }
+
+    /// Sends to wherever the queue's primary is.
+    async fn send_anywhere(&self, queue: String, request: SendRequest) -> Result<String, QueueSendError> {
+        let primary = {
+            let assignments = self.assignments.read().unwrap_or_else(|p| p.into_inner());
+            match assignments.get(&queue) {
+                None => return Err(QueueSendError::UnknownQueue),
+                Some(assignment) => assignment.primary.clone(),
+            }
+        };
+        if primary == self.me {
+            return self.send_here(queue, request).await;
+        }
+        let wire =
+            WireSend { payload: request.payload, delay_ms: request.delay_ms, idempotency_key: request.idempotency_key };
+        let path = format!("/_wedge/queues/{queue}/send");
+        let answer = tokio::time::timeout(SEND_TIMEOUT, self.post(&primary, &path, &wire)).await;
+        match answer {
+            Err(_) => Err(QueueSendError::Unavailable(format!("primary {primary} did not answer in time"))),
+            Ok(Err(error)) => Err(QueueSendError::Unavailable(format!("primary {primary}: {error}"))),
+            Ok(Ok(bytes)) => match serde_json::from_slice::<Result<String, WireSendError>>(&bytes) {
+                Ok(answer) => answer.map_err(QueueSendError::from),
+                Err(error) => {
+                    Err(QueueSendError::Unavailable(format!("primary {primary}: unreadable answer: {error}")))
+                }
+            },
+        }
+    }
+
+    /// Posts `body` as JSON to an internal route of `node`; the answer's body on 200.
+    async fn post<T: Serialize>(&self, node: &str, path: &str, body: &T) -> Result<Bytes, PeerError> {
+        let cluster = self.cluster.get().ok_or(PeerError::NoCluster)?;
+        let snapshot = cluster.agent.snapshot();
+        let member = snapshot
+            .members
+            .iter()
+            .find(|m| m.identity.name() == node && matches!(m.state, MemberState::Alive | MemberState::Suspect))
+            .ok_or_else(|| PeerError::NotAMember(node.to_owned()))?;
+        let replica = Replica {
+            node: node.to_owned(),
+            site: member.identity.site().to_string(),
+            addr: member.identity.gossip_addr(),
+            gossiped_in_flight: 0,
+        };
+        let json =
+            serde_json::to_vec(body).map_err(|e| PeerError::Answer { node: node.into(), reason: e.to_string() })?;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{node}{path}"))
+            .header(INTERNAL_HEADER, "1")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(json)))
+            .map_err(|e| PeerError::Answer { node: node.into(), reason: e.to_string() })?;
+        let response = cluster.forwarder.forward(request, vec![replica]).await;
+        let status = response.status();
+        let bytes = Limited::new(response.into_body(), PEER_BODY_BYTES_MAX)
+            .collect()
+            .await
+            .map_err(|e| PeerError::Answer { node: node.into(), reason: e.to_string() })?
+            .to_bytes();
+        if status != StatusCode::OK {
+            let body = String::from_utf8_lossy(&bytes).trim().to_owned();
+            return Err(PeerError::Status { node: node.into(), status, body });
+        }
+        Ok(bytes)
+    }
+
+    /// Queues `message` for `to`, in order; dropped when that peer's outbox is full.
+    fn send_peer(self: &Arc<Self>, to: &str, queue: &str, message: PeerMessage) {
+        let mut outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
+        let outbox = outboxes.entry(to.to_owned()).or_insert_with(|| {
+            let (sender, mut receiver) = mpsc::channel::<(String, PeerMessage)>(PEER_OUTBOX_MAX);
+            let (queues, to) = (Arc::clone(self), to.to_owned());
+            tokio::spawn(async move {
+                while let Some((queue, message)) = receiver.recv().await {
+                    let path = format!("/_wedge/queues/{queue}/peer");
+                    match tokio::time::timeout(PEER_MESSAGE_TIMEOUT, queues.post(&to, &path, &message)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => tracing::debug!(peer = %to, %queue, "queue message not delivered: {error}"),
+                        Err(_) => tracing::debug!(peer = %to, %queue, "queue message timed out"),
+                    }
+                }
+            });
+            sender
+        });
+        if outbox.try_send((queue.to_owned(), message)).is_err() {
+            tracing::debug!(peer = %to, %queue, "queue outbox full; the core sends again");
+        }
+    }
+
+    /// Handles an internal request from a peer (one with [`INTERNAL_HEADER`], its sender
+    /// authenticated by the transport).
+    pub async fn handle_peer(self: &Arc<Self>, request: Request<Incoming>) -> Response<ResponseBody> {
+        let from = request
+            .headers()
+            .get(wedge_router::FORWARDED_BY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let path = request.uri().path().to_owned();
+        if request.method() != Method::POST {
+            return answer(StatusCode::METHOD_NOT_ALLOWED, "internal routes take POST".into());
+        }
+        let body = match Limited::new(request.into_body(), PEER_BODY_BYTES_MAX).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(error) => return answer(StatusCode::BAD_REQUEST, format!("cannot read the body: {error}")),
+        };
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match parts.as_slice() {
+            ["_wedge", "queues", queue, "send"] => {
+                let wire: WireSend = match serde_json::from_slice(&body) {
+                    Ok(wire) => wire,
+                    Err(error) => return answer(StatusCode::BAD_REQUEST, format!("bad send: {error}")),
+                };
+                let is_primary = self
+                    .assignments
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(*queue)
+                    .map(|assignment| assignment.primary == self.me);
+                let result = match is_primary {
+                    None => Err(QueueSendError::UnknownQueue),
+                    Some(false) => Err(QueueSendError::Unavailable(format!(
+                        "node {} is not the primary of queue {queue} (assignments differ for a moment)",
+                        self.me
+                    ))),
+                    Some(true) => {
+                        let request = SendRequest {
+                            payload: wire.payload,
+                            delay_ms: wire.delay_ms,
+                            idempotency_key: wire.idempotency_key,
+                        };
+                        self.send_here((*queue).to_owned(), request).await
+                    }
+                };
+                json_answer(&result.map_err(WireSendError::from))
+            }
+            ["_wedge", "queues", queue, "peer"] => {
+                let message: PeerMessage = match serde_json::from_slice(&body) {
+                    Ok(message) => message,
+                    Err(error) => return answer(StatusCode::BAD_REQUEST, format!("bad queue message: {error}")),
+                };
+                let input = Input::Peer { queue: (*queue).to_owned(), from: NodeId(from), message };
+                match self.inputs.try_send(input) {
+                    Ok(()) => answer(StatusCode::OK, String::new()),
+                    Err(_) => answer(StatusCode::SERVICE_UNAVAILABLE, "the queues are busy; send again".into()),
+                }
+            }
+            ["_wedge", "jobs", "run"] => {
+                let run: WireRun = match serde_json::from_slice(&body) {
+                    Ok(run) => run,
+                    Err(error) => return answer(StatusCode::BAD_REQUEST, format!("bad job run: {error}")),
+                };
+                let function = self.functions.read().unwrap_or_else(|p| p.into_inner()).get(&run.function).cloned();
+                let Some(function) = function else {
+                    let outcome: WireOutcome =
+                        Some(format!("job function {} does not run on {}", run.function, self.me));
+                    return json_answer(&outcome);
+                };
+                let job = wedge_host::Job {
+                    id: run.id,
+                    queue: run.queue,
+                    payload: run.payload,
+                    attempt: run.attempt,
+                    idempotency_key: run.idempotency_key,
+                };
+                let outcome: WireOutcome = function.handle_job(job).await.err().map(|failure| failure.to_string());
+                json_answer(&outcome)
+            }
+            _ => answer(StatusCode::NOT_FOUND, format!("no internal route {path}")),
+        }
+    }
+}
+
+fn answer(status: StatusCode, text: String) -> Response<ResponseBody> {
+    wedge_host::error_response(status, &text, None)
+}
+
+fn json_answer<T: Serialize>(value: &T) -> Response<ResponseBody> {
+    match serde_json::to_vec(value) {
+        Ok(json) => {
+            let body = Full::new(Bytes::from(json)).map_err(|never| match never {}).boxed_unsync();
+            let mut response = Response::new(body);
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(error) => answer(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
+/// The host's sends go through [`Queues`].
+#[derive(Debug)]
+pub struct NodeQueueSender(pub OnceLock<Arc<Queues>>);
+
+impl QueueSender for NodeQueueSender {
+    fn send(&self, message: QueueMessage) -> SendFuture<'_> {
+        Box::pin(async move {
+            let Some(queues) = self.0.get() else {
+                return Err(QueueSendError::Unavailable("this node has no queues (no data directory)".into()));
+            };
+            let request = SendRequest {
+                payload: message.payload,
+                delay_ms: message.delay_ms.unwrap_or(0),
+                idempotency_key: message.idempotency_key,
+            };
+            queues.send_anywhere(message.queue, request).await
+        })
+    }
+}
+
+/// One queue's core and what the engine keeps beside it.
+struct Slot {
+    core: QueueCore<SledStore>,
+    /// The function that handles its jobs.
+    function: String,
+    completed: u64,
+    failed_attempts: u64,
+    dead_lettered: u64,
+}
+
+/// Where a leased job runs.
+enum Worker {
+    Here(Function),
+    Peer(String),
+}
+
+/// The owner task's state; see the module docs.
+struct Engine {
+    shared: Arc<Queues>,
+    me: NodeId,
+    store: SledStore,
+    slots: BTreeMap<String, Slot>,
+    /// Sends waiting for their acknowledgement, by token. Bounded by the cores'
+    /// pending sends (each core fails what it cannot confirm within its timeout).
+    waiting: BTreeMap<u64, oneshot::Sender<Result<String, QueueSendError>>>,
+    next_token: u64,
+    rng: XorShift64,
+    /// Runs this node has out on each peer (for spreading by load).
+    sent_to: BTreeMap<String, u32>,
+}
+
+impl Engine {
+    fn open(&mut self, name: &str, config: wedge_jobs::QueueConfig, function: String) -> anyhow::Result<()> {
+        let core = QueueCore::open(name, config, self.store.clone(), self.rng.next_u64())
+            .map_err(|e| anyhow::anyhow!("opening queue {name}: {e}"))?;
+        self.slots.insert(name.to_owned(), Slot { core, function, completed: 0, failed_attempts: 0, dead_lettered: 0 });
+        Ok(())
+    }
+
+    async fn run(mut self, mut inputs: mpsc::Receiver<Input>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let now = now_ms();
+            let next = self.slots.values().filter_map(|slot| slot.core.poll_timeout(now)).min();
+            let wait = next.map_or(IDLE_WAKE, |at| Duration::from_millis(at.saturating_sub(now)).min(IDLE_WAKE));
+            tokio::select! {
+                input = inputs.recv() => match input {
+                    Some(input) => self.handle(input),
+                    None => return,
+                },
+                () = tokio::time::sleep(wait) => self.tick(),
+                _ = stop.changed() => return,
+            }
+            self.drain();
+            self.dispatch();
+            self.publish();
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        let now = now_ms();
+        match input {
+            Input::Assign(assignments) => {
+                for (name, assignment) in &assignments {
+                    let holds = assignment.primary == self.me.0 || assignment.backup.as_deref() == Some(&self.me.0);
+                    if !self.slots.contains_key(name)
+                        && holds
+                        && let Err(error) = self.open(name, assignment.config.clone(), assignment.function.clone())
+                    {
+                        tracing::error!("{error:#}");
+                        continue;
+                    }
+                    let Some(slot) = self.slots.get_mut(name) else { continue };
+                    slot.function = assignment.function.clone();
+                    if slot.core.config() != &assignment.config
+                        && let Err(error) = slot.core.set_config(assignment.config.clone())
+                    {
+                        tracing::warn!(queue = %name, "cannot take the queue's settings: {error}");
+                    }
+                    let role = if assignment.primary == self.me.0 {
+                        Role::Primary { epoch: assignment.epoch, backup: assignment.backup.clone().map(NodeId) }
+                    } else if assignment.backup.as_deref() == Some(self.me.0.as_str()) {
+                        Role::Backup { epoch: assignment.epoch, primary: NodeId(assignment.primary.clone()) }
+                    } else {
+                        Role::None
+                    };
+                    set_role(name, slot, role, now);
+                }
+                for (name, slot) in &mut self.slots {
+                    if !assignments.contains_key(name) {
+                        set_role(name, slot, Role::None, now);
+                    }
+                }
+            }
+            Input::Send { queue, request, reply } => {
+                let Some(slot) = self.slots.get_mut(&queue) else {
+                    let _ = reply.send(Err(QueueSendError::UnknownQueue));
+                    return;
+                };
+                let token = self.next_token;
+                self.next_token += 1;
+                match slot.core.send(request, token, now) {
+                    Ok(_) => {
+                        self.waiting.insert(token, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(send_error(error)));
+                    }
+                }
+            }
+            Input::Peer { queue, from, message } => {
+                if let Some(slot) = self.slots.get_mut(&queue)
+                    && let Err(error) = slot.core.handle(&from, message, now)
+                {
+                    tracing::warn!(%queue, peer = %from, "queue message refused: {error}");
+                }
+            }
+            Input::Finished { queue, lease, worker, outcome } => {
+                if let Some(count) = self.sent_to.get_mut(&worker) {
+                    *count = count.saturating_sub(1);
+                }
+                let random = self.rng.next_u64();
+                let Some(slot) = self.slots.get_mut(&queue) else { return };
+                match slot.core.complete(lease, outcome, random, now) {
+                    Ok(Completion::Done) => slot.completed += 1,
+                    Ok(Completion::Retry { .. }) => slot.failed_attempts += 1,
+                    Ok(Completion::DeadLettered) => {
+                        slot.failed_attempts += 1;
+                        slot.dead_lettered += 1;
+                    }
+                    Err(error) => tracing::debug!(%queue, %lease, "completion not recorded: {error}"),
+                }
+            }
+            Input::Renew { queue, lease } => {
+                if let Some(slot) = self.slots.get_mut(&queue)
+                    && let Err(error) = slot.core.renew(lease, now)
+                {
+                    tracing::debug!(%queue, %lease, "lease not renewed: {error}");
+                }
+            }
+            Input::FunctionsChanged => {}
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = now_ms();
+        for (name, slot) in &mut self.slots {
+            if let Err(error) = slot.core.tick(now) {
+                tracing::warn!(queue = %name, "queue tick failed: {error}");
+            }
+        }
+    }
+
+    /// Every core's outputs: messages to peers, acknowledgements to senders.
+    fn drain(&mut self) {
+        for (name, slot) in &mut self.slots {
+            while let Some(output) = slot.core.poll_output() {
+                match output {
+                    Output::Message { to, message } => self.shared.send_peer(&to.0, name, message),
+                    Output::Acked { token, job, .. } => {
+                        if let Some(reply) = self.waiting.remove(&token) {
+                            let _ = reply.send(Ok(job.to_string()));
+                        }
+                    }
+                    Output::Failed { token, failure } => {
+                        if let Some(reply) = self.waiting.remove(&token) {
+                            let _ = reply.send(Err(QueueSendError::Unavailable(failure.to_string())));
+                        }
+                    }
+                }
+            }
+        }
+        // Senders that gave up (their future dropped) leave closed replies behind.
+        self.waiting.retain(|_, reply| !reply.is_closed());
+    }
+
+    /// Leases ready jobs of every queue this node is primary of to a worker each.
+    fn dispatch(&mut self) {
+        let now = now_ms();
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        for name in names {
+            let Some(slot) = self.slots.get(&name) else { continue };
+            if !matches!(slot.core.role(), Role::Primary { .. }) {
+                continue;
+            }
+            // At most one lease per slot of the queue's concurrency per round.
+            for _ in 0..slot.core.config().concurrency_max {
+                let Some(slot) = self.slots.get(&name) else { break };
+                let function = slot.function.clone();
+                let Some(worker) = self.choose_worker(&function) else { break };
+                let Some(slot) = self.slots.get_mut(&name) else { break };
+                let worker_name = match &worker {
+                    Worker::Here(_) => self.me.0.clone(),
+                    Worker::Peer(node) => node.clone(),
+                };
+                let leased = match slot.core.lease(&WorkerId(worker_name.clone()), 1, now) {
+                    Ok(leased) => leased,
+                    Err(JobError::ConcurrencyLimit { .. }) => break,
+                    Err(error) => {
+                        tracing::warn!(queue = %name, "cannot lease: {error}");
+                        break;
+                    }
+                };
+                // None ready now (or only out-of-attempt jobs, which leasing dead-lettered).
+                let Some(leased) = leased.into_iter().next() else { break };
+                let renew_every = Duration::from_millis(slot.core.config().visibility_timeout_ms / 2).max(IDLE_WAKE);
+                *self.sent_to.entry(worker_name.clone()).or_default() += 1;
+                let shared = Arc::clone(&self.shared);
+                tokio::spawn(run_job(shared, name.clone(), function, leased, worker, worker_name, renew_every));
+            }
+        }
+    }
+
+    /// This node while it runs `function` with a free instance, else the placed live
+    /// peer with the fewest runs out from here.
+    fn choose_worker(&self, function: &str) -> Option<Worker> {
+        let local = self.shared.functions.read().unwrap_or_else(|p| p.into_inner()).get(function).cloned();
+        if let Some(local) = &local
+            && !local.is_saturated()
+        {
+            return Some(Worker::Here(local.clone()));
+        }
+        let cluster = self.shared.cluster.get()?;
+        let placed = cluster.placements.nodes_of(function);
+        let snapshot = cluster.agent.snapshot();
+        snapshot
+            .members
+            .iter()
+            .filter(|m| !m.local && m.state == MemberState::Alive && m.identity.name() != self.me.0)
+            .map(|m| m.identity.name().to_string())
+            .filter(|node| placed.contains(node))
+            .min_by_key(|node| self.sent_to.get(node).copied().unwrap_or(0))
+            .map(Worker::Peer)
+    }
+
+    /// Publishes each queue's report and view.
+    fn publish(&self) {
+        let now = now_ms();
+        let published = self
+            .slots
+            .iter()
+            .map(|(name, slot)| {
+                let meta = slot.core.meta();
+                let report = QueueReport {
+                    queue: name.clone(),
+                    primary_epoch: meta.primary_epoch,
+                    synced_epoch: meta.synced.map(|sync| sync.epoch),
+                    lost_state: slot.core.lost_state(),
+                };
+                let stats: QueueStats = slot.core.stats(now);
+                let role = match slot.core.role() {
+                    Role::Primary { .. } => "primary",
+                    Role::Backup { .. } => "backup",
+                    Role::None => "none",
+                };
+                let view = QueueView {
+                    queue: name.clone(),
+                    role: role.to_owned(),
+                    epoch: slot.core.role().epoch(),
+                    ready: stats.ready,
+                    delayed: stats.delayed,
+                    in_flight: stats.in_flight,
+                    dead: stats.dead,
+                    oldest_age_ms: stats.oldest_age_ms,
+                    completed: slot.completed,
+                    failed_attempts: slot.failed_attempts,
+                    dead_lettered: slot.dead_lettered,
+                };
+                (report, view)
+            })
+            .collect();
+        *self.shared.published.lock().unwrap_or_else(|p| p.into_inner()) = published;
+    }
+}
+
+fn set_role(name: &str, slot: &mut Slot, role: Role, now: u64) {
+    if slot.core.role() == &role {
+        return;
+    }
+    match slot.core.set_role(role.clone(), now) {
+        Ok(()) => tracing::info!(queue = %name, ?role, "queue role"),
+        Err(error) => tracing::warn!(queue = %name, ?role, "queue role refused: {error}"),
+    }
+}
+
+/// A refused send as the guest sees it.
+fn send_error(error: JobError) -> QueueSendError {
+    match error {
+        JobError::QueueFull { .. } => QueueSendError::QueueFull,
+        JobError::PayloadTooLarge { max, .. } => QueueSendError::PayloadTooLarge { max_bytes: max },
+        JobError::DelayTooLong { max_ms, .. } => QueueSendError::DelayTooLong { max_ms },
+        JobError::BadIdempotencyKey { max, .. } => QueueSendError::InvalidIdempotencyKey { max_bytes: max },
+        other => QueueSendError::Unavailable(other.to_string()),
+    }
+}
+
+/// Runs one leased job on `worker`, renewing its lease while it runs, and reports the
+/// outcome to the engine.
+async fn run_job(
+    queues: Arc<Queues>,
+    queue: String,
+    function: String,
+    leased: LeasedJob,
+    worker: Worker,
+    worker_name: String,
+    renew_every: Duration,
+) {
+    let LeasedJob { lease, job, .. } = leased;
+    let run = async {
+        match worker {
+            Worker::Here(function) => {
+                let job = wedge_host::Job {
+                    id: job.id.to_string(),
+                    queue: job.queue,
+                    payload: job.payload,
+                    attempt: job.attempt,
+                    idempotency_key: job.idempotency_key,
+                };
+                match function.handle_job(job).await {
+                    Ok(()) => Outcome::Success,
+                    // A refusal, a trap or a deadline is a failed attempt like the guest's own error.
+                    Err(failure) => Outcome::Failure(failure.to_string()),
+                }
+            }
+            Worker::Peer(node) => {
+                let run = WireRun {
+                    function,
+                    id: job.id.to_string(),
+                    queue: job.queue,
+                    payload: job.payload,
+                    attempt: job.attempt,
+                    idempotency_key: job.idempotency_key,
+                };
+                match queues.post(&node, "/_wedge/jobs/run", &run).await {
+                    Ok(bytes) => match serde_json::from_slice::<WireOutcome>(&bytes) {
+                        Ok(None) => Outcome::Success,
+                        Ok(Some(failure)) => Outcome::Failure(failure),
+                        Err(error) => Outcome::Failure(format!("node {node}: unreadable outcome: {error}")),
+                    },
+                    Err(error) => Outcome::Failure(error.to_string()),
+                }
+            }
+        }
+    };
+    tokio::pin!(run);
+    let mut renew = tokio::time::interval(renew_every);
+    renew.tick().await;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut run => break outcome,
+            _ = renew.tick() => {
+                let _ = queues.inputs.send(Input::Renew { queue: queue.clone(), lease }).await;
+            }
+        }
+    };
+    let _ = queues.inputs.send(Input::Finished { queue, lease, worker: worker_name, outcome }).await;
+}
