@@ -10,14 +10,22 @@
 //! request marked as internal reaches the function, not the queues. The queue's
 //! state is read from each node's admin `GET /v1/queues` and the control plane's
 //! `GET /v1/queues`.
+//!
+//! Failover: jobs that `POST` their id to a sink the test runs are sent from four
+//! threads while the queue's primary is SIGKILLed; the control plane promotes the
+//! backup, and every job whose send was acknowledged reaches the sink, each key with
+//! the one job id its send was answered with.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{NodeCommand, Server, send, wait_until, wasm};
@@ -68,6 +76,85 @@ fn queues(control: &Server) -> QueuesReport {
     let reply = send("GET", &control.url("/v1/queues"), &[("Authorization", &format!("Bearer {TOKEN}"))], b"");
     assert_eq!(reply.status, 200, "{}", reply.body);
     serde_json::from_str(&reply.body).unwrap()
+}
+
+/// An HTTP server on loopback that keeps the body of every `POST` (one line per job
+/// run: id, attempt, key) and answers `200`; stops when dropped.
+struct Sink {
+    addr: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (keeping, stopping) = (Arc::clone(&lines), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let keeping = Arc::clone(&keeping);
+                        std::thread::spawn(move || serve_sink(stream, &keeping));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Sink { addr, lines, stop }
+    }
+
+    /// Key → the job ids that ran with it, one per run.
+    fn runs(&self) -> BTreeMap<String, Vec<String>> {
+        let mut runs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for line in self.lines.lock().unwrap().iter() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            runs.entry(fields[2].to_owned()).or_default().push(fields[0].to_owned());
+        }
+        runs
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Serves one connection's requests (keep-alive) until it closes.
+fn serve_sink(stream: std::net::TcpStream, lines: &Mutex<Vec<String>>) {
+    stream.set_nonblocking(false).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut length = 0;
+        let mut head = String::new();
+        loop {
+            head.clear();
+            if reader.read_line(&mut head).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = head.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        lines.lock().unwrap().push(String::from_utf8(body).unwrap().trim().to_owned());
+        if writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_err() {
+            return;
+        }
+    }
 }
 
 fn count(view: &serde_json::Value, field: &str) -> u64 {
@@ -203,4 +290,107 @@ fn jobs_sent_on_every_node_run_once_poison_is_dead_lettered_and_delays_hold() {
     let status = queues(&control).queues.into_iter().find(|q| q.queue == "work").unwrap();
     assert_eq!(status.reports[&assignment.primary].primary_epoch, Some(assignment.epoch), "{status:?}");
     assert_eq!(status.reports[assignment.backup.as_ref().unwrap()].synced_epoch, Some(assignment.epoch), "{status:?}");
+}
+
+#[test]
+fn no_acknowledged_job_is_lost_when_the_primary_is_killed_mid_run() {
+    let _measuring = common::measuring();
+    let sink = Sink::start();
+    let root = tempfile::tempdir().unwrap();
+    let cluster = root.path().join("cluster");
+    common::init_cluster(&cluster);
+    let control = common::start_control(&root.path().join("control"), TOKEN, NODE_TOKEN);
+    let mut nodes = Vec::new();
+    let mut seed = None;
+    for (name, site) in [("n1", "east"), ("n2", "east"), ("n3", "west")] {
+        let node = start_node(name, site, &control, &cluster, &root.path().join(name), seed);
+        seed.get_or_insert(node.server.gossip_addr());
+        nodes.push(Some(node));
+    }
+    let job = wasm("guest-job");
+    let sink_addr = sink.addr.to_string();
+    let args = ["--queue", "work", "--queue-max-attempts", "10", "--queue-visibility-timeout", "3s"];
+    let deploy =
+        [&["deploy", job.to_str().unwrap(), "--name", "worker", "--allow-outbound", &sink_addr][..], &args[..]];
+    ok(&control, &deploy.concat());
+    let sender = wasm("guest-queue-send");
+    ok(&control, &["deploy", sender.to_str().unwrap(), "--name", "sender", "--route", "/send"]);
+    wait_until(LIMIT, "queue work assigned with a backup", || {
+        queues(&control)
+            .queues
+            .iter()
+            .any(|q| q.queue == "work" && q.assignment.as_ref().is_some_and(|a| a.backup.is_some()))
+    });
+    let first = queues(&control).queues.into_iter().find(|q| q.queue == "work").unwrap().assignment.unwrap();
+    let payload = format!(r#"{{"do":"post","url":"http://{sink_addr}/"}}"#);
+    for node in nodes.iter().flatten() {
+        wait_until(LIMIT, &format!("a send through {} is acknowledged", node.name), || {
+            node.send(&format!("queue=work&key=probe-{}", node.name), &payload).0 == 202
+        });
+    }
+    let primary_index = nodes.iter().position(|n| n.as_ref().unwrap().name == first.primary).unwrap();
+    let mut primary = nodes[primary_index].take().unwrap();
+    let senders: Vec<&Node> = nodes.iter().flatten().filter(|n| n.name != first.primary).collect::<Vec<_>>();
+
+    // Four threads send keyed jobs through the two other nodes for 12 s, resending a
+    // key until it is acknowledged (what a client does with an idempotency key); the
+    // primary is killed 3 s in.
+    let acked: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+    let refused = Mutex::new(0usize);
+    let started = Instant::now();
+    let run_for = Duration::from_secs(12);
+    let killed_at = std::thread::scope(|scope| {
+        for t in 0..4 {
+            let (senders, acked, refused, payload) = (&senders, &acked, &refused, &payload);
+            scope.spawn(move || {
+                let mut i = t;
+                while started.elapsed() < run_for {
+                    let key = format!("job-{i}");
+                    let node = senders[i % senders.len()];
+                    let (status, id) = node.send(&format!("queue=work&key={key}"), payload);
+                    if status == 202 {
+                        acked.lock().unwrap().insert(key, id);
+                        i += 4;
+                    } else {
+                        *refused.lock().unwrap() += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        let killed_at = started.elapsed();
+        let before_kill = acked.lock().unwrap().len();
+        primary.server.kill();
+        (killed_at, before_kill)
+    });
+    let (killed_at, before_kill) = killed_at;
+    let acked = acked.into_inner().unwrap();
+    let promoted = queues(&control).queues.into_iter().find(|q| q.queue == "work").unwrap().assignment.unwrap();
+    assert_ne!(promoted.primary, first.primary, "the killed primary still holds the queue");
+    assert!(promoted.epoch > first.epoch);
+    eprintln!(
+        "{} jobs acknowledged in {run_for:?} ({} sends refused or not answered), primary {} killed at {killed_at:?} \
+         after {before_kill}, now primary {} backup {:?} epoch {}",
+        acked.len(),
+        refused.into_inner().unwrap(),
+        first.primary,
+        promoted.primary,
+        promoted.backup,
+        promoted.epoch
+    );
+    assert!(before_kill >= 100, "only {before_kill} jobs acknowledged before the kill");
+    assert!(acked.len() > before_kill, "no send was acknowledged after the kill");
+
+    let done = wait_until(LIMIT, "every acknowledged job reached the sink", || {
+        let runs = sink.runs();
+        acked.keys().all(|key| runs.contains_key(key))
+    });
+    let runs = sink.runs();
+    for (key, id) in &acked {
+        let ids: BTreeSet<&String> = runs[key].iter().collect();
+        assert_eq!(ids, BTreeSet::from([id]), "key {key} was acknowledged as job {id}");
+    }
+    let again = acked.keys().filter(|key| runs[*key].len() > 1).count();
+    eprintln!("all {} reached the sink {done:?} later; {again} ran more than once (at-least-once)", acked.len());
 }

@@ -12,13 +12,14 @@
 //! | `{"do":"memory"}`                                    | allocates 1 MiB blocks forever (past the memory limit)         |
 //! | `{"do":"increment","key":K}`                         | adds 1 to cache key `K`                                        |
 //! | `{"do":"send","queue":Q,"payload":P,"key":K,"delay_ms":N}` | sends `P` (a string) to `Q` (`key`, `delay_ms` optional); `Err` with the SDK's message when refused |
+//! | `{"do":"post","url":U}`                              | `POST`s the job's id, attempt and idempotency key (one line) to `U`; `Err` unless it answers 2xx |
 //!
 //! A payload that is not one of these fails the job with the decoding error.
 
 use std::time::Duration;
 
 use wedge_sdk::queue::{self, SendOptions};
-use wedge_sdk::{Job, cache, job_handler};
+use wedge_sdk::{Body, Job, cache, http, job_handler, outbound};
 
 /// What a job asks this fixture to do.
 #[derive(serde::Deserialize)]
@@ -32,6 +33,7 @@ enum Action {
     Memory,
     Increment { key: String },
     Send { queue: String, payload: String, key: Option<String>, delay_ms: Option<u64> },
+    Post { url: String },
 }
 
 /// The job as the guest saw it, as `record` stores it.
@@ -80,6 +82,12 @@ fn handle(job: Job) -> Result<(), String> {
             options.idempotency_key = key;
             options.delay = delay_ms.map(Duration::from_millis);
             queue::send(&queue, payload, &options).map(drop).map_err(|e| e.to_string())
+        }
+        Action::Post { url } => {
+            let line = format!("{} {} {}\n", job.id, job.attempt, job.idempotency_key.as_deref().unwrap_or("-"));
+            let request = http::Request::post(url.as_str()).body(Body::from(line)).map_err(|e| e.to_string())?;
+            let response = outbound::send(request).map_err(|e| e.to_string())?;
+            if response.status().is_success() { Ok(()) } else { Err(format!("{url} answered {}", response.status())) }
         }
     }
 }
