@@ -610,14 +610,7 @@ impl Engine {
                     {
                         tracing::warn!(queue = %name, "cannot take the queue's settings: {error}");
                     }
-                    let role = if assignment.primary == self.me.0 {
-                        Role::Primary { epoch: assignment.epoch, backup: assignment.backup.clone().map(NodeId) }
-                    } else if assignment.backup.as_deref() == Some(self.me.0.as_str()) {
-                        Role::Backup { epoch: assignment.epoch, primary: NodeId(assignment.primary.clone()) }
-                    } else {
-                        Role::None
-                    };
-                    set_role(name, slot, role, now);
+                    set_role(name, slot, role_of(assignment, &self.me.0), now);
                 }
                 for (name, slot) in &mut self.slots {
                     if !assignments.contains_key(name) {
@@ -806,6 +799,17 @@ impl Engine {
     }
 }
 
+/// The role `me` has in `assignment`.
+fn role_of(assignment: &QueueAssignment, me: &str) -> Role {
+    if assignment.primary == me {
+        Role::Primary { epoch: assignment.epoch, backup: assignment.backup.clone().map(NodeId) }
+    } else if assignment.backup.as_deref() == Some(me) {
+        Role::Backup { epoch: assignment.epoch, primary: NodeId(assignment.primary.clone()) }
+    } else {
+        Role::None
+    }
+}
+
 fn set_role(name: &str, slot: &mut Slot, role: Role, now: u64) {
     if slot.core.role() == &role {
         return;
@@ -887,4 +891,66 @@ async fn run_job(
         }
     };
     let _ = queues.inputs.send(Input::Finished { queue, lease, worker: worker_name, outcome }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(primary: &str, backup: Option<&str>) -> QueueAssignment {
+        QueueAssignment {
+            function: "worker".into(),
+            epoch: 7,
+            primary: primary.into(),
+            backup: backup.map(str::to_owned),
+            config: wedge_jobs::QueueConfig::default(),
+        }
+    }
+
+    #[test]
+    fn a_node_takes_the_role_its_assignment_names() {
+        let both = assignment("a", Some("b"));
+        assert_eq!(role_of(&both, "a"), Role::Primary { epoch: 7, backup: Some(NodeId("b".into())) });
+        assert_eq!(role_of(&both, "b"), Role::Backup { epoch: 7, primary: NodeId("a".into()) });
+        assert_eq!(role_of(&both, "c"), Role::None);
+        assert_eq!(role_of(&assignment("a", None), "a"), Role::Primary { epoch: 7, backup: None });
+    }
+
+    #[test]
+    fn refusals_keep_their_limits_and_the_rest_is_unavailable() {
+        assert_eq!(send_error(JobError::QueueFull { depth: 3, max: 3 }), QueueSendError::QueueFull);
+        assert_eq!(
+            send_error(JobError::PayloadTooLarge { len: 9, max: 8 }),
+            QueueSendError::PayloadTooLarge { max_bytes: 8 }
+        );
+        assert_eq!(
+            send_error(JobError::DelayTooLong { delay_ms: 9, max_ms: 8 }),
+            QueueSendError::DelayTooLong { max_ms: 8 }
+        );
+        assert_eq!(
+            send_error(JobError::BadIdempotencyKey { len: 0, max: 256 }),
+            QueueSendError::InvalidIdempotencyKey { max_bytes: 256 }
+        );
+        let unconfirmed = send_error(JobError::Unconfirmed { epoch: 2 });
+        assert!(matches!(&unconfirmed, QueueSendError::Unavailable(message) if message.contains("epoch 2")));
+        let not_primary = send_error(JobError::NotPrimary { role: "backup" });
+        assert!(matches!(&not_primary, QueueSendError::Unavailable(message) if message.contains("backup")));
+    }
+
+    #[test]
+    fn every_send_error_survives_the_wire() {
+        let errors = [
+            QueueSendError::UnknownQueue,
+            QueueSendError::PayloadTooLarge { max_bytes: 8 },
+            QueueSendError::QueueFull,
+            QueueSendError::DelayTooLong { max_ms: 5 },
+            QueueSendError::InvalidIdempotencyKey { max_bytes: 256 },
+            QueueSendError::Unavailable("primary gone".into()),
+        ];
+        for error in errors {
+            let json = serde_json::to_vec(&Err::<String, _>(WireSendError::from(error.clone()))).unwrap();
+            let back: Result<String, WireSendError> = serde_json::from_slice(&json).unwrap();
+            assert_eq!(back.map_err(QueueSendError::from), Err(error));
+        }
+    }
 }
