@@ -211,7 +211,7 @@ struct Cluster {
 }
 
 /// The node's queues, shared by the follower, the host's sends, the peer routes, the
-/// reporter and the admin listener. Cheap to clone behind an `Arc`.
+/// reporter and the admin listener, behind an `Arc`.
 pub struct Queues {
     me: String,
     inputs: mpsc::Sender<Input>,
@@ -664,6 +664,7 @@ impl Engine {
                     tracing::debug!(%queue, %lease, "lease not renewed: {error}");
                 }
             }
+            // Nothing to record: the dispatch that follows every input uses them.
             Input::FunctionsChanged => {}
         }
     }
