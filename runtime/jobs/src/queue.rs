@@ -442,9 +442,16 @@ impl<S: JobStore> QueueCore<S> {
         let mut changes = Vec::new();
         let mut leased = Vec::new();
         let mut dead = Vec::new();
+        // A job whose send the backup has not confirmed is not run yet: if this node
+        // died now, its sender would resend it (a new job under the same key) and both
+        // would run.
+        let unconfirmed: BTreeSet<JobId> = self.pending.iter().map(|pending| pending.job).collect();
         for &(_, id) in self.ready.range(..(now_ms + 1, JobId { epoch: 0, seq: 0 })) {
             if leased.len() >= room.min(max) {
                 break;
+            }
+            if unconfirmed.contains(&id) {
+                continue;
             }
             let mut job = self.jobs[&id].clone();
             if job.attempt >= self.config.max_attempts {

@@ -456,12 +456,22 @@ fn a_promoted_backup_dead_letters_a_job_out_of_attempts_instead_of_running_it() 
     let config = QueueConfig { max_attempts: 1, ..QueueConfig::default() };
     let (mut a, mut b) = pair(config, 1);
     let job = send(&mut a, b"x", T0);
+    exchange(&mut a, &mut b, T0);
     let leased = a.lease(&worker(), 1, T0).expect("leases").remove(0);
     exchange(&mut a, &mut b, T0);
     b.set_role(Role::Primary { epoch: 2, backup: None }, T0).expect("role");
     assert!(b.lease(&worker(), 1, leased.until_ms - 1).expect("leases").is_empty(), "not while the old lease may run");
     assert!(b.lease(&worker(), 1, leased.until_ms).expect("leases").is_empty());
     assert_eq!(b.peek_dead(1)[0].id, job);
+}
+
+#[test]
+fn a_job_is_not_run_before_the_backup_confirmed_its_send() {
+    let (mut a, mut b) = pair(QueueConfig::default(), 1);
+    send(&mut a, b"x", T0);
+    assert!(a.lease(&worker(), 1, T0).expect("leases").is_empty(), "its sender may still resend it");
+    exchange(&mut a, &mut b, T0);
+    assert_eq!(a.lease(&worker(), 1, T0).expect("leases").len(), 1);
 }
 
 #[test]
