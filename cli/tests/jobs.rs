@@ -66,6 +66,22 @@ fn start_node(name: &str, site: &str, control: &Server, cluster: &Path, data: &P
     Node { server, name: name.into(), admin }
 }
 
+/// A control plane and nodes n1, n2 (site east) and n3 (west) joined
+/// through n1, all with their state under `root`.
+fn start_cluster(root: &Path) -> (Server, Vec<Node>) {
+    let cluster = root.join("cluster");
+    common::init_cluster(&cluster);
+    let control = common::start_control(&root.join("control"), TOKEN, NODE_TOKEN);
+    let mut nodes = Vec::new();
+    let mut seed = None;
+    for (name, site) in [("n1", "east"), ("n2", "east"), ("n3", "west")] {
+        let node = start_node(name, site, &control, &cluster, &root.join(name), seed);
+        seed.get_or_insert(node.server.gossip_addr());
+        nodes.push(node);
+    }
+    (control, nodes)
+}
+
 fn ok(control: &Server, args: &[&str]) -> String {
     let output = common::wedge_against(control.addr, TOKEN, args);
     assert!(output.status.success(), "wedge {args:?}: {}", String::from_utf8_lossy(&output.stderr));
@@ -165,16 +181,7 @@ fn count(view: &serde_json::Value, field: &str) -> u64 {
 fn jobs_sent_on_every_node_run_once_poison_is_dead_lettered_and_delays_hold() {
     let _measuring = common::measuring();
     let root = tempfile::tempdir().unwrap();
-    let cluster = root.path().join("cluster");
-    common::init_cluster(&cluster);
-    let control = common::start_control(&root.path().join("control"), TOKEN, NODE_TOKEN);
-    let mut nodes = Vec::new();
-    let mut seed = None;
-    for (name, site) in [("n1", "east"), ("n2", "east"), ("n3", "west")] {
-        let node = start_node(name, site, &control, &cluster, &root.path().join(name), seed);
-        seed.get_or_insert(node.server.gossip_addr());
-        nodes.push(node);
-    }
+    let (control, nodes) = start_cluster(root.path());
 
     let job = wasm("guest-job");
     ok(
@@ -297,16 +304,8 @@ fn no_acknowledged_job_is_lost_when_the_primary_is_killed_mid_run() {
     let _measuring = common::measuring();
     let sink = Sink::start();
     let root = tempfile::tempdir().unwrap();
-    let cluster = root.path().join("cluster");
-    common::init_cluster(&cluster);
-    let control = common::start_control(&root.path().join("control"), TOKEN, NODE_TOKEN);
-    let mut nodes = Vec::new();
-    let mut seed = None;
-    for (name, site) in [("n1", "east"), ("n2", "east"), ("n3", "west")] {
-        let node = start_node(name, site, &control, &cluster, &root.path().join(name), seed);
-        seed.get_or_insert(node.server.gossip_addr());
-        nodes.push(Some(node));
-    }
+    let (control, nodes) = start_cluster(root.path());
+    let mut nodes: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
     let job = wasm("guest-job");
     let sink_addr = sink.addr.to_string();
     let args = ["--queue", "work", "--queue-max-attempts", "10", "--queue-visibility-timeout", "3s"];

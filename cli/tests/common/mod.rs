@@ -95,18 +95,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning wedge");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let stderr = collect_stderr(&mut child);
         // Read stdout on a thread so a wedge that hangs silently still hits
         // the startup deadline.
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -424,4 +413,22 @@ pub fn wedge_against(control: SocketAddr, token: &str, args: &[&str]) -> std::pr
         .env("XDG_CONFIG_HOME", config_home.path())
         .output()
         .unwrap()
+}
+
+/// Collects everything `child` writes to its (piped) standard error, on a
+/// thread, so a test can show it when something goes wrong.
+pub fn collect_stderr(child: &mut std::process::Child) -> Arc<Mutex<String>> {
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let mut err = child.stderr.take().expect("stderr is piped");
+    let sink = Arc::clone(&stderr);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    stderr
 }
