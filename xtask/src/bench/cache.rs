@@ -26,7 +26,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::RunInfo;
-use super::children::{Proc, START_DEADLINE, Wedge, after, free_port, spawn_ready};
+use super::children::{Proc, START_DEADLINE, Wedge, after, free_port, spawn_ready, with_exit_notes};
 use super::wrk::{self, Latency, Load, Sample, fmt_us, median, median_of};
 use crate::guests;
 use crate::util::{self, Workspace};
@@ -301,12 +301,6 @@ pub fn run(args: Args) -> Result<()> {
     // The function cache of this run is of no further use.
     let _ = fs::remove_dir_all(&run_dir);
     Ok(())
-}
-
-/// `err`, with what became of each of `procs` that has exited.
-fn with_exit_notes<const N: usize>(err: anyhow::Error, procs: [&mut Proc; N]) -> anyhow::Error {
-    let notes: Vec<String> = procs.into_iter().filter_map(Proc::exit_note).collect();
-    if notes.is_empty() { err } else { err.context(notes.join("\n")) }
 }
 
 /// Starts `redis-server` on a free port of 127.0.0.1 without persistence and waits until

@@ -47,6 +47,46 @@ impl Proc {
     }
 }
 
+/// The notes of every one of `procs` that has exited, one after another, or `None` if
+/// none has.
+pub fn exit_notes<'a>(procs: impl IntoIterator<Item = &'a mut Proc>) -> Option<String> {
+    let notes: Vec<String> = procs.into_iter().filter_map(Proc::exit_note).collect();
+    if notes.is_empty() { None } else { Some(notes.join("\n")) }
+}
+
+/// `err`, with what became of each of `procs` that has exited.
+pub fn with_exit_notes<'a>(err: anyhow::Error, procs: impl IntoIterator<Item = &'a mut Proc>) -> anyhow::Error {
+    match exit_notes(procs) {
+        Some(notes) => err.context(notes),
+        None => err,
+    }
+}
+
+/// Hands `child` to a thread that runs `wait` on it and returns what that returns, or
+/// `None` if it takes longer than `deadline`; then the child is killed by its id and
+/// the thread reaped before returning.
+pub fn wait_within<T: Send + 'static>(
+    child: Child,
+    deadline: Duration,
+    wait: impl FnOnce(Child) -> T + Send + 'static,
+) -> Option<T> {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel::<T>();
+    let waiter = thread::spawn(move || {
+        let _ = tx.send(wait(child));
+    });
+    let done = match rx.recv_timeout(deadline) {
+        Ok(done) => Some(done),
+        Err(_) => {
+            // The waiter owns the child: stop it by its id, then let the waiter reap it.
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            None
+        }
+    };
+    let _ = waiter.join();
+    done
+}
+
 /// How to start `wedge` children: the release binary, an environment without the
 /// caller's `WEDGE_*` variables but the bench's admin token, and an empty config
 /// directory (no user profile).

@@ -22,10 +22,9 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -33,7 +32,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use super::RunInfo;
-use super::children::{Proc, Wedge, after, spawn_ready};
+use super::children::{Proc, Wedge, after, exit_notes, spawn_ready, wait_within, with_exit_notes};
 use super::wrk::{self, Latency, Load, Sample, fmt_us, median};
 use crate::guests;
 use crate::util::{self, Workspace};
@@ -198,11 +197,15 @@ impl Cluster {
     /// Fails with the output of every process that has exited, if one has; the bench's
     /// numbers mean nothing once the cluster is not the one it started.
     fn check_alive(&mut self) -> Result<()> {
-        let notes: Vec<String> = std::iter::once(&mut self.control)
-            .chain(self.nodes.iter_mut().map(|n| &mut n.proc))
-            .filter_map(Proc::exit_note)
-            .collect();
-        if notes.is_empty() { Ok(()) } else { bail!("{}", notes.join("\n")) }
+        match exit_notes(self.procs()) {
+            Some(notes) => bail!("{notes}"),
+            None => Ok(()),
+        }
+    }
+
+    /// The control plane, then every node.
+    fn procs(&mut self) -> impl Iterator<Item = &mut Proc> {
+        std::iter::once(&mut self.control).chain(self.nodes.iter_mut().map(|n| &mut n.proc))
     }
 
     /// The nodes the control plane placed the function on, as `wedge placement` shows.
@@ -371,7 +374,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut cluster = Cluster::start(&wedge, &run_dir, &log_dir)?;
     let replicas = match prepare(&wedge, &mut cluster, &hello) {
         Ok(replicas) => replicas,
-        Err(err) => return Err(with_exit_notes(err, &mut cluster)),
+        Err(err) => return Err(with_exit_notes(err, cluster.procs())),
     };
     let local = cluster.node(&replicas[0])?;
     let forwarding =
@@ -514,14 +517,6 @@ pub fn run(args: Args) -> Result<()> {
     // The stores and compiled code of this run are of no further use.
     let _ = fs::remove_dir_all(&run_dir);
     Ok(())
-}
-
-/// `err` with the output of every process of `cluster` that has exited.
-fn with_exit_notes(err: anyhow::Error, cluster: &mut Cluster) -> anyhow::Error {
-    match cluster.check_alive() {
-        Ok(()) => err,
-        Err(notes) => err.context(notes),
-    }
 }
 
 /// Waits for the cluster to form, deploys hello with two replicas, waits until they are
@@ -695,21 +690,9 @@ fn output_within(mut cmd: Command, deadline: Duration) -> Result<String> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("could not start `{shown}`"))?;
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel::<std::io::Result<Output>>();
-    let waiter = thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(deadline) {
-        Ok(out) => out,
-        Err(_) => {
-            // The waiter owns the child: stop it by its id, then let the waiter reap it.
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-            let _ = waiter.join();
-            bail!("`{shown}` did not finish within {}s", deadline.as_secs());
-        }
+    let Some(out) = wait_within(child, deadline, Child::wait_with_output) else {
+        bail!("`{shown}` did not finish within {}s", deadline.as_secs());
     };
-    let _ = waiter.join();
     let out = out.with_context(|| format!("waiting for `{shown}`"))?;
     if !out.status.success() {
         bail!("`{shown}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());

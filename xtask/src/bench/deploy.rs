@@ -17,8 +17,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::Path;
-use std::process::{Command, ExitStatus};
-use std::sync::mpsc;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use super::RunInfo;
-use super::children::{Proc, Wedge, after, spawn_ready};
+use super::children::{Proc, Wedge, after, spawn_ready, wait_within, with_exit_notes};
 use crate::guests;
 use crate::util::{self, Workspace};
 
@@ -164,11 +163,9 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// What went wrong with the processes, if any has exited.
-    fn exit_notes(&mut self) -> String {
-        let notes: Vec<String> =
-            std::iter::once(&mut self.control).chain(&mut self.nodes).filter_map(Proc::exit_note).collect();
-        notes.join("\n")
+    /// The control plane, then every node.
+    fn procs(&mut self) -> impl Iterator<Item = &mut Proc> {
+        std::iter::once(&mut self.control).chain(&mut self.nodes)
     }
 }
 
@@ -441,10 +438,7 @@ impl Deployer<'_> {
         let waited = wait_serving(self.agent, &cluster.node_urls, &expected, previous, exited, deadline, unexpected);
         let (times, polls) = match waited {
             Ok(found) => found,
-            Err(err) => {
-                let notes = cluster.exit_notes();
-                return Err(if notes.is_empty() { err } else { err.context(notes) });
-            }
+            Err(err) => return Err(with_exit_notes(err, cluster.procs())),
         };
         let ms = |d: &Duration| d.as_secs_f64() * 1e3;
         Ok(DeploySample {
@@ -463,27 +457,11 @@ impl Deployer<'_> {
 fn run_timed(mut cmd: Command, log: &Path) -> Result<(Instant, Instant)> {
     let shown = util::display(&cmd);
     let started = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("could not start `{shown}`"))?;
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel::<(std::io::Result<ExitStatus>, Instant)>();
-    let waiter = thread::spawn(move || {
-        let status = child.wait();
-        let _ = tx.send((status, Instant::now()));
-    });
-    let (status, exited) = match rx.recv_timeout(DEPLOY_DEADLINE) {
-        Ok(done) => done,
-        Err(_) => {
-            // The waiter owns the child: stop it by its id, then let the waiter reap it.
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-            let _ = waiter.join();
-            bail!(
-                "`{shown}` did not finish within {}s; its output:\n{}",
-                DEPLOY_DEADLINE.as_secs(),
-                util::log_tail(log)
-            );
-        }
+    let child = cmd.spawn().with_context(|| format!("could not start `{shown}`"))?;
+    let waited = wait_within(child, DEPLOY_DEADLINE, |mut child| (child.wait(), Instant::now()));
+    let Some((status, exited)) = waited else {
+        bail!("`{shown}` did not finish within {}s; its output:\n{}", DEPLOY_DEADLINE.as_secs(), util::log_tail(log));
     };
-    let _ = waiter.join();
     let status = status.with_context(|| format!("waiting for `{shown}`"))?;
     if !status.success() {
         bail!("`{shown}` failed ({status}); its output:\n{}", util::log_tail(log));
