@@ -15,7 +15,6 @@ mod job;
 
 pub use job::{Job, JobFailure};
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -54,19 +53,16 @@ struct FunctionInner {
     /// Keeps the engine's epoch ticker running for as long as any function
     /// can run: without it, deadlines would never fire.
     host: Arc<EngineHandle>,
-    name: Arc<str>,
+    /// What every store of this function shares (name, config, cache
+    /// namespace, queue sender, statistics): built once, cloned per store.
+    services: Arc<Services>,
     sha256: String,
     pre: Pre,
     limits: Limits,
     env: Vec<(String, String)>,
-    config: Arc<BTreeMap<String, String>>,
     outbound: Arc<OutboundPolicy>,
-    /// This function's namespace of the node cache (named after the function).
-    cache: Option<wedge_cache::Namespace>,
     /// Permits for concurrently running instances of this function.
     running: Arc<Semaphore>,
-    /// What its requests did, for metrics and reports.
-    stats: Arc<FunctionStats>,
 }
 
 /// What a function does, decided by the world its component targets.
@@ -172,27 +168,32 @@ impl Function {
         };
         let outbound = Arc::new(spec.outbound_policy()?);
         let concurrency = usize::try_from(spec.limits.concurrency_max).unwrap_or(usize::MAX);
+        // This function's namespace of the node cache (named after the function).
         let cache = handle.config.function_cache.as_ref().map(|cache| cache.namespace(&spec.name));
+        let services = Arc::new(Services {
+            function_name: spec.name.into(),
+            config: Arc::new(spec.config),
+            cache,
+            queue_sender: handle.config.queue_sender.clone(),
+            stats: Arc::default(),
+        });
         Ok(Self {
             inner: Arc::new(FunctionInner {
                 host: Arc::clone(handle),
-                name: spec.name.into(),
+                services,
                 sha256: compiled.sha256,
                 pre,
                 limits: spec.limits,
                 env: spec.env.into_iter().collect(),
-                config: Arc::new(spec.config),
                 outbound,
-                cache,
                 running: Arc::new(Semaphore::new(concurrency)),
-                stats: Arc::default(),
             }),
         })
     }
 
     /// The function's name.
     pub fn name(&self) -> &str {
-        &self.inner.name
+        &self.inner.services.function_name
     }
 
     /// Whether it serves HTTP requests or runs jobs.
@@ -217,12 +218,12 @@ impl Function {
     /// What this function's requests have done so far (shared by every clone).
     /// A job function's runs count here too, in flight and in the traps.
     pub fn stats(&self) -> FunctionStatsSnapshot {
-        self.inner.stats.snapshot()
+        self.inner.services.stats.snapshot()
     }
 
     /// What this function's job runs have done so far (all zero for an HTTP function).
     pub fn job_stats(&self) -> JobStatsSnapshot {
-        self.inner.stats.job_snapshot()
+        self.inner.services.stats.job_snapshot()
     }
 
     /// Whether every instance slot of this function is taken (a request now
@@ -265,11 +266,11 @@ impl Function {
         B::Error: Into<HttpError>,
     {
         let arrived = Instant::now();
-        let in_flight = self.inner.stats.enter();
+        let in_flight = self.inner.services.stats.enter();
         let (response, guest_made) = self.admit_and_run(request).await;
-        self.inner.stats.answered(response.status(), arrived.elapsed());
+        self.inner.services.stats.answered(response.status(), arrived.elapsed());
         // In flight until the body ends; the guest's body bytes are counted as they go.
-        let stats = guest_made.then(|| Arc::clone(&self.inner.stats));
+        let stats = guest_made.then(|| Arc::clone(&self.inner.services.stats));
         response.map(|body| MeteredBody { inner: body, stats, _in_flight: in_flight }.boxed_unsync())
     }
 
@@ -301,7 +302,8 @@ impl Function {
         };
         let request_id: Arc<str> =
             request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").into();
-        let (request, body_overflow) = limit_body(request, limits.body_bytes_max, Arc::clone(&self.inner.stats));
+        let (request, body_overflow) =
+            limit_body(request, limits.body_bytes_max, Arc::clone(&self.inner.services.stats));
         // Timeouts are validated to be at most a day, so this cannot overflow.
         let deadline = Instant::now() + limits.timeout;
         match self.run(pre, request, deadline, permit, Arc::clone(&request_id)).await {
@@ -334,7 +336,7 @@ impl Function {
         let mut store = self.new_store(deadline, request_id);
         let (sender, receiver) = oneshot::channel();
         let setup_failed = |e: wasmtime::Error| {
-            self.inner.stats.trapped(TrapKind::Other);
+            self.inner.services.stats.trapped(TrapKind::Other);
             GuestFailure::Other(format!("{e:#}"))
         };
         let req = store.data_mut().http().new_incoming_request(Scheme::Http, request).map_err(setup_failed)?;
@@ -362,7 +364,7 @@ impl Function {
                 };
                 // Counted here, where every run ends, before or after its response head.
                 if let Err(failure) = &result {
-                    function.inner.stats.trapped(failure.kind());
+                    function.inner.services.stats.trapped(failure.kind());
                     let request_id = store.data().request_id();
                     tracing::warn!(function = %function.name(), %request_id, "guest failed: {failure}");
                 }
@@ -379,14 +381,14 @@ impl Function {
                 Ok(response)
             }
             Ok(Err(code)) => {
-                self.inner.stats.trapped(TrapKind::Other);
+                self.inner.services.stats.trapped(TrapKind::Other);
                 Err(GuestFailure::Other(format!("guest answered with error {code:?}")))
             }
             Err(_) => match task.await {
                 Ok(Ok(())) => Err(GuestFailure::NoResponse),
                 Ok(Err(failure)) => Err(failure),
                 Err(join) => {
-                    self.inner.stats.trapped(TrapKind::Other);
+                    self.inner.services.stats.trapped(TrapKind::Other);
                     Err(GuestFailure::Other(format!("guest task failed: {join}")))
                 }
             },
@@ -395,16 +397,10 @@ impl Function {
 
     fn new_store(&self, deadline: Instant, request_id: Arc<str>) -> Store<GuestState> {
         let inner = &self.inner;
-        let hooks = OutboundHooks::new(Arc::clone(&inner.name), Arc::clone(&inner.outbound));
-        let log = GuestLog::pair(Arc::clone(&inner.name), request_id, inner.host.config.log_sink.clone());
-        let services = Services {
-            function_name: Arc::clone(&inner.name),
-            config: Arc::clone(&inner.config),
-            cache: inner.cache.clone(),
-            queue_sender: inner.host.config.queue_sender.clone(),
-            stats: Arc::clone(&inner.stats),
-        };
-        let state = GuestState::new(&inner.env, services, hooks, inner.limits.memory_bytes_max, log);
+        let name = &inner.services.function_name;
+        let hooks = OutboundHooks::new(Arc::clone(name), Arc::clone(&inner.outbound));
+        let log = GuestLog::pair(Arc::clone(name), request_id, inner.host.config.log_sink.clone());
+        let state = GuestState::new(&inner.env, Arc::clone(&inner.services), hooks, inner.limits.memory_bytes_max, log);
         let mut store = Store::new(&inner.host.engine, state);
         store.limiter(|state| &mut state.limiter);
         // Check the deadline on every epoch tick; until then, yield to the

@@ -54,13 +54,13 @@ pub(crate) struct GuestState {
     table: ResourceTable,
     hooks: OutboundHooks,
     pub(crate) limiter: MemoryLimiter,
-    services: Services,
+    services: Arc<Services>,
     request_id: Arc<str>,
 }
 
 /// What the function's instances share, handed to each store: the host
 /// sides of the `wedge:function/*` imports and the statistics they count in.
-#[derive(Clone)]
+/// Built once per function; every store holds the same `Arc`.
 pub(crate) struct Services {
     /// The function's name (queue sends say who sent them).
     pub(crate) function_name: Arc<str>,
@@ -76,7 +76,7 @@ pub(crate) struct Services {
 impl GuestState {
     pub(crate) fn new(
         env: &[(String, String)],
-        services: Services,
+        services: Arc<Services>,
         hooks: OutboundHooks,
         memory_bytes_max: u64,
         (stdout, stderr): (GuestLog, GuestLog),

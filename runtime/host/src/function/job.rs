@@ -95,7 +95,7 @@ impl Function {
     /// permit: at the limit it answers [`JobFailure::AtConcurrencyLimit`]
     /// at once, so a worker never holds a leased job while it queues.
     pub async fn handle_job(&self, job: Job) -> Result<(), JobFailure> {
-        let stats = &self.inner.stats;
+        let stats = &self.inner.services.stats;
         let Pre::Job(pre) = &self.inner.pre else {
             stats.job_ran(JobOutcome::Refused, None);
             return Err(JobFailure::NotAJobFunction { function: self.name().to_owned() });
