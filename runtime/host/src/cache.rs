@@ -19,8 +19,9 @@ use crate::state::bindings::wedge::function::cache::{Error, Host};
 const NO_CACHE: &str = "this node has no cache configured";
 
 /// Milliseconds since the Unix epoch: the clock TTLs are measured on (wall
-/// time, so expiries mean the same thing after a restart).
-fn now_ms() -> u64 {
+/// time, so expiries mean the same thing after a restart), and the clock the
+/// node gives its job queues.
+pub fn unix_now_ms() -> u64 {
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }
@@ -38,7 +39,7 @@ impl GuestState {
         let Some(namespace) = self.cache() else {
             return Err(Error::Storage(NO_CACHE.to_string()));
         };
-        op(namespace, now_ms()).map_err(|error| match error {
+        op(namespace, unix_now_ms()).map_err(|error| match error {
             CacheError::KeyTooLarge { max, .. } => Error::KeyTooLarge(wit_max(max)),
             CacheError::ValueTooLarge { max, .. } => Error::ValueTooLarge(wit_max(max)),
             CacheError::NotAnInteger => Error::NotAnInteger,

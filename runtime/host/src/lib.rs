@@ -35,6 +35,7 @@ mod queue;
 mod state;
 mod stats;
 
+pub use cache::unix_now_ms;
 pub use config::{FunctionSpec, HostConfig, Limits, validate_name};
 pub use error::{HostError, LoadError};
 pub use function::{Function, FunctionKind, Instantiated, Job, JobFailure, ResponseBody, error_response};

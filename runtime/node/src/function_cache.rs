@@ -13,12 +13,13 @@
 //! flushes what is left, a `SIGKILL` may lose the last half second of writes.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::task::JoinHandle;
 use wedge_cache::Cache;
 pub use wedge_cache::CacheConfig;
+use wedge_host::unix_now_ms;
 
 /// How often expired entries are reclaimed.
 const RECLAIM_EVERY: Duration = Duration::from_secs(1);
@@ -134,12 +135,6 @@ fn owner_pid(name: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// Milliseconds since the Unix epoch, the clock the host stamps TTLs with.
-fn now_ms() -> u64 {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// The reclaimer: one bounded batch at a time on a blocking thread. Reads
 /// never return expired entries whatever this does; it only gives their
 /// space back.
@@ -148,7 +143,8 @@ async fn reclaim(cache: Cache) {
     loop {
         tokio::time::sleep(pause).await;
         let batch = cache.clone();
-        let removed = tokio::task::spawn_blocking(move || batch.reclaim_expired(now_ms(), RECLAIM_BATCH_MAX)).await;
+        let removed =
+            tokio::task::spawn_blocking(move || batch.reclaim_expired(unix_now_ms(), RECLAIM_BATCH_MAX)).await;
         pause = match removed {
             Ok(Ok(removed)) if removed == RECLAIM_BATCH_MAX => RECLAIM_CATCH_UP,
             Ok(Ok(_)) => RECLAIM_EVERY,
@@ -174,7 +170,7 @@ mod tests {
     async fn a_temporary_cache_is_removed_when_dropped() {
         let cache = NodeCache::open_temporary(CacheConfig::default()).unwrap();
         let dir = cache._temporary.as_ref().unwrap().path().to_path_buf();
-        cache.cache().namespace("f").set(b"k", b"v", None, now_ms()).unwrap();
+        cache.cache().namespace("f").set(b"k", b"v", None, unix_now_ms()).unwrap();
         assert!(dir.exists());
         cache.close().await;
         assert!(!dir.exists());

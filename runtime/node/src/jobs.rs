@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use wedge_cluster::agent::Agent;
 use wedge_cluster::membership::MemberState;
 use wedge_control::api::{QueueAssignment, QueueReport};
-use wedge_host::{Function, QueueMessage, QueueSendError, QueueSender, ResponseBody, SendFuture};
+use wedge_host::{Function, QueueMessage, QueueSendError, QueueSender, ResponseBody, SendFuture, unix_now_ms};
 use wedge_jobs::{
     Completion, JobError, LeaseId, LeasedJob, NodeId, Outcome, Output, PeerMessage, QueueCore, QueueStats, Role,
     SendRequest, SledStore, WorkerId,
@@ -230,10 +230,6 @@ impl std::fmt::Debug for Queues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queues").field("me", &self.me).finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A random number without a dependency: std seeds its hasher keys from the OS.
@@ -514,14 +510,12 @@ fn json_answer<T: Serialize>(value: &T) -> Response<ResponseBody> {
 
 /// The host's sends go through [`Queues`].
 #[derive(Debug)]
-pub struct NodeQueueSender(pub OnceLock<Arc<Queues>>);
+pub struct NodeQueueSender(pub Arc<Queues>);
 
 impl QueueSender for NodeQueueSender {
     fn send(&self, message: QueueMessage) -> SendFuture<'_> {
         Box::pin(async move {
-            let Some(queues) = self.0.get() else {
-                return Err(QueueSendError::Unavailable("this node has no queues (no data directory)".into()));
-            };
+            let queues = &self.0;
             let request = SendRequest {
                 payload: message.payload,
                 delay_ms: message.delay_ms.unwrap_or(0),
@@ -573,7 +567,7 @@ impl Engine {
 
     async fn run(mut self, mut inputs: mpsc::Receiver<Input>, mut stop: watch::Receiver<bool>) {
         loop {
-            let now = now_ms();
+            let now = unix_now_ms();
             let next = self.slots.values().filter_map(|slot| slot.core.poll_timeout(now)).min();
             let wait = next.map_or(IDLE_WAKE, |at| Duration::from_millis(at.saturating_sub(now)).min(IDLE_WAKE));
             tokio::select! {
@@ -591,7 +585,7 @@ impl Engine {
     }
 
     fn handle(&mut self, input: Input) {
-        let now = now_ms();
+        let now = unix_now_ms();
         match input {
             Input::Assign(assignments) => {
                 for (name, assignment) in &assignments {
@@ -670,7 +664,7 @@ impl Engine {
     }
 
     fn tick(&mut self) {
-        let now = now_ms();
+        let now = unix_now_ms();
         for (name, slot) in &mut self.slots {
             if let Err(error) = slot.core.tick(now) {
                 tracing::warn!(queue = %name, "queue tick failed: {error}");
@@ -703,7 +697,7 @@ impl Engine {
 
     /// Leases ready jobs of every queue this node is primary of to a worker each.
     fn dispatch(&mut self) {
-        let now = now_ms();
+        let now = unix_now_ms();
         let names: Vec<String> = self.slots.keys().cloned().collect();
         for name in names {
             let Some(slot) = self.slots.get(&name) else { continue };
@@ -762,7 +756,7 @@ impl Engine {
 
     /// Publishes each queue's report and view.
     fn publish(&self) {
-        let now = now_ms();
+        let now = unix_now_ms();
         let published = self
             .slots
             .iter()
