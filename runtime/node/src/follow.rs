@@ -219,8 +219,7 @@ impl FollowingNode {
         let (sink, log_lines) = GuestLogSink::bounded(LOG_LINES_BUFFERED_MAX);
         let (queues_stop, queues_stopped) = watch::channel(false);
         let queues = Queues::start(&config.node_name, &config.data_dir.join("jobs"), queues_stopped)?;
-        let queue_sender = Arc::new(NodeQueueSender(std::sync::OnceLock::new()));
-        let _ = queue_sender.0.set(Arc::clone(&queues));
+        let queue_sender = Arc::new(NodeQueueSender(Arc::clone(&queues)));
         let host = Host::new(HostConfig {
             cache_dir: Some(local.compiled_dir()),
             log_sink: Some(sink),
@@ -357,7 +356,6 @@ impl FollowingNode {
             };
             tokio::spawn(serve_forwarded(streams, handler, ServeConfig::default(), stop))
         });
-        let cluster = self.agent.clone().map(|agent| (agent, Arc::clone(&self.ingress)));
         let agent = self.agent.clone();
         let report_now = Arc::new(Notify::new());
         let follower = tokio::spawn(follow(
@@ -373,7 +371,7 @@ impl FollowingNode {
             ingress: Arc::clone(&self.ingress),
             serving: self.serving,
             log_lines: self.log_lines,
-            cluster,
+            agent: agent.clone(),
             report_now,
             queues: Arc::clone(&self.queues),
         };
@@ -905,8 +903,8 @@ struct ReportSources {
     ingress: Arc<Ingress>,
     serving: Arc<Mutex<Serving>>,
     log_lines: mpsc::Receiver<GuestLogLine>,
-    /// Membership and the ingress, in a cluster: for [`cluster_report`].
-    cluster: Option<(Arc<Agent>, Arc<Ingress>)>,
+    /// Membership, in a cluster: for [`cluster_report`].
+    agent: Option<Arc<Agent>>,
     /// Notified after every applied change: report at once.
     report_now: Arc<Notify>,
     /// What the node holds of its job queues.
@@ -922,7 +920,7 @@ async fn report(
     sources: ReportSources,
     mut stop: watch::Receiver<bool>,
 ) {
-    let ReportSources { ingress_addr, ingress, serving, mut log_lines, cluster, report_now, queues } = sources;
+    let ReportSources { ingress_addr, ingress, serving, mut log_lines, agent, report_now, queues } = sources;
     let mut interval = tokio::time::interval(config.report_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing_since: Option<Instant> = None;
@@ -955,7 +953,7 @@ async fn report(
             serving: status.functions,
             errors: status.errors,
             logs: std::mem::take(&mut pending),
-            cluster: cluster.as_ref().map(|(agent, ingress)| cluster_report(agent, ingress)),
+            cluster: agent.as_deref().map(|agent| cluster_report(agent, &ingress)),
             traffic: traffic(&ingress),
             queues: queues.reports(),
         };

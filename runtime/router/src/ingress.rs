@@ -506,14 +506,13 @@ impl Ingress {
         .await;
         let served = self.count(target.is_some(), planned, &response);
         span.in_scope(|| {
-            let from = peer.map_or_else(|| "a peer".to_string(), |peer| peer.to_string());
             tracing::debug!(
                 request_id = %id.to_str().unwrap_or("?"),
                 function = target.as_ref().map_or("-", |f| f.name()),
                 status = response.status().as_u16(),
                 served = served.as_str(),
                 elapsed_us = started.elapsed().as_micros() as u64,
-                %from,
+                from = %peer.map_or_else(|| "a peer".to_string(), |peer| peer.to_string()),
                 "answered"
             );
         });
