@@ -58,7 +58,8 @@ pub(crate) struct Scheduling {
     queues: Mutex<QueueTable>,
     published: watch::Sender<Arc<Placements>>,
     started: Instant,
-    warm_up: Duration,
+    /// A node silent this long is down; also how long after the start nothing is
+    /// published (until every live node has had time to report).
     stale_after: Duration,
 }
 
@@ -71,9 +72,13 @@ impl Scheduling {
             queues: Mutex::new(queues),
             published: watch::Sender::new(Arc::new(first)),
             started: Instant::now(),
-            warm_up: stale_after,
             stale_after,
         }
+    }
+
+    /// Whether the warm-up after the start is over at `now`.
+    fn published_at(&self, now: Instant) -> bool {
+        now.duration_since(self.started) >= self.stale_after
     }
 
     fn scheduler(&self) -> std::sync::MutexGuard<'_, Scheduler> {
@@ -116,7 +121,7 @@ impl Scheduling {
         let nodes: Vec<NodeView> = reports.cluster_view(now, self.stale_after).into_iter().map(node_view).collect();
         let mut scheduler = self.scheduler();
         let mut decisions = scheduler.plan(now, now_unix_ms(), &demands, &nodes);
-        let warm = now.duration_since(self.started) >= self.warm_up;
+        let warm = self.published_at(now);
         if warm {
             let assigned = self.assign_queues(store, reports, &functions, &nodes, scheduler.placements());
             scheduler.record(&assigned);
@@ -215,7 +220,7 @@ impl Scheduling {
             ..QueueStatus::default()
         }));
         queues.sort_by(|a, b| a.queue.cmp(&b.queue));
-        QueuesReport { published: self.started.elapsed() >= self.warm_up, queues }
+        QueuesReport { published: self.published_at(Instant::now()), queues }
     }
 
     /// What `GET /v1/placement` answers: every function's nodes and target, and the recent
@@ -225,7 +230,7 @@ impl Scheduling {
         let wanted = |name: &str| function.is_none_or(|f| f == name);
         PlacementReport {
             generation: self.current().generation,
-            published: self.started.elapsed() >= self.warm_up,
+            published: self.published_at(Instant::now()),
             placements: scheduler
                 .placements()
                 .iter()

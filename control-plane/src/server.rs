@@ -1062,13 +1062,9 @@ async fn placement(
 ) -> Result<Json<PlacementReport>, ApiError> {
     let Query(PlacementQuery { function }) = query?;
     if let Some(name) = &function {
-        let exists = blocking(&shared, {
-            let name = name.clone();
-            move |store| store.desired_state().map(|state| state.functions.iter().any(|f| f.function == name))
-        })
-        .await?;
-        if !exists {
-            return Err(ApiError::not_found(format!("no function named {name:?}")));
+        let lookup = name.clone();
+        if !blocking(&shared, move |store| store.has_function(&lookup)).await? {
+            return Err(no_such_function(name));
         }
     }
     Ok(Json(shared.scheduling.report(function.as_deref())))
