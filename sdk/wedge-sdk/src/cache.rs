@@ -109,9 +109,10 @@ impl From<wit::Error> for Error {
     }
 }
 
-/// Milliseconds of a TTL, saturating (a TTL of centuries is "never" anyway).
-fn ttl_ms(ttl: Option<Duration>) -> Option<u64> {
-    ttl.map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+/// Milliseconds of a duration, saturating (a TTL or delay of centuries is
+/// "never" or "too long" anyway).
+pub(crate) fn millis(duration: Option<Duration>) -> Option<u64> {
+    duration.map(|duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Returns the value of `key`, or `None` when it is missing or expired.
@@ -129,7 +130,7 @@ pub fn get(key: &str) -> Result<Option<Vec<u8>>, Error> {
 /// # Ok::<(), wedge_sdk::cache::Error>(())
 /// ```
 pub fn set(key: &str, value: impl AsRef<[u8]>, ttl: Option<Duration>) -> Result<(), Error> {
-    Ok(wit::set(key, value.as_ref(), ttl_ms(ttl))?)
+    Ok(wit::set(key, value.as_ref(), millis(ttl))?)
 }
 
 /// Removes `key`; returns whether an entry was there.
@@ -144,7 +145,7 @@ pub fn delete(key: &str) -> Result<bool, Error> {
 ///
 /// The value is stored as decimal text, so [`get`] reads it as such.
 pub fn increment(key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, Error> {
-    Ok(wit::increment(key, delta, ttl_ms(ttl))?)
+    Ok(wit::increment(key, delta, millis(ttl))?)
 }
 
 /// Atomically stores `value` under `key` only if the key is missing or
@@ -152,7 +153,7 @@ pub fn increment(key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, Er
 /// value already there (left unchanged). Useful as a lock or to let exactly
 /// one request do some work.
 pub fn set_if_absent(key: &str, value: impl AsRef<[u8]>, ttl: Option<Duration>) -> Result<Option<Vec<u8>>, Error> {
-    Ok(wit::set_if_absent(key, value.as_ref(), ttl_ms(ttl))?)
+    Ok(wit::set_if_absent(key, value.as_ref(), millis(ttl))?)
 }
 
 /// Returns the value of `key` deserialized from JSON, or `None` when it is

@@ -145,8 +145,7 @@ impl From<wit::Error> for Error {
 /// ```
 pub fn send(queue: &str, payload: impl AsRef<[u8]>, options: &SendOptions) -> Result<String, Error> {
     let options = wit::SendOptions {
-        // A delay of centuries is "too long" for any queue anyway.
-        delay_ms: options.delay.map(|delay| u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+        delay_ms: crate::cache::millis(options.delay),
         idempotency_key: options.idempotency_key.clone(),
     };
     Ok(wit::send(queue, payload.as_ref(), &options)?)
