@@ -217,8 +217,8 @@ impl FunctionStatsSnapshot {
 #[derive(Debug, Default)]
 pub(crate) struct FunctionStats {
     requests_by_class: [AtomicU64; 4],
-    bucket_counts: [AtomicU64; DURATION_BOUNDS_SECONDS.len() + 1],
-    duration_sum_ns: AtomicU64,
+    /// Requests' time to the response head.
+    durations: AtomicHistogram,
     in_flight: AtomicU64,
     traps: [AtomicU64; 6],
     request_bytes: AtomicU64,
@@ -226,8 +226,34 @@ pub(crate) struct FunctionStats {
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     job_runs_by_outcome: [AtomicU64; 4],
-    job_bucket_counts: [AtomicU64; DURATION_BOUNDS_SECONDS.len() + 1],
-    job_duration_sum_ns: AtomicU64,
+    /// Started jobs' run time.
+    job_durations: AtomicHistogram,
+}
+
+/// A live duration histogram: a count per bucket of [`DURATION_BOUNDS_SECONDS`] (and
+/// one above the last bound) and the sum of all observed durations, in nanoseconds.
+#[derive(Debug, Default)]
+struct AtomicHistogram {
+    buckets: [AtomicU64; DURATION_BOUNDS_SECONDS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl AtomicHistogram {
+    /// Adds `took` to its bucket and to the sum.
+    fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = DURATION_BOUNDS_SECONDS.iter().position(|&bound| seconds <= bound);
+        bump(&self.buckets[bucket.unwrap_or(DURATION_BOUNDS_SECONDS.len())], 1);
+        bump(&self.sum_ns, u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    fn snapshot(&self) -> DurationHistogram {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        DurationHistogram {
+            bucket_counts: self.buckets.each_ref().map(get),
+            sum_seconds: get(&self.sum_ns) as f64 / 1e9,
+        }
+    }
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -238,14 +264,14 @@ impl FunctionStats {
     /// Counts an answered request: its status class and its time to the response head.
     pub(crate) fn answered(&self, status: http::StatusCode, took: Duration) {
         bump(&self.requests_by_class[StatusClass::of(status) as usize], 1);
-        observe(&self.bucket_counts, &self.duration_sum_ns, took);
+        self.durations.observe(took);
     }
 
     /// Counts a job run: its outcome and, when it started, how long it took.
     pub(crate) fn job_ran(&self, outcome: JobOutcome, took: Option<Duration>) {
         bump(&self.job_runs_by_outcome[outcome as usize], 1);
         if let Some(took) = took {
-            observe(&self.job_bucket_counts, &self.job_duration_sum_ns, took);
+            self.job_durations.observe(took);
         }
     }
 
@@ -269,10 +295,7 @@ impl FunctionStats {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         JobStatsSnapshot {
             runs_by_outcome: self.job_runs_by_outcome.each_ref().map(get),
-            duration: DurationHistogram {
-                bucket_counts: self.job_bucket_counts.each_ref().map(get),
-                sum_seconds: get(&self.job_duration_sum_ns) as f64 / 1e9,
-            },
+            duration: self.job_durations.snapshot(),
         }
     }
 
@@ -286,10 +309,7 @@ impl FunctionStats {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         FunctionStatsSnapshot {
             requests_by_class: self.requests_by_class.each_ref().map(get),
-            duration: DurationHistogram {
-                bucket_counts: self.bucket_counts.each_ref().map(get),
-                sum_seconds: get(&self.duration_sum_ns) as f64 / 1e9,
-            },
+            duration: self.durations.snapshot(),
             in_flight: get(&self.in_flight),
             traps: self.traps.each_ref().map(get),
             request_bytes: get(&self.request_bytes),
@@ -298,14 +318,6 @@ impl FunctionStats {
             cache_misses: get(&self.cache_misses),
         }
     }
-}
-
-/// Adds `took` to a histogram's bucket and sum.
-fn observe(buckets: &[AtomicU64; DURATION_BOUNDS_SECONDS.len() + 1], sum_ns: &AtomicU64, took: Duration) {
-    let seconds = took.as_secs_f64();
-    let bucket = DURATION_BOUNDS_SECONDS.iter().position(|&bound| seconds <= bound);
-    bump(&buckets[bucket.unwrap_or(DURATION_BOUNDS_SECONDS.len())], 1);
-    bump(sum_ns, u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
 }
 
 /// One request (or job) in flight; dropping it ends it.
