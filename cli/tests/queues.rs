@@ -175,6 +175,7 @@ fn a_bound_queue_is_assigned_over_reporting_nodes_fails_over_and_is_unbound() {
         primary_epoch,
         synced_epoch,
         lost_state: None,
+        counts: None,
     };
     reporter.set(&primary, Some(report(site(&primary), vec![held(Some(1), None)], &[])));
     reporter.set(&backup, Some(report(site(&backup), vec![held(None, Some(1))], &[])));

@@ -12,12 +12,21 @@
 //! | `DELETE /v1/functions/{name}` | – | [`Removed`] |
 //! | `HEAD`/`GET /v1/artifacts/{sha256}` | – | the component bytes (`application/wasm`) |
 //! | `GET /v1/state?after=REV&placement=GEN&wait_ms=MS` | – | [`DesiredState`]; waits (at most [`STATE_WAIT_MAX_MS`]) while the revision is `<= after` and the placement generation is `GEN` |
-//! | `POST /v1/nodes/{node}/report` | [`NodeReport`] | 204 |
+//! | `POST /v1/nodes/{node}/report` | [`NodeReport`] | 204, or 200 [`ReportAnswer`] when queue commands wait for this node |
 //! | `GET /v1/placement?function=NAME` | – | [`PlacementReport`] (every function without `function`) |
 //! | `GET /v1/nodes` | – | `[NodeStatus]` |
 //! | `GET /v1/functions/{name}/logs?after=SEQ&wait_ms=MS&limit=N` | – | [`LogPage`] |
 //! | `GET /v1/overview` | – | [`Overview`]: sites and nodes, functions with replicas, rates and latency over the last [`Overview::window_ms`], recent placement decisions |
-//! | `GET /v1/queues` | – | [`QueuesReport`]: every bound job queue with its assignment (primary, backup, epoch), the highest confirmed epoch and what each node last reported of it |
+//! | `GET /v1/queues` | – | [`QueuesReport`]: every bound job queue with its assignment (primary, backup, epoch), the highest confirmed epoch, its primary's counts and what each node last reported of it |
+//! | `GET /v1/queues/{queue}/jobs?limit=N&dead=BOOL` | – | [`QueueCommandAnswer`] with [`QueueCommandOutput::Jobs`]: the oldest jobs (dead ones with `dead=true`), read on the queue's primary |
+//! | `POST /v1/queues/{queue}/retry-dead` | – | [`QueueCommandAnswer`] with [`QueueCommandOutput::Retried`] |
+//! | `POST /v1/queues/{queue}/purge` | – | [`QueueCommandAnswer`] with [`QueueCommandOutput::Purged`] |
+//!
+//! Queue commands reach the queue's primary in the answer to its next report
+//! ([`ReportAnswer`]: the control plane never dials a node); the node runs
+//! them and sends each [`QueueCommandResult`] in a report at once. The
+//! control plane answers the operator when the result arrives, or 504 after
+//! [`QUEUE_COMMAND_TIMEOUT_MS`] (the command may still have run).
 //!
 //! Outside `/v1`, without a token: `GET /healthz` answers `ok` while the
 //! process serves (liveness); `GET /readyz` answers a [`ReadyReport`], 200
@@ -404,6 +413,9 @@ pub struct QueueReport {
     /// queue's data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_state: Option<u64>,
+    /// As the queue's primary: its counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<QueueCounts>,
 }
 
 impl QueueReport {
@@ -451,6 +463,132 @@ pub struct QueueStatus {
     pub waiting: Option<String>,
     /// Node → what it last reported of the queue.
     pub reports: BTreeMap<String, QueueReport>,
+    /// The counts its current primary last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<QueueCounts>,
+}
+
+/// How many jobs of a queue are where, as its primary counts them
+/// (`wedge queue ls`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCounts {
+    /// Ready to run now.
+    pub ready: u32,
+    /// Waiting for a delay or a retry's backoff.
+    pub delayed: u32,
+    /// Handed to a worker.
+    pub in_flight: u32,
+    /// In the dead-letter queue.
+    pub dead: u32,
+    /// Age of the oldest job not dead, in milliseconds (0 when none).
+    pub oldest_age_ms: u64,
+}
+
+/// Longest the control plane waits for a queue command's result.
+pub const QUEUE_COMMAND_TIMEOUT_MS: u64 = 10_000;
+
+/// Most jobs one peek returns.
+pub const QUEUE_PEEK_LIMIT_MAX: u32 = 1_000;
+
+/// Most payload bytes a peeked job shows ([`JobSummary::payload_preview`]).
+pub const JOB_PAYLOAD_PREVIEW_BYTES: usize = 256;
+
+/// An operator's command for a queue's primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCommand {
+    /// Chosen by the control plane, echoed in the result.
+    pub id: u64,
+    /// The queue.
+    pub queue: String,
+    /// What to do.
+    pub action: QueueAction,
+}
+
+/// What a [`QueueCommand`] asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "action")]
+pub enum QueueAction {
+    /// List the oldest `limit` jobs: dead-lettered ones when `dead`, else
+    /// the others (ready, delayed, in flight). Changes nothing.
+    Peek {
+        /// How many, at most [`QUEUE_PEEK_LIMIT_MAX`].
+        limit: u32,
+        /// Dead-lettered jobs instead of live ones.
+        dead: bool,
+    },
+    /// Make every dead-lettered job ready again with fresh attempts (as
+    /// many as the queue's depth limit allows).
+    RetryDead,
+    /// Remove every job of the queue, dead ones included, and forget its
+    /// idempotency keys.
+    Purge,
+}
+
+/// The answer of `POST /v1/nodes/{node}/report` when commands wait for the node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAnswer {
+    /// Queue commands for this node to run.
+    #[serde(default)]
+    pub queue_commands: Vec<QueueCommand>,
+}
+
+/// What a node did with a [`QueueCommand`], in its next report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCommandResult {
+    /// The command's id.
+    pub id: u64,
+    /// What it gave, or why it failed (not the primary any more, say).
+    pub outcome: Result<QueueCommandOutput, String>,
+}
+
+/// What a queue command gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueueCommandOutput {
+    /// The jobs a peek found, oldest first.
+    Jobs(Vec<JobSummary>),
+    /// How many dead jobs were made ready again.
+    Retried(u64),
+    /// How many jobs were removed.
+    Purged(u64),
+}
+
+/// The answer of the `/v1/queues/{queue}/…` commands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCommandAnswer {
+    /// The queue.
+    pub queue: String,
+    /// The primary that ran the command.
+    pub node: String,
+    /// What it gave.
+    pub output: QueueCommandOutput,
+}
+
+/// One job as `wedge queue peek` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSummary {
+    /// Its id (as `send` returned it).
+    pub id: String,
+    /// `ready`, `delayed`, `in-flight` or `dead`.
+    pub state: String,
+    /// Attempts started so far.
+    pub attempt: u32,
+    /// The sender's idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// When it was accepted (unix ms).
+    pub enqueued_at_unix_ms: u64,
+    /// When it may run next (ready or delayed jobs), unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at_unix_ms: Option<u64>,
+    /// The error of its last attempt (dead jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The payload's size.
+    pub payload_bytes: u64,
+    /// Its first [`JOB_PAYLOAD_PREVIEW_BYTES`] bytes, as UTF-8 with invalid
+    /// bytes replaced.
+    pub payload_preview: String,
 }
 
 /// A guest output line shipped from a node.
@@ -522,6 +660,9 @@ pub struct NodeReport {
     /// What the node holds of each job queue it has a store for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queues: Vec<QueueReport>,
+    /// Results of the queue commands it ran since its last report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queue_results: Vec<QueueCommandResult>,
 }
 
 /// Counters of one function on one node since the node started. They only

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::api::{PlacementReport, QueueAssignment, QueueStatus, QueuesReport, now_unix_ms};
+use crate::api::{PlacementReport, QueueAssignment, QueueReport, QueueStatus, QueuesReport, now_unix_ms};
 use crate::metrics::ControlMetrics;
 use crate::placement::queues::{BoundQueue, QueueTable, assign_queues};
 use crate::placement::{Action, Decision, FunctionDemand, NodeView, Scheduler};
@@ -203,13 +203,18 @@ impl Scheduling {
         let mut queues: Vec<QueueStatus> = table
             .queues
             .iter()
-            .map(|(queue, state)| QueueStatus {
-                queue: queue.clone(),
-                function: state.assignment.function.clone(),
-                assignment: Some(state.assignment.clone()),
-                confirmed_epoch: state.confirmed_epoch,
-                waiting: state.waiting.clone(),
-                reports: of(queue),
+            .map(|(queue, state)| {
+                let reports: BTreeMap<String, QueueReport> = of(queue);
+                let counts = reports.get(&state.assignment.primary).and_then(|report| report.counts);
+                QueueStatus {
+                    queue: queue.clone(),
+                    function: state.assignment.function.clone(),
+                    assignment: Some(state.assignment.clone()),
+                    confirmed_epoch: state.confirmed_epoch,
+                    waiting: state.waiting.clone(),
+                    reports,
+                    counts,
+                }
             })
             .collect();
         queues.extend(table.unassigned.iter().map(|(queue, function)| QueueStatus {

@@ -35,7 +35,7 @@ fn up(nodes: &mut [NodeView], name: &str) {
 
 /// A report of queue `q`.
 fn report(primary_epoch: Option<u64>, synced_epoch: Option<u64>, lost_state: Option<u64>) -> QueueReport {
-    QueueReport { queue: "q".into(), primary_epoch, synced_epoch, lost_state }
+    QueueReport { queue: "q".into(), primary_epoch, synced_epoch, lost_state, counts: None }
 }
 
 /// The test's world: the table, the inputs of a round, and every decision.

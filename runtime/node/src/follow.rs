@@ -956,6 +956,7 @@ async fn report(
             cluster: agent.as_deref().map(|agent| cluster_report(agent, &ingress)),
             traffic: traffic(&ingress),
             queues: queues.reports(),
+            queue_results: Vec::new(),
         };
         match client.report(&config.node_name, &report).await {
             Ok(()) => {

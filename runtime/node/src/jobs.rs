@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use wedge_cluster::agent::Agent;
 use wedge_cluster::membership::MemberState;
-use wedge_control::api::{QueueAssignment, QueueReport};
+use wedge_control::api::{QueueAssignment, QueueCounts, QueueReport};
 use wedge_host::{Function, QueueMessage, QueueSendError, QueueSender, ResponseBody, SendFuture, unix_now_ms};
 use wedge_jobs::{
     Completion, JobError, LeaseId, LeasedJob, NodeId, Outcome, Output, PeerMessage, QueueCore, QueueStats, Role,
@@ -762,13 +762,21 @@ impl Engine {
             .iter()
             .map(|(name, slot)| {
                 let meta = slot.core.meta();
+                let stats: QueueStats = slot.core.stats(now);
+                let counts = matches!(slot.core.role(), Role::Primary { .. }).then_some(QueueCounts {
+                    ready: stats.ready,
+                    delayed: stats.delayed,
+                    in_flight: stats.in_flight,
+                    dead: stats.dead,
+                    oldest_age_ms: stats.oldest_age_ms,
+                });
                 let report = QueueReport {
                     queue: name.clone(),
                     primary_epoch: meta.primary_epoch,
                     synced_epoch: meta.synced.map(|sync| sync.epoch),
                     lost_state: slot.core.lost_state(),
+                    counts,
                 };
-                let stats: QueueStats = slot.core.stats(now);
                 let role = match slot.core.role() {
                     Role::Primary { .. } => "primary",
                     Role::Backup { .. } => "backup",
