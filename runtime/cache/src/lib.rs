@@ -159,18 +159,13 @@ fn expiry_for(ttl_ms: Option<u64>, now_ms: u64) -> u64 {
     }
 }
 
-fn encode(expiry: u64, value: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(8 + value.len());
-    v.extend_from_slice(&expiry.to_be_bytes());
-    v.extend_from_slice(value);
-    v
-}
-
-fn index_key(stamp: u64, full_key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + full_key.len());
-    k.extend_from_slice(&stamp.to_be_bytes());
-    k.extend_from_slice(full_key);
-    k
+/// `number` (big-endian, so rows sort by it) followed by `rest`: a stored value is its
+/// expiry then its bytes, an index row is its stamp then the entry's full key.
+fn prefixed(number: u64, rest: &[u8]) -> Vec<u8> {
+    let mut row = Vec::with_capacity(8 + rest.len());
+    row.extend_from_slice(&number.to_be_bytes());
+    row.extend_from_slice(rest);
+    row
 }
 
 fn size_of(key: &[u8], raw: &[u8]) -> i64 {
@@ -252,9 +247,9 @@ impl Inner {
     fn touch(&self, full_key: &[u8]) -> Result<(), CacheError> {
         let stamp = self.db.generate_id()?;
         if let Some(old) = self.stamps.insert(full_key, &stamp.to_be_bytes())? {
-            self.lru.remove(index_key(leading_u64(&old), full_key))?;
+            self.lru.remove(prefixed(leading_u64(&old), full_key))?;
         }
-        let row = index_key(stamp, full_key);
+        let row = prefixed(stamp, full_key);
         self.lru.insert(row.as_slice(), &[])?;
         // A concurrent touch may have replaced our stamp before our row existed
         // (so it could not remove it): drop our row then, or it would be orphaned.
@@ -267,10 +262,10 @@ impl Inner {
     fn forget(&self, full_key: &[u8], raw: &[u8]) -> Result<(), CacheError> {
         let expiry = leading_u64(raw);
         if expiry != 0 {
-            self.expiry.remove(index_key(expiry, full_key))?;
+            self.expiry.remove(prefixed(expiry, full_key))?;
         }
         if let Some(old) = self.stamps.remove(full_key)? {
-            self.lru.remove(index_key(leading_u64(&old), full_key))?;
+            self.lru.remove(prefixed(leading_u64(&old), full_key))?;
         }
         Ok(())
     }
@@ -350,12 +345,12 @@ impl Inner {
         if let Some(o) = old {
             let e = leading_u64(o);
             if e != 0 && e != leading_u64(new) {
-                self.expiry.remove(index_key(e, full_key))?;
+                self.expiry.remove(prefixed(e, full_key))?;
             }
         }
         let e = leading_u64(new);
         if e != 0 {
-            self.expiry.insert(index_key(e, full_key), &[])?;
+            self.expiry.insert(prefixed(e, full_key), &[])?;
         }
         self.touch(full_key)
     }
@@ -397,7 +392,7 @@ impl Namespace {
     pub fn set(&self, key: &[u8], value: &[u8], ttl_ms: Option<u64>, now_ms: u64) -> Result<(), CacheError> {
         let fk = self.full_key(key)?;
         self.check_value(value)?;
-        let new = encode(expiry_for(ttl_ms, now_ms), value);
+        let new = prefixed(expiry_for(ttl_ms, now_ms), value);
         let old_size = self.inner.entries.get(&fk)?.map_or(0, |o| size_of(&fk, &o));
         self.inner.make_room(size_of(&fk, &new) - old_size, now_ms)?;
         let old = self.inner.entries.insert(&fk, new.as_slice())?;
@@ -435,7 +430,7 @@ impl Namespace {
                 _ => (0, expiry_for(ttl_ms, now_ms)),
             };
             let next = current.checked_add(by).ok_or(CacheError::IncrementOverflow)?;
-            let new = encode(expiry, next.to_string().as_bytes());
+            let new = prefixed(expiry, next.to_string().as_bytes());
             let old_size = old.as_ref().map_or(0, |o| size_of(&fk, o));
             self.inner.make_room(size_of(&fk, &new) - old_size, now_ms)?;
             if self.inner.entries.compare_and_swap(&fk, old.as_ref(), Some(new.as_slice()))?.is_ok() {
@@ -456,7 +451,7 @@ impl Namespace {
     ) -> Result<Option<Vec<u8>>, CacheError> {
         let fk = self.full_key(key)?;
         self.check_value(value)?;
-        let new = encode(expiry_for(ttl_ms, now_ms), value);
+        let new = prefixed(expiry_for(ttl_ms, now_ms), value);
         loop {
             let old = self.inner.entries.get(&fk)?;
             if let Some(raw) = &old
