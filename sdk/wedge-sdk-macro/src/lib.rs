@@ -22,15 +22,7 @@ use syn::{FnArg, ItemFn, parse_macro_input};
 /// ```
 #[proc_macro_attribute]
 pub fn http_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
-    if !attr.is_empty() {
-        let attr = proc_macro2::TokenStream::from(attr);
-        return syn::Error::new(attr.span(), "#[http_handler] takes no arguments").to_compile_error().into();
-    }
-    let function = parse_macro_input!(item as ItemFn);
-    match expand(&function) {
-        Ok(tokens) => tokens.into(),
-        Err(e) => e.to_compile_error().into(),
-    }
+    attribute("http_handler", attr, item, expand)
 }
 
 /// Exports a function as the component's `wedge:function/job` (world
@@ -52,12 +44,23 @@ pub fn http_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// ```
 #[proc_macro_attribute]
 pub fn job_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
+    attribute("job_handler", attr, item, expand_job)
+}
+
+/// What both attributes do: refuse arguments, parse the function, expand it with
+/// `expand`, and turn any error into a compile error at its span.
+fn attribute(
+    name: &str,
+    attr: TokenStream,
+    item: TokenStream,
+    expand: fn(&ItemFn) -> syn::Result<proc_macro2::TokenStream>,
+) -> TokenStream {
     if !attr.is_empty() {
         let attr = proc_macro2::TokenStream::from(attr);
-        return syn::Error::new(attr.span(), "#[job_handler] takes no arguments").to_compile_error().into();
+        return syn::Error::new(attr.span(), format!("#[{name}] takes no arguments")).to_compile_error().into();
     }
     let function = parse_macro_input!(item as ItemFn);
-    match expand_job(&function) {
+    match expand(&function) {
         Ok(tokens) => tokens.into(),
         Err(e) => e.to_compile_error().into(),
     }
