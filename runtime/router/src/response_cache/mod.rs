@@ -36,7 +36,7 @@ use http_body_util::{BodyExt, Full};
 use wedge_host::ResponseBody;
 
 use policy::{RequestClass, classify_request, storable};
-use store::{NewEntry, ResponseStore, StoreConfig, StoreStats, UrlKey};
+use store::{NewEntry, ResponseStore, StoreStats, UrlKey};
 
 /// `x-wedge-cache`: what the response cache did with a request.
 pub const CACHE_STATUS_HEADER: HeaderName = HeaderName::from_static("x-wedge-cache");
@@ -119,10 +119,7 @@ impl ResponseCache {
     /// A cache with these bounds, or `None` when they turn it off.
     pub(crate) fn new(config: ResponseCacheConfig) -> Option<Arc<Self>> {
         config.is_enabled().then(|| {
-            let store = ResponseStore::new(StoreConfig {
-                bytes_max: config.bytes_max,
-                entry_bytes_max: config.entry_bytes_max,
-            });
+            let store = ResponseStore::new(config);
             Arc::new(Self { config, store: Mutex::new(store) })
         })
     }

@@ -79,13 +79,17 @@ impl CacheControl {
         for value in headers.get_all(header::CACHE_CONTROL) {
             let Ok(text) = value.to_str() else { continue };
             for (name, value) in directives(text) {
-                match name.to_ascii_lowercase().as_str() {
-                    "no-store" => parsed.no_store = true,
-                    "no-cache" => parsed.no_cache = true,
-                    "private" => parsed.private = true,
-                    "max-age" => parsed.max_age.record(value),
-                    "s-maxage" => parsed.s_maxage.record(value),
-                    _ => {}
+                let is = |directive: &str| name.eq_ignore_ascii_case(directive);
+                if is("no-store") {
+                    parsed.no_store = true;
+                } else if is("no-cache") {
+                    parsed.no_cache = true;
+                } else if is("private") {
+                    parsed.private = true;
+                } else if is("max-age") {
+                    parsed.max_age.record(value);
+                } else if is("s-maxage") {
+                    parsed.s_maxage.record(value);
                 }
             }
         }
@@ -96,7 +100,7 @@ impl CacheControl {
 /// Splits a `Cache-Control` value into `(name, value)` pairs; a quoted value
 /// comes back without its quotes and with `\x` escapes resolved only as far
 /// as dropping the backslash.
-fn directives(text: &str) -> Vec<(String, Option<&str>)> {
+fn directives(text: &str) -> Vec<(&str, Option<&str>)> {
     let mut out = Vec::new();
     let mut rest = text;
     loop {
@@ -105,7 +109,7 @@ fn directives(text: &str) -> Vec<(String, Option<&str>)> {
             return out;
         }
         let name_end = rest.find(['=', ',']).unwrap_or(rest.len());
-        let name = rest[..name_end].trim().to_string();
+        let name = rest[..name_end].trim();
         rest = &rest[name_end..];
         let value = if let Some(after_equals) = rest.strip_prefix('=') {
             let after_equals = after_equals.trim_start();

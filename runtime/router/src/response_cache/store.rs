@@ -9,8 +9,8 @@
 //!
 //! Bounds: every entry is charged its body, its header names and values,
 //! its key and [`ENTRY_OVERHEAD_BYTES`]. An entry over
-//! [`StoreConfig::entry_bytes_max`] is refused; inserting past
-//! [`StoreConfig::bytes_max`] first drops expired entries, then the least
+//! [`ResponseCacheConfig::entry_bytes_max`] is refused; inserting past
+//! [`ResponseCacheConfig::bytes_max`] first drops expired entries, then the least
 //! recently used ones, until the new entry fits. An expired entry is never
 //! returned and is dropped when a lookup finds it.
 //!
@@ -27,18 +27,11 @@ use bytes::Bytes;
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
+use super::ResponseCacheConfig;
+
 /// What an entry costs beyond its bytes (maps, counters, allocations): a
 /// round, deliberately generous figure so the cap bounds real memory.
 pub const ENTRY_OVERHEAD_BYTES: usize = 256;
-
-/// Bounds of the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreConfig {
-    /// Most bytes all entries together may cost.
-    pub bytes_max: usize,
-    /// Most bytes one entry may cost; a larger answer passes through unstored.
-    pub entry_bytes_max: usize,
-}
 
 /// A URL as the cache keys it: the request's authority (lowercase) and its
 /// path with query.
@@ -171,7 +164,7 @@ struct Variants {
 
 /// The store; see the module docs.
 pub struct ResponseStore {
-    config: StoreConfig,
+    config: ResponseCacheConfig,
     urls: HashMap<UrlKey, Variants>,
     entries: HashMap<EntryId, Entry>,
     /// Least recently used first.
@@ -188,7 +181,7 @@ pub struct ResponseStore {
 
 impl ResponseStore {
     /// An empty store with these bounds.
-    pub fn new(config: StoreConfig) -> Self {
+    pub fn new(config: ResponseCacheConfig) -> Self {
         Self {
             config,
             urls: HashMap::new(),
@@ -383,7 +376,7 @@ mod tests {
     }
 
     fn store(bytes_max: usize) -> ResponseStore {
-        ResponseStore::new(StoreConfig { bytes_max, entry_bytes_max: bytes_max })
+        ResponseStore::new(ResponseCacheConfig { bytes_max, entry_bytes_max: bytes_max })
     }
 
     fn body_at(store: &mut ResponseStore, now: Instant, path: &str, request: &HeaderMap) -> Option<String> {
@@ -504,7 +497,7 @@ mod tests {
     fn an_entry_over_its_cap_is_refused_and_changes_nothing() {
         let t0 = Instant::now();
         let none = HeaderMap::new();
-        let mut s = ResponseStore::new(StoreConfig { bytes_max: 16 * KIB, entry_bytes_max: 2 * KIB });
+        let mut s = ResponseStore::new(ResponseCacheConfig { bytes_max: 16 * KIB, entry_bytes_max: 2 * KIB });
         s.insert(t0, 0, url("/small"), &none, answer("s", 60)).unwrap();
         let before = s.stats();
         let error = s.insert(t0, 0, url("/big"), &none, answer(&"x".repeat(2 * KIB), 60)).unwrap_err();
