@@ -12,6 +12,8 @@
 //! component = "target/wasm/hello.wasm"
 //! routes = ["/hello", "api.example.com/hello"]   # optional; defaults to /<name>
 //! allowed_outbound_hosts = ["api.example.com"]
+//! cache = "pages"                # optional: a cache namespace shared with the functions naming it
+//!                                # (default: the function's own name, seen by no other function)
 //! [function.limits]              # all optional; unset ones take the node defaults
 //! memory = "64MiB"
 //! timeout = "5s"
@@ -90,6 +92,9 @@ pub fn deployment(function: &FunctionConfig) -> anyhow::Result<Deployment> {
     let limits = limits_spec(&function.limits).map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
     function.replicas.resolve().map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
     let queue = queue_binding(function).map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
+    if let Some(namespace) = &function.cache {
+        check_cache_namespace(namespace).map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
+    }
     Ok(Deployment {
         name,
         component: function.component.clone(),
@@ -102,7 +107,18 @@ pub fn deployment(function: &FunctionConfig) -> anyhow::Result<Deployment> {
             allowed_outbound_hosts: function.allowed_outbound_hosts.clone(),
             replicas: function.replicas,
             queue,
+            cache: function.cache.clone(),
         },
+    })
+}
+
+/// A cache namespace is a DNS label, like a function name (the host's check,
+/// with the words changed to say which setting is wrong).
+fn check_cache_namespace(namespace: &str) -> Result<(), String> {
+    wedge_host::validate_name(namespace).map_err(|_| {
+        format!(
+            "cache namespace {namespace:?}: use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+        )
     })
 }
 
@@ -266,6 +282,20 @@ mod tests {
             let error = load(&write(dir.path(), &text)).unwrap_err().to_string();
             assert!(error.contains(needle), "{keys:?}: {error}");
         }
+    }
+
+    #[test]
+    fn a_cache_namespace_is_passed_on_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let text =
+            "[[function]]\ncomponent = \"api.wasm\"\ncache = \"thumbnails\"\n[[function]]\ncomponent = \"web.wasm\"\n";
+        let deployments = load(&write(dir.path(), text)).unwrap();
+        assert_eq!(deployments[0].spec.cache.as_deref(), Some("thumbnails"));
+        assert_eq!(deployments[1].spec.cache, None);
+        let error = load(&write(dir.path(), "[[function]]\ncomponent = \"a.wasm\"\ncache = \"Thumbs\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("a.wasm: cache namespace \"Thumbs\": use 1-63 characters"), "{error}");
     }
 
     #[test]

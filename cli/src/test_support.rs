@@ -20,5 +20,6 @@ pub fn version_record(function: &str, version: u64) -> VersionRecord {
         created_unix_ms: 0,
         replicas: Default::default(),
         queue: None,
+        cache: None,
     }
 }

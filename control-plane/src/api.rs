@@ -215,6 +215,11 @@ pub struct DeploySpec {
     /// The job queue this function handles (`wedge deploy --queue`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueBinding>,
+    /// The namespace of the node cache it uses (`wedge deploy --cache`):
+    /// functions naming the same one share its entries on each node. `None`
+    /// is the function's own name (see `wedge_host::FunctionSpec::cache_namespace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
 }
 
 /// A function bound to a job queue as its handler, with the queue's
@@ -295,6 +300,10 @@ pub struct VersionRecord {
     /// The job queue it handles, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueBinding>,
+    /// The shared cache namespace it uses; `None` is its own name.
+    /// (Records stored before namespaces existed have none.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
 }
 
 /// One function, as `wedge ls` shows it.
@@ -886,6 +895,7 @@ impl DeploySpec {
             config: self.config.clone(),
             env: self.env.clone(),
             allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+            cache_namespace: self.cache.clone(),
         }
     }
 }
@@ -899,6 +909,7 @@ impl VersionRecord {
             config: self.config.clone(),
             env: self.env.clone(),
             allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+            cache_namespace: self.cache.clone(),
         }
     }
 }
@@ -916,5 +927,18 @@ mod tests {
         assert!(!is_sha256_hex(&"zz".repeat(32)));
         assert!(!is_sha256_hex(""));
         assert!(!is_sha256_hex(&format!("{}é", "a".repeat(62))));
+    }
+
+    #[test]
+    fn a_version_stored_before_cache_namespaces_loads_without_one() {
+        let stored = r#"{"function":"hello","version":1,"artifact":"ab","artifact_bytes":3,"routes":["/hello"],
+            "limits":{},"config":{},"env":{},"allowed_outbound_hosts":[],"created_unix_ms":5}"#;
+        let record: VersionRecord = serde_json::from_str(stored).unwrap();
+        assert_eq!(record.cache, None);
+        assert_eq!(record.function_spec().cache_namespace(), "hello");
+        let shared = VersionRecord { cache: Some("thumbnails".into()), ..record };
+        let json = serde_json::to_string(&shared).unwrap();
+        assert!(json.contains(r#""cache":"thumbnails""#), "{json}");
+        assert_eq!(shared.function_spec().cache_namespace(), "thumbnails");
     }
 }

@@ -194,6 +194,7 @@ mod tests {
             created_unix_ms: 1,
             replicas: ReplicasSpec { min: Some(min), max: None },
             queue: None,
+            cache: None,
         }
     }
 

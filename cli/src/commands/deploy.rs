@@ -74,6 +74,13 @@ pub struct DeployArgs {
     #[arg(long, value_parser = super::values::duration, value_name = "DURATION", requires = "queue")]
     queue_visibility_timeout: Option<String>,
 
+    /// Use this namespace of each node's cache (`wedge_sdk::cache`) instead
+    /// of one of the function's own: functions deployed with the same
+    /// --cache NAME share their entries on each node (an HTTP function
+    /// reading what a job function stored). 1-63 of a-z, 0-9, '-'.
+    #[arg(long, value_name = "NAME")]
+    cache: Option<String>,
+
     #[command(flatten)]
     connection: ConnectionArgs,
 
@@ -142,6 +149,7 @@ impl DeployArgs {
             function.queue_max_attempts = self.queue_max_attempts;
             function.queue_concurrency = self.queue_concurrency;
             function.queue_visibility_timeout.clone_from(&self.queue_visibility_timeout);
+            function.cache.clone_from(&self.cache);
             return Ok((manifest::plan(&[function])?, false));
         }
         if self.name.is_some()
@@ -150,10 +158,11 @@ impl DeployArgs {
             || self.min_replicas.is_some()
             || self.max_replicas.is_some()
             || self.queue.is_some()
+            || self.cache.is_some()
         {
             bail!(
-                "--name, --route, --env, --set, --allow-outbound, --queue, replicas and limits apply to a component named on \
-                 the command line; for a manifest, put them in the file"
+                "--name, --route, --env, --set, --allow-outbound, --queue, --cache, replicas and limits apply to a \
+                 component named on the command line; for a manifest, put them in the file"
             );
         }
         let path = self.manifest.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_MANIFEST));

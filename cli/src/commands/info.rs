@@ -1,6 +1,7 @@
 //! `wedge info`: one function in detail: its active version's routes,
 //! artifact, limits, config and outbound hosts, the job queue it handles,
-//! and which nodes serve it or failed to load it.
+//! the shared cache namespace it uses, and which nodes serve it or failed
+//! to load it.
 
 use clap::Args;
 use wedge_control::api::{FunctionInfo, LimitsSpec};
@@ -90,6 +91,10 @@ pub fn render(info: &FunctionInfo) -> String {
         );
         lines.insert(lines.len() - 1, ("queue", text));
     }
+    if let Some(namespace) = &active.cache {
+        lines
+            .insert(lines.len() - 1, ("cache", format!("namespace {namespace} (shared with the functions naming it)")));
+    }
     for failure in &info.failing_nodes {
         lines.push(("failing", format!("{} (version {}): {}", failure.node, failure.version, failure.error)));
     }
@@ -110,6 +115,7 @@ mod tests {
             limits: LimitsSpec { timeout_ms: Some(5000), ..Default::default() },
             config: [("greeting".to_string(), "hi".to_string())].into(),
             env: [("SECRET".to_string(), "hunter2".to_string())].into(),
+            cache: Some("pages".into()),
             ..crate::test_support::version_record("hello", 2)
         };
         let info = FunctionInfo {
@@ -137,6 +143,7 @@ mod tests {
         assert!(text.contains("config:   greeting=hi\n"), "{text}");
         assert!(text.contains("env:      SECRET\n") && !text.contains("hunter2"), "{text}");
         assert!(text.contains("outbound: none\n"), "{text}");
+        assert!(text.contains("cache:    namespace pages (shared with the functions naming it)\nserving:"), "{text}");
         assert!(text.contains("artifact: sha256 abab"), "{text}");
         assert!(text.contains("failing:  node-b (version 2): out of memory\n"), "{text}");
     }

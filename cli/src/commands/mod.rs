@@ -245,6 +245,7 @@ pub enum Command {
     ///   component = "target/wasm/hello.wasm"
     ///   routes = ["/hello"]               # default: /<name>
     ///   allowed_outbound_hosts = ["api.example.com"]
+    ///   cache = "pages"                   # cache namespace shared by the functions naming it
     ///   [function.limits]                 # memory, timeout, max_body, max_concurrency
     ///   timeout = "5s"
     ///   [function.config]                 # read with config::get

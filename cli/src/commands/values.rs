@@ -81,6 +81,7 @@ impl FunctionFlags {
             queue_max_attempts: None,
             queue_concurrency: None,
             queue_visibility_timeout: None,
+            cache: None,
         }
     }
 }

@@ -865,6 +865,7 @@ impl Store for SledStore {
             created_unix_ms: new.now_unix_ms,
             replicas: new.spec.replicas,
             queue: new.spec.queue.clone(),
+            cache: new.spec.cache.clone(),
         };
         let function =
             FunctionRecord { active_version: version, latest_version: version, updated_unix_ms: new.now_unix_ms };

@@ -35,8 +35,9 @@ pub struct HostConfig {
     /// them in the process log only.
     pub log_sink: Option<GuestLogSink>,
     /// The node's key-value cache (`wedge:function/cache`), shared by every
-    /// function, each in the namespace of its name (so versions of a
-    /// function share entries and functions never see each other's).
+    /// function, each in its [namespace](FunctionSpec::cache_namespace): by
+    /// default its own name (so versions of a function share entries and
+    /// functions never see each other's), or a name several functions share.
     /// `None`: cache calls fail with a `storage` error saying so.
     pub function_cache: Option<wedge_cache::Cache>,
     /// How `wedge:function/queue` sends reach the node's queues (see
@@ -113,6 +114,12 @@ pub struct FunctionSpec {
     pub env: BTreeMap<String, String>,
     /// Hosts the guest may call over HTTP; empty means none.
     pub allowed_outbound_hosts: Vec<String>,
+    /// The namespace of the node cache the guest's `wedge:function/cache`
+    /// calls use. `None`: the function's own name, so only its versions see
+    /// its entries. Functions given the same name share one store (an HTTP
+    /// function reading what a job function wrote); it is a DNS label like a
+    /// function name, and a function's own name is a namespace like any other.
+    pub cache_namespace: Option<String>,
 }
 
 impl FunctionSpec {
@@ -125,15 +132,29 @@ impl FunctionSpec {
             config: BTreeMap::new(),
             env: BTreeMap::new(),
             allowed_outbound_hosts: Vec::new(),
+            cache_namespace: None,
         }
     }
 
-    /// Checks the spec is one `host` can serve (name, limits within the
-    /// host's, environment names, outbound allow-list), without compiling.
+    /// The namespace of the node cache this function uses (see the field).
+    pub fn cache_namespace(&self) -> &str {
+        self.cache_namespace.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Checks the spec is one `host` can serve (name, cache namespace,
+    /// limits within the host's, environment names, outbound allow-list),
+    /// without compiling.
     pub fn validate(&self, host: &HostConfig) -> Result<(), LoadError> {
         validate_name(&self.name)?;
         let limits = &self.limits;
         let invalid = |reason: String| Err(LoadError::InvalidSpec { name: self.name.clone(), reason });
+        if let Some(namespace) = &self.cache_namespace
+            && !is_dns_label(namespace)
+        {
+            return invalid(format!(
+                "cache namespace {namespace:?}: use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+            ));
+        }
         if limits.memory_bytes_max < MIB {
             return invalid("memory limit must be at least 1 MiB".into());
         }
@@ -173,12 +194,7 @@ impl FunctionSpec {
 /// Names are DNS labels: 1–63 of `a-z`, `0-9`, `-`, not starting or ending
 /// with `-`. They appear in URLs, logs and metric labels.
 pub fn validate_name(name: &str) -> Result<(), LoadError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if is_dns_label(name) {
         Ok(())
     } else {
         Err(LoadError::InvalidSpec {
@@ -187,6 +203,15 @@ pub fn validate_name(name: &str) -> Result<(), LoadError> {
                 .into(),
         })
     }
+}
+
+/// 1–63 of `a-z`, `0-9`, `-`, not starting or ending with `-`.
+fn is_dns_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 63
+        && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-')
 }
 
 #[cfg(test)]
@@ -212,6 +237,21 @@ mod tests {
         assert!(err.contains("per-instance maximum"), "{err}");
         spec.limits.memory_bytes_max = 64 * MIB;
         assert!(spec.validate(&host).is_ok());
+    }
+
+    #[test]
+    fn cache_namespace_defaults_to_the_name_and_must_be_a_dns_label() {
+        let host = HostConfig::default();
+        let mut spec = FunctionSpec::new("api");
+        assert_eq!(spec.cache_namespace(), "api");
+        spec.cache_namespace = Some("thumbnails".into());
+        assert_eq!(spec.cache_namespace(), "thumbnails");
+        assert!(spec.validate(&host).is_ok());
+        for bad in ["", "Thumbs", "a_b", "-x", &"a".repeat(64)] {
+            spec.cache_namespace = Some(bad.into());
+            let err = spec.validate(&host).unwrap_err().to_string();
+            assert!(err.contains("cache namespace"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! component = "hello.wasm"       # relative to this file
 //! routes = ["/hello", "api.example.com/hello"]
 //! allowed_outbound_hosts = ["api.example.com", "127.0.0.1:9000"]
+//! cache = "shared"               # optional: the cache namespace; defaults to the name
 //! [function.limits]              # all optional
 //! memory = "64MiB"
 //! timeout = "2s"
@@ -111,6 +112,11 @@ pub struct FunctionConfig {
     /// How long a job's lease lasts unless renewed, e.g. `30s`.
     #[serde(default)]
     pub queue_visibility_timeout: Option<String>,
+    /// The node-cache namespace the function uses (`cache = "thumbnails"`);
+    /// functions naming the same one share its entries. Default: the
+    /// function's own name.
+    #[serde(default)]
+    pub cache: Option<String>,
 }
 
 /// Limits as written in TOML or on the command line.
@@ -191,6 +197,7 @@ impl NodeConfig {
                 config: function.config.clone(),
                 env: function.env.clone(),
                 allowed_outbound_hosts: function.allowed_outbound_hosts.clone(),
+                cache_namespace: function.cache.clone(),
             };
             loaded.push(LoadedFunction { spec, routes, source });
         }
@@ -215,6 +222,7 @@ mod tests {
             component = "hello.wasm"
             routes = ["/hello"]
             allowed_outbound_hosts = ["127.0.0.1:9000"]
+            cache = "shared"
             [function.limits]
             memory = "64MiB"
             timeout = "2s"
@@ -233,6 +241,7 @@ mod tests {
         assert_eq!(loaded[0].spec.limits.memory_bytes_max, 64 << 20);
         assert_eq!(loaded[0].spec.limits.timeout, std::time::Duration::from_secs(2));
         assert_eq!(loaded[0].spec.config["greeting"], "hi");
+        assert_eq!(loaded[0].spec.cache_namespace(), "shared");
     }
 
     #[test]

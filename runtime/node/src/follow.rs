@@ -1011,6 +1011,7 @@ mod tests {
             created_unix_ms: 1,
             replicas: Default::default(),
             queue: None,
+            cache: None,
         }
     }
 

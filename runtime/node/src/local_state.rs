@@ -193,6 +193,7 @@ mod tests {
             created_unix_ms: 1,
             replicas: Default::default(),
             queue: None,
+            cache: None,
         }
     }
 
