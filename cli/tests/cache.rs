@@ -1,8 +1,10 @@
 //! The functions' cache (`wedge:function/cache`) as a function sees it, with
 //! real `wedge` processes and real HTTP, through `test-guests/guest-cache`
 //! (`/get`, `/set`, `/incr`, `/delete`, `/set-if-absent`): TTL expiry on the
-//! wall clock, isolation between functions, what survives a node restart,
-//! 1,000 concurrent increments, and refused input that changes nothing.
+//! wall clock, isolation between functions, a namespace shared by the
+//! functions that name it (`cache = "NAME"`, `wedge deploy --cache`) and by
+//! no other, what survives a node restart, 1,000 concurrent increments, and
+//! refused input that changes nothing.
 
 #![allow(clippy::unwrap_used)]
 
@@ -100,6 +102,36 @@ fn functions_never_see_each_others_keys() {
     assert_eq!(get(&b("get?key=shared")).status, 404);
     assert_eq!(get(&a("get?key=shared")).body, "from a", "b's delete reached a");
     assert_eq!(post(&b("delete?key=shared"), b"").body, "false\n");
+}
+
+#[test]
+fn functions_naming_one_cache_namespace_share_it_and_no_other_function_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let functions = dir.path().join("functions.toml");
+    let path = wasm("guest-cache");
+    let entry = |name: &str, cache: &str| {
+        format!("[[function]]\nname = \"{name}\"\ncomponent = {path:?}\nroutes = [\"/{name}\"]\n{cache}\n")
+    };
+    let text = [entry("writer", "cache = \"shared\""), entry("reader", "cache = \"shared\""), entry("other", "")];
+    std::fs::write(&functions, text.concat()).unwrap();
+    let server = Server::start(&["--config", functions.to_str().unwrap()]);
+    let at = |function: &str, path: &str| server.url(&format!("/{function}/{path}"));
+
+    assert_eq!(post(&at("writer", "set?key=result"), b"made by writer").status, 200);
+    assert_eq!(get(&at("reader", "get?key=result")).body, "made by writer");
+    assert_eq!(post(&at("reader", "incr?key=n&by=2"), b"").body, "2\n");
+    assert_eq!(post(&at("writer", "incr?key=n&by=3"), b"").body, "5\n", "one counter for both");
+    assert_eq!(get(&at("other", "get?key=result")).status, 404, "a function outside the namespace sees it");
+    assert_eq!(post(&at("other", "incr?key=n"), b"").body, "1\n");
+    assert_eq!(post(&at("reader", "delete?key=result"), b"").body, "true\n");
+    assert_eq!(get(&at("writer", "get?key=result")).status, 404, "the reader's delete reached the writer");
+
+    // A namespace that is not a DNS label stops `wedge serve` with the reason.
+    std::fs::write(&functions, entry("bad", "cache = \"Not_A_Label\"")).unwrap();
+    let refused = common::wedge(&["serve", "--config", functions.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("cache namespace \"Not_A_Label\""), "{stderr}");
 }
 
 #[test]

@@ -213,6 +213,14 @@ fn bad_uploads_are_refused_and_change_nothing() {
         ("duplicate route", "x", json!({"routes": ["/a", "/a/"]}), Some(hello.clone()), 400, "twice"),
         ("unknown field", "x", json!({"routes": ["/x"], "rout": 1}), Some(hello.clone()), 400, "unknown field"),
         (
+            "bad cache namespace",
+            "x",
+            json!({"routes": ["/x"], "cache": "Not_A_Label"}),
+            Some(hello.clone()),
+            400,
+            "cache namespace \"Not_A_Label\"",
+        ),
+        (
             "zero timeout",
             "x",
             json!({"routes": ["/x"], "limits": {"timeout_ms": 0}}),
