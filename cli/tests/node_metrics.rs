@@ -2,7 +2,10 @@
 //! control plane, `wedge node`s with an admin listener, guests deployed with
 //! the CLI, plain HTTP clients. Known traffic must move the scraped counters
 //! and histograms by exactly its amounts; a request forwarded from one node
-//! to the other carries its id into the logs of both.
+//! to the other carries its id into the logs of both. Known jobs (`guest-job`
+//! on a queue, sent through `guest-queue-send` on both nodes of a cluster)
+//! show with their exact counts on the queue's primary only, and as runs by
+//! outcome on the nodes that ran them.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,6 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{NodeCommand, Server, get, send, start_control, wait_until, wasm};
+use wedge_node::jobs::QueueView;
 
 const TOKEN: &str = "test-token-node-metrics-0123456789";
 const NODE_TOKEN: &str = "test-node-token-node-metrics-9876543210";
@@ -56,6 +60,11 @@ impl Scrape {
     /// How much the sample grew since `before`.
     fn delta(&self, before: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.value(name, labels) - before.value(name, labels)
+    }
+
+    /// Whether any sample has the label `key`.
+    fn has_label(&self, key: &str) -> bool {
+        self.0.keys().any(|(_, labels)| labels.iter().any(|(k, _)| k == key))
     }
 
     /// Every sample of `name` whose labels include `labels`.
@@ -357,4 +366,107 @@ fn a_forwarded_request_keeps_its_id_in_the_logs_of_both_nodes_and_counts_on_each
         (&"local".into(), &"hello".into(), &200.into())
     );
     assert!(front_line["elapsed_us"].as_u64().is_some(), "{front_line}");
+}
+
+/// `n`'s role for queue `work`, as its admin listener shows it.
+fn role_of_work(node: &Node) -> Option<String> {
+    let reply = get(&format!("{}/v1/queues", node.admin));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let views: Vec<QueueView> = serde_json::from_str(&reply.body).unwrap();
+    views.into_iter().find(|view| view.queue == "work").map(|view| view.role)
+}
+
+/// Sends `payload` to queue `work` with idempotency key `key` (and `extra` query
+/// parameters) through `node`'s `guest-queue-send`, resending until it is acknowledged:
+/// the key makes a resend answer the first job, never a second one.
+fn send_job(node: &Node, key: &str, extra: &str, payload: &str) {
+    let url = node.url(&format!("/send?queue=work&key={key}{extra}"));
+    wait_until(SOON, &format!("job {key} acknowledged"), || send("POST", &url, &[], payload.as_bytes()).status == 202);
+}
+
+#[test]
+fn known_jobs_show_on_the_queue_primary_and_as_runs_on_the_nodes_that_ran_them() {
+    let dirs = tempfile::tempdir().unwrap();
+    let cluster = dirs.path().join("cluster");
+    common::init_cluster(&cluster);
+    let control = start_control(&dirs.path().join("control"), TOKEN, NODE_TOKEN);
+    let in_cluster = |name: &str, site: &str| {
+        NodeCommand::new(name, &control.url(""), &dirs.path().join(name), NODE_TOKEN).in_cluster(&cluster, site, 2)
+    };
+    let first = node(in_cluster("n1", "east"));
+    let second = node(in_cluster("n2", "west").join(Some(first.server.gossip_addr())));
+    let job = wasm("guest-job");
+    wedge(
+        &control,
+        &["deploy", job.to_str().unwrap(), "--name", "worker", "--queue", "work", "--queue-max-attempts", "3"],
+    );
+    deploy(&control, "guest-queue-send", "sender", "/send", &[]);
+    wait_until(SOON, "queue work has a primary and a backup", || {
+        let mut roles = [role_of_work(&first), role_of_work(&second)];
+        roles.sort();
+        roles == [Some("backup".to_string()), Some("primary".to_string())]
+    });
+    let (primary, backup) =
+        if role_of_work(&first).as_deref() == Some("primary") { (&first, &second) } else { (&second, &first) };
+    let nodes = [&first, &second];
+
+    // 5 jobs that succeed, 2 that fail every attempt (3 each), 1 delayed past the test's
+    // end, sent through both nodes.
+    let (succeeding, poison) = (5, 2);
+    let sent_at = std::time::Instant::now();
+    for i in 0..succeeding {
+        send_job(nodes[i % 2], &format!("ok-{i}"), "", r#"{"do":"succeed"}"#);
+    }
+    for i in 0..poison {
+        send_job(nodes[i % 2], &format!("poison-{i}"), "", r#"{"do":"fail","message":"poison"}"#);
+    }
+    send_job(backup, "later", "&delay_ms=600000", r#"{"do":"succeed"}"#);
+    // Bad sends are refused and add nothing: an unknown queue, a delay over the maximum.
+    let unknown = send("POST", &primary.url("/send?queue=nope"), &[], br#"{"do":"succeed"}"#);
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    let too_late = send("POST", &backup.url("/send?queue=work&delay_ms=99999999999"), &[], br#"{"do":"succeed"}"#);
+    assert_eq!(too_late.status, 400, "{too_late:?}");
+
+    let queue = |scrape: &Scrape, name: &str| scrape.value(name, &[("queue", "work")]);
+    let jobs = |scrape: &Scrape, state: &str| scrape.value("wedge_queue_jobs", &[("queue", "work"), ("state", state)]);
+    wait_until(SOON, "every job ran its attempts", || {
+        let scrape = primary.scrape();
+        queue(&scrape, "wedge_queue_completed_total") == succeeding as f64
+            && jobs(&scrape, "dead") == poison as f64
+            && jobs(&scrape, "in_flight") == 0.0
+    });
+    let scrape = primary.scrape();
+    assert_eq!(
+        ["ready", "delayed", "in_flight", "dead"].map(|state| jobs(&scrape, state)),
+        [0.0, 1.0, 0.0, poison as f64]
+    );
+    assert_eq!(queue(&scrape, "wedge_queue_completed_total"), succeeding as f64);
+    assert_eq!(queue(&scrape, "wedge_queue_failed_attempts_total"), (3 * poison) as f64);
+    assert_eq!(queue(&scrape, "wedge_queue_dead_lettered_total"), poison as f64);
+    // The only job not dead is the delayed one: its age counts from its send.
+    let oldest = queue(&scrape, "wedge_queue_oldest_age_seconds");
+    assert!(oldest > 0.0 && oldest <= sent_at.elapsed().as_secs_f64(), "oldest job {oldest} s old");
+    // Nothing of the unknown queue, and nothing at all on the backup: its copy of the
+    // same jobs would count them twice.
+    assert!(!scrape.0.keys().any(|(_, labels)| labels.iter().any(|(_, v)| v == "nope")), "{scrape:?}");
+    assert!(!backup.scrape().has_label("queue"), "{:?}", backup.scrape());
+
+    // Runs, summed over the nodes that ran them.
+    let scrapes = nodes.map(|node| node.scrape());
+    let runs = |outcome: &str| -> f64 {
+        scrapes
+            .iter()
+            .map(|s| s.value("wedge_function_jobs_total", &[("function", "worker"), ("outcome", outcome)]))
+            .sum()
+    };
+    assert_eq!(
+        ["succeeded", "failed", "trapped", "refused"].map(runs),
+        [succeeding as f64, (3 * poison) as f64, 0.0, 0.0]
+    );
+    let timed: f64 =
+        scrapes.iter().map(|s| s.value("wedge_function_job_duration_seconds_count", &[("function", "worker")])).sum();
+    assert_eq!(timed, (succeeding + 3 * poison) as f64);
+    for scrape in &scrapes {
+        assert_eq!(scrape.find("wedge_function_jobs_total", &[("function", "sender"), ("outcome", "succeeded")]), None);
+    }
 }

@@ -65,7 +65,7 @@ use crate::control_client::ControlClient;
 use crate::function_cache::NodeCache;
 use crate::jobs::{NodeQueueSender, Queues};
 use crate::local_state::LocalState;
-use crate::metrics::{Compilations, NodeMetrics};
+use crate::metrics::{Compilations, JobFunctions, NodeMetrics};
 
 /// Guest lines buffered between reports; beyond it, lines are dropped.
 const LOG_LINES_BUFFERED_MAX: usize = 10_000;
@@ -242,6 +242,7 @@ impl FollowingNode {
         let serving = Arc::new(Mutex::new(Serving::default()));
         let placements = Arc::new(PlacementBook::default());
         let compilations = Arc::new(Compilations::default());
+        let job_functions = Arc::new(JobFunctions::default());
         let mut applier = Applier {
             host,
             local,
@@ -253,6 +254,7 @@ impl FollowingNode {
             saved: None,
             serving: Arc::clone(&serving),
             compilations: Arc::clone(&compilations),
+            job_functions: Arc::clone(&job_functions),
             queues: Arc::clone(&queues),
             queues_served: BTreeMap::new(),
         };
@@ -298,6 +300,8 @@ impl FollowingNode {
             agent.clone(),
             cache.cache().clone(),
             compilations,
+            Arc::clone(&queues),
+            job_functions,
         ));
         Ok(Self {
             local_addr,
@@ -476,6 +480,8 @@ struct Applier {
     serving: Arc<Mutex<Serving>>,
     /// Counts each function's compilations, for `/metrics`.
     compilations: Arc<Compilations>,
+    /// The job functions loaded here, for `/metrics` (they have no routes).
+    job_functions: Arc<JobFunctions>,
     /// Takes the queues' roles and the job functions loaded here.
     queues: Arc<Queues>,
     /// The queue assignments applied (saved with the served state, so a restart
@@ -634,11 +640,15 @@ impl Applier {
         }
         self.placements.set(desired.placements.clone());
         self.ingress.set_routes(table);
-        let here = next.iter().filter_map(|(name, (_, placed))| match placed {
-            Placed::Here(function) => Some((name.clone(), function.clone())),
-            Placed::Elsewhere => None,
-        });
-        self.queues.set_functions(here.collect());
+        let here: BTreeMap<String, Function> = next
+            .iter()
+            .filter_map(|(name, (_, placed))| match placed {
+                Placed::Here(function) => Some((name.clone(), function.clone())),
+                Placed::Elsewhere => None,
+            })
+            .collect();
+        self.job_functions.set(&here);
+        self.queues.set_functions(here);
         self.queues.assign(desired.queues.clone()).await;
         self.queues_served = desired.queues.clone();
         // After the swap: the response cache refuses what the replaced

@@ -3,14 +3,19 @@
 //! latency, in flight, instances, compilations, traps by kind, body bytes, function-cache
 //! hits and misses), the router (requests by how they were served, forward retries and
 //! failures, the response cache), the function cache (evictions by reason, bytes) and the
-//! cluster (this node's name and site, members by site and state, suspicions, gossip bytes).
+//! cluster (this node's name and site, members by site and state, suspicions, gossip bytes),
+//! and jobs: the queues this node is the primary of (jobs by state, the oldest one's age,
+//! completions, failed attempts, dead letters; read from [`Queues::views`], so a backup's
+//! copy is never counted twice) and the job functions loaded here (runs by outcome, run
+//! time).
 //!
 //! The libraries keep plain counters; at each scrape [`NodeMetrics::snapshot`] reads them
 //! into a [`NodeSnapshot`] and [`encode`] writes it through a `prometheus-client`
 //! [`Collector`], so nothing is copied between scrapes. Per-function families list the
 //! functions that run here now: one no longer served disappears (bounded cardinality).
 //! Compilations are counted by the follower as it loads functions ([`Compilations`]),
-//! for the functions of the desired state only.
+//! for the functions of the desired state only. Job functions have no routes, so the
+//! follower also hands over the job functions it loaded ([`JobFunctions`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -22,8 +27,13 @@ use prometheus_client::registry::Registry;
 use wedge_cache::CacheStats;
 use wedge_cluster::agent::{Agent, GossipStats};
 use wedge_cluster::membership::MemberState;
-use wedge_host::{DURATION_BOUNDS_SECONDS, FunctionStatsSnapshot, StatusClass, TrapKind};
+use wedge_host::{
+    DURATION_BOUNDS_SECONDS, DurationHistogram, Function, FunctionKind, FunctionStatsSnapshot, JobOutcome,
+    JobStatsSnapshot, StatusClass, TrapKind,
+};
 use wedge_router::{ForwardStats, Ingress, IngressStats, Served, Target, response_cache::store::StoreStats};
+
+use crate::jobs::{QueueView, Queues};
 
 /// The `Content-Type` of `/metrics` (OpenMetrics text, which Prometheus reads).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -57,6 +67,35 @@ impl Compilations {
     }
 }
 
+/// The job functions loaded on this node, set by the follower as it applies a desired
+/// state (the route table, where the other functions are found, has none of them).
+#[derive(Default)]
+pub struct JobFunctions {
+    functions: Mutex<BTreeMap<String, Function>>,
+}
+
+impl std::fmt::Debug for JobFunctions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let functions = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        f.debug_struct("JobFunctions").field("functions", &functions.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl JobFunctions {
+    /// Keeps the job functions among `functions` (the functions that run here now) and
+    /// forgets the others: a function no longer loaded leaves no series.
+    pub fn set(&self, functions: &BTreeMap<String, Function>) {
+        let jobs = functions.iter().filter(|(_, function)| function.kind() == FunctionKind::JobHandler);
+        *self.functions.lock().unwrap_or_else(|p| p.into_inner()) =
+            jobs.map(|(name, function)| (name.clone(), function.clone())).collect();
+    }
+
+    fn snapshot(&self) -> BTreeMap<String, JobStatsSnapshot> {
+        let functions = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        functions.iter().map(|(name, function)| (name.clone(), function.job_stats())).collect()
+    }
+}
+
 /// What a scrape reads: the parts of a running node.
 pub struct NodeMetrics {
     node: String,
@@ -65,6 +104,8 @@ pub struct NodeMetrics {
     agent: Option<Arc<Agent>>,
     cache: wedge_cache::Cache,
     compilations: Arc<Compilations>,
+    queues: Arc<Queues>,
+    job_functions: Arc<JobFunctions>,
 }
 
 impl std::fmt::Debug for NodeMetrics {
@@ -75,6 +116,7 @@ impl std::fmt::Debug for NodeMetrics {
 
 impl NodeMetrics {
     /// Metrics of the node `node` in `site` (empty outside a cluster), read from these parts.
+    #[allow(clippy::too_many_arguments)] // every part a scrape reads, each shared with its owner
     pub fn new(
         node: String,
         site: String,
@@ -82,8 +124,10 @@ impl NodeMetrics {
         agent: Option<Arc<Agent>>,
         cache: wedge_cache::Cache,
         compilations: Arc<Compilations>,
+        queues: Arc<Queues>,
+        job_functions: Arc<JobFunctions>,
     ) -> Self {
-        Self { node, site, ingress, agent, cache, compilations }
+        Self { node, site, ingress, agent, cache, compilations, queues, job_functions }
     }
 
     /// Everything the exposition shows, read now.
@@ -126,6 +170,8 @@ impl NodeMetrics {
             response_cache: self.ingress.response_cache_stats().unwrap_or_default(),
             cache: self.cache.stats(),
             cluster,
+            queues: self.queues.views(),
+            jobs: self.job_functions.snapshot(),
         }
     }
 }
@@ -157,7 +203,7 @@ pub struct ClusterSample {
 }
 
 /// What one scrape shows.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct NodeSnapshot {
     /// This node's name.
     pub node: String,
@@ -175,6 +221,10 @@ pub struct NodeSnapshot {
     pub cache: CacheStats,
     /// Membership, in a cluster.
     pub cluster: Option<ClusterSample>,
+    /// Every queue this node holds, whatever its role (only a primary's are shown).
+    pub queues: Vec<QueueView>,
+    /// The job functions loaded here, by name.
+    pub jobs: BTreeMap<String, JobStatsSnapshot>,
 }
 
 /// The text of `/metrics` for `snapshot`.
@@ -215,6 +265,28 @@ fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) ->
     sample(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?, MetricType::Gauge, value)
 }
 
+/// A histogram family of [`DURATION_BOUNDS_SECONDS`] buckets with one sample per function.
+fn durations<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (&'a str, &'a DurationHistogram)>,
+) -> Result<(), std::fmt::Error> {
+    let mut histogram = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (function, duration) in samples {
+        let bounds = DURATION_BOUNDS_SECONDS.iter().copied().chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds.zip(duration.bucket_counts.iter().copied()).collect();
+        let labels: Labels = vec![("function", function)];
+        histogram.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+            duration.sum_seconds,
+            duration.count(),
+            &buckets,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
 /// One sample of a counter or (any other `kind`) a gauge.
 fn sample(mut metric: MetricEncoder<'_>, kind: MetricType, value: u64) -> Result<(), std::fmt::Error> {
     match kind {
@@ -241,24 +313,12 @@ impl Exposition {
                 })
             }),
         )?;
-        let mut histogram = encoder.encode_descriptor(
+        durations(
+            encoder,
             "wedge_function_request_duration_seconds",
             "From the request reaching the host to the response head",
-            None,
-            MetricType::Histogram,
+            self.running().map(|(name, stats, _)| (name, &stats.duration)),
         )?;
-        for (name, stats, _) in self.running() {
-            let duration = &stats.duration;
-            let bounds = DURATION_BOUNDS_SECONDS.iter().copied().chain([f64::INFINITY]);
-            let buckets: Vec<(f64, u64)> = bounds.zip(duration.bucket_counts.iter().copied()).collect();
-            let labels: Labels = vec![("function", name)];
-            histogram.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                duration.sum_seconds,
-                duration.count(),
-                &buckets,
-                None,
-            )?;
-        }
         family(
             encoder,
             MetricType::Gauge,
@@ -310,6 +370,76 @@ impl Exposition {
             "wedge_function_response_bytes",
             "Response body bytes the function produced",
             self.running().map(|(name, stats, _)| (vec![("function", name)], stats.response_bytes)),
+        )
+    }
+
+    /// The queues this node is the primary of: a backup holds a copy of the same jobs,
+    /// so a sum over the cluster counts each once.
+    fn primaries(&self) -> impl Iterator<Item = &QueueView> {
+        self.0.queues.iter().filter(|view| view.role == "primary")
+    }
+
+    fn encode_jobs(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        family(
+            encoder,
+            MetricType::Gauge,
+            "wedge_queue_jobs",
+            "Jobs the queue holds now, by state (from the queue's primary)",
+            self.primaries().flat_map(|view| {
+                [("ready", view.ready), ("delayed", view.delayed), ("in_flight", view.in_flight), ("dead", view.dead)]
+                    .map(|(state, jobs)| (vec![("queue", view.queue.as_str()), ("state", state)], u64::from(jobs)))
+            }),
+        )?;
+        let mut oldest = encoder.encode_descriptor(
+            "wedge_queue_oldest_age_seconds",
+            "Time since the oldest job not dead was sent (0 when there is none)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for view in self.primaries() {
+            let labels: Labels = vec![("queue", view.queue.as_str())];
+            oldest.encode_family(&labels)?.encode_gauge(&(view.oldest_age_ms as f64 / 1000.0))?;
+        }
+        let per_queue = |count: fn(&QueueView) -> u64| {
+            self.primaries().map(move |view| (vec![("queue", view.queue.as_str())], count(view)))
+        };
+        family(
+            encoder,
+            MetricType::Counter,
+            "wedge_queue_completed",
+            "Jobs completed while this node was the queue's primary",
+            per_queue(|view| view.completed),
+        )?;
+        family(
+            encoder,
+            MetricType::Counter,
+            "wedge_queue_failed_attempts",
+            "Job runs that ended in a failure while this node was the queue's primary",
+            per_queue(|view| view.failed_attempts),
+        )?;
+        family(
+            encoder,
+            MetricType::Counter,
+            "wedge_queue_dead_lettered",
+            "Jobs dead-lettered while this node was the queue's primary",
+            per_queue(|view| view.dead_lettered),
+        )?;
+        family(
+            encoder,
+            MetricType::Counter,
+            "wedge_function_jobs",
+            "Job runs on this node by the job function, by outcome",
+            self.0.jobs.iter().flat_map(|(name, stats)| {
+                JobOutcome::ALL.into_iter().map(move |outcome| {
+                    (vec![("function", name.as_str()), ("outcome", outcome.as_str())], stats.runs(outcome))
+                })
+            }),
+        )?;
+        durations(
+            encoder,
+            "wedge_function_job_duration_seconds",
+            "From the start of a job run to its end, for runs that started",
+            self.0.jobs.iter().map(|(name, stats)| (name.as_str(), &stats.duration)),
         )
     }
 
@@ -425,6 +555,7 @@ impl Exposition {
 impl Collector for Exposition {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         self.encode_functions(&mut encoder)?;
+        self.encode_jobs(&mut encoder)?;
         self.encode_router(&mut encoder)?;
         self.encode_cache(&mut encoder)?;
         self.encode_cluster(&mut encoder)
@@ -434,8 +565,6 @@ impl Collector for Exposition {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-
-    use wedge_host::DurationHistogram;
 
     use super::*;
 
@@ -480,6 +609,35 @@ mod tests {
             response_cache: StoreStats { entries: 3, bytes: 4096, evictions: 8, purged: 0 },
             cache: CacheStats { bytes_used: 321, bytes_max: 1024, evictions_expired: 9, evictions_capacity: 10 },
             cluster: Some(ClusterSample { members, suspicions: 11, gossip }),
+            queues: vec![queue("work", "primary"), queue("copy", "backup"), queue("idle", "none")],
+            jobs: BTreeMap::from([("worker".to_string(), job_stats())]),
+        }
+    }
+
+    /// A queue held as `role`, with the same counts whatever the role.
+    fn queue(name: &str, role: &str) -> QueueView {
+        QueueView {
+            queue: name.into(),
+            role: role.into(),
+            epoch: 3,
+            ready: 4,
+            delayed: 1,
+            in_flight: 2,
+            dead: 5,
+            oldest_age_ms: 1500,
+            completed: 40,
+            failed_attempts: 16,
+            dead_lettered: 5,
+        }
+    }
+
+    fn job_stats() -> JobStatsSnapshot {
+        let mut bucket_counts = [0; DURATION_BOUNDS_SECONDS.len() + 1];
+        bucket_counts[1] = 3; // <= 2.5 ms
+        bucket_counts[10] = 1; // <= 2.5 s
+        JobStatsSnapshot {
+            runs_by_outcome: [3, 1, 0, 2],
+            duration: DurationHistogram { bucket_counts, sum_seconds: 2.0 },
         }
     }
 
@@ -537,6 +695,25 @@ mod tests {
                 "wedge_cluster_gossip_bytes_total{direction=\"received\"} 900",
             ],
         );
+        // A job function has its runs; an HTTP function none.
+        assert_lines(
+            &text,
+            &[
+                "# TYPE wedge_function_jobs counter",
+                "wedge_function_jobs_total{function=\"worker\",outcome=\"succeeded\"} 3",
+                "wedge_function_jobs_total{function=\"worker\",outcome=\"failed\"} 1",
+                "wedge_function_jobs_total{function=\"worker\",outcome=\"trapped\"} 0",
+                "wedge_function_jobs_total{function=\"worker\",outcome=\"refused\"} 2",
+                "# TYPE wedge_function_job_duration_seconds histogram",
+                "wedge_function_job_duration_seconds_count{function=\"worker\"} 4",
+                "wedge_function_job_duration_seconds_sum{function=\"worker\"} 2.0",
+                "wedge_function_job_duration_seconds_bucket{le=\"0.001\",function=\"worker\"} 0",
+                "wedge_function_job_duration_seconds_bucket{le=\"0.0025\",function=\"worker\"} 3",
+                "wedge_function_job_duration_seconds_bucket{le=\"2.5\",function=\"worker\"} 4",
+                "wedge_function_job_duration_seconds_bucket{le=\"+Inf\",function=\"worker\"} 4",
+            ],
+        );
+        assert!(!text.contains("wedge_function_jobs_total{function=\"hello\""), "{text}");
         // A function that only failed to load has compilations and nothing else.
         let broken: Vec<&str> = text.lines().filter(|l| l.contains("function=\"broken\"")).collect();
         assert_eq!(broken.len(), 2, "{broken:?}");
@@ -565,12 +742,40 @@ mod tests {
     }
 
     #[test]
+    fn queues_show_only_where_this_node_is_the_primary() {
+        let text = encode(snapshot()).unwrap();
+        assert_lines(
+            &text,
+            &[
+                "# TYPE wedge_queue_jobs gauge",
+                "wedge_queue_jobs{queue=\"work\",state=\"ready\"} 4",
+                "wedge_queue_jobs{queue=\"work\",state=\"delayed\"} 1",
+                "wedge_queue_jobs{queue=\"work\",state=\"in_flight\"} 2",
+                "wedge_queue_jobs{queue=\"work\",state=\"dead\"} 5",
+                "# TYPE wedge_queue_oldest_age_seconds gauge",
+                "wedge_queue_oldest_age_seconds{queue=\"work\"} 1.5",
+                "# TYPE wedge_queue_completed counter",
+                "wedge_queue_completed_total{queue=\"work\"} 40",
+                "wedge_queue_failed_attempts_total{queue=\"work\"} 16",
+                "wedge_queue_dead_lettered_total{queue=\"work\"} 5",
+            ],
+        );
+        // A backup's copy and a queue with no role here are not counted.
+        let series: Vec<&str> = text.lines().filter(|l| l.contains("queue=\"")).collect();
+        assert_eq!(series.len(), 8, "{series:?}");
+        assert!(series.iter().all(|l| l.contains("queue=\"work\"")), "{series:?}");
+    }
+
+    #[test]
     fn functions_no_longer_served_and_a_missing_cluster_leave_no_series() {
         let mut snapshot = snapshot();
         snapshot.functions.clear();
+        snapshot.jobs.clear();
+        snapshot.queues.clear();
         snapshot.cluster = None;
         let text = encode(snapshot).unwrap();
         assert!(!text.contains("function=\""), "{text}");
+        assert!(!text.contains("queue=\""), "{text}");
         assert!(!text.contains("wedge_cluster_members{"), "{text}");
         // The node's own families are there, with their values.
         assert_lines(&text, &["wedge_node_info{node=\"n1\",site=\"east\"} 1", "wedge_cache_bytes 321"]);
