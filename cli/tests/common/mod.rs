@@ -321,11 +321,13 @@ impl Reply {
 }
 
 fn reduce(result: Result<ureq::Response, ureq::Error>) -> Reply {
-    let response = match result {
-        Ok(response) => response,
-        Err(ureq::Error::Status(_, response)) => response,
+    match result {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => reply_of(response),
         Err(error) => panic!("request failed: {error}"),
-    };
+    }
+}
+
+fn reply_of(response: ureq::Response) -> Reply {
     let status = response.status();
     let headers = response
         .headers_names()
@@ -341,11 +343,27 @@ pub fn get(url: &str) -> Reply {
 }
 
 pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-    let mut request = agent().request(method, url);
+    try_send_on(&agent(), method, url, headers, body).unwrap_or_else(|error| panic!("request failed: {error}"))
+}
+
+/// [`send`] on `agent` (so a client thread reuses its connections), with a failure to
+/// get any answer (refused, reset, timed out) returned, as its message, rather than
+/// failing the test.
+pub fn try_send_on(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Reply, String> {
+    let mut request = agent.request(method, url);
     for (k, v) in headers {
         request = request.set(k, v);
     }
-    reduce(request.send_bytes(body))
+    match request.send_bytes(body) {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => Ok(reply_of(response)),
+        Err(ureq::Error::Transport(transport)) => Err(transport.to_string()),
+    }
 }
 
 /// Median of `samples`.

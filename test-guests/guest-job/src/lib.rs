@@ -13,6 +13,7 @@
 //! | `{"do":"increment","key":K}`                         | adds 1 to cache key `K`                                        |
 //! | `{"do":"send","queue":Q,"payload":P,"key":K,"delay_ms":N}` | sends `P` (a string) to `Q` (`key`, `delay_ms` optional); `Err` with the SDK's message when refused |
 //! | `{"do":"post","url":U}`                              | `POST`s the job's id, attempt and idempotency key (one line) to `U`; `Err` unless it answers 2xx |
+//! | `{"do":"apply","url":U}`                             | applies the job's effect once per idempotency key `K`: `PUT`s the line `post` sends to `U/K` with `If-None-Match: *` (create, never overwrite); `Ok` when created (2xx) or already there (`412`), so a job run twice takes effect once; `Err` without a key or on any other answer |
 //!
 //! A payload that is not one of these fails the job with the decoding error.
 
@@ -34,6 +35,7 @@ enum Action {
     Increment { key: String },
     Send { queue: String, payload: String, key: Option<String>, delay_ms: Option<u64> },
     Post { url: String },
+    Apply { url: String },
 }
 
 /// The job as the guest saw it, as `record` stores it.
@@ -84,10 +86,29 @@ fn handle(job: Job) -> Result<(), String> {
             queue::send(&queue, payload, &options).map(drop).map_err(|e| e.to_string())
         }
         Action::Post { url } => {
-            let line = format!("{} {} {}\n", job.id, job.attempt, job.idempotency_key.as_deref().unwrap_or("-"));
-            let request = http::Request::post(url.as_str()).body(Body::from(line)).map_err(|e| e.to_string())?;
+            let request =
+                http::Request::post(url.as_str()).body(Body::from(run_line(&job))).map_err(|e| e.to_string())?;
             let response = outbound::send(request).map_err(|e| e.to_string())?;
             if response.status().is_success() { Ok(()) } else { Err(format!("{url} answered {}", response.status())) }
         }
+        Action::Apply { url } => {
+            let key = job.idempotency_key.as_deref().ok_or("apply needs an idempotency key")?;
+            let target = format!("{url}/{key}");
+            let request = http::Request::put(target.as_str())
+                .header(http::header::IF_NONE_MATCH, "*")
+                .body(Body::from(run_line(&job)))
+                .map_err(|e| e.to_string())?;
+            let status = outbound::send(request).map_err(|e| e.to_string())?.status();
+            if status.is_success() || status == http::StatusCode::PRECONDITION_FAILED {
+                Ok(())
+            } else {
+                Err(format!("{target} answered {status}"))
+            }
+        }
     }
+}
+
+/// The job's id, attempt and idempotency key (`-` without one), as one line.
+fn run_line(job: &Job) -> String {
+    format!("{} {} {}\n", job.id, job.attempt, job.idempotency_key.as_deref().unwrap_or("-"))
 }
