@@ -410,16 +410,15 @@ fn known_jobs_show_on_the_queue_primary_and_as_runs_on_the_nodes_that_ran_them()
         if role_of_work(&first).as_deref() == Some("primary") { (&first, &second) } else { (&second, &first) };
     let nodes = [&first, &second];
 
-    // 5 jobs that succeed, 2 that fail every attempt (3 each), 1 delayed past the test's
-    // end, sent through both nodes.
+    // 5 jobs that succeed, 2 that fail every attempt (3 each: one returns an error, one
+    // panics), 1 delayed past the test's end, sent through both nodes.
     let (succeeding, poison) = (5, 2);
     let sent_at = std::time::Instant::now();
     for i in 0..succeeding {
         send_job(nodes[i % 2], &format!("ok-{i}"), "", r#"{"do":"succeed"}"#);
     }
-    for i in 0..poison {
-        send_job(nodes[i % 2], &format!("poison-{i}"), "", r#"{"do":"fail","message":"poison"}"#);
-    }
+    send_job(&first, "poison-error", "", r#"{"do":"fail","message":"poison"}"#);
+    send_job(&second, "poison-panic", "", r#"{"do":"panic"}"#);
     send_job(backup, "later", "&delay_ms=600000", r#"{"do":"succeed"}"#);
     // Bad sends are refused and add nothing: an unknown queue, a delay over the maximum.
     let unknown = send("POST", &primary.url("/send?queue=nope"), &[], br#"{"do":"succeed"}"#);
@@ -459,14 +458,26 @@ fn known_jobs_show_on_the_queue_primary_and_as_runs_on_the_nodes_that_ran_them()
             .map(|s| s.value("wedge_function_jobs_total", &[("function", "worker"), ("outcome", outcome)]))
             .sum()
     };
-    assert_eq!(
-        ["succeeded", "failed", "trapped", "refused"].map(runs),
-        [succeeding as f64, (3 * poison) as f64, 0.0, 0.0]
-    );
+    assert_eq!(["succeeded", "failed", "trapped", "refused"].map(runs), [succeeding as f64, 3.0, 3.0, 0.0]);
+    let traps: f64 = scrapes.iter().map(|s| s.sum("wedge_function_traps_total", &[("function", "worker")])).sum();
+    let panics: f64 = scrapes
+        .iter()
+        .map(|s| s.value("wedge_function_traps_total", &[("function", "worker"), ("kind", "trap")]))
+        .sum();
+    assert_eq!((traps, panics), (3.0, 3.0));
     let timed: f64 =
         scrapes.iter().map(|s| s.value("wedge_function_job_duration_seconds_count", &[("function", "worker")])).sum();
     assert_eq!(timed, (succeeding + 3 * poison) as f64);
+    // A job function serves no requests (its runs are in flight where it runs, none now);
+    // an HTTP function runs no jobs.
     for scrape in &scrapes {
         assert_eq!(scrape.find("wedge_function_jobs_total", &[("function", "sender"), ("outcome", "succeeded")]), None);
+        assert_eq!(
+            scrape.find("wedge_function_requests_total", &[("function", "worker"), ("status_class", "2xx")]),
+            None
+        );
+        if scrape.sum("wedge_function_jobs_total", &[("function", "worker")]) > 0.0 {
+            assert_eq!(scrape.find("wedge_function_in_flight", &[("function", "worker")]), Some(0.0));
+        }
     }
 }

@@ -15,7 +15,8 @@
 //! functions that run here now: one no longer served disappears (bounded cardinality).
 //! Compilations are counted by the follower as it loads functions ([`Compilations`]),
 //! for the functions of the desired state only. Job functions have no routes, so the
-//! follower also hands over the job functions it loaded ([`JobFunctions`]).
+//! follower also hands over the job functions it loaded ([`JobFunctions`]); they show
+//! their runs, in flight, instances, traps and cache use, not the request families.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -90,9 +91,8 @@ impl JobFunctions {
             jobs.map(|(name, function)| (name.clone(), function.clone())).collect();
     }
 
-    fn snapshot(&self) -> BTreeMap<String, JobStatsSnapshot> {
-        let functions = self.functions.lock().unwrap_or_else(|p| p.into_inner());
-        functions.iter().map(|(name, function)| (name.clone(), function.job_stats())).collect()
+    fn functions(&self) -> BTreeMap<String, Function> {
+        self.functions.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -138,16 +138,23 @@ impl NodeMetrics {
             if let Target::Local(function) = target {
                 functions.entry(name.to_string()).or_insert_with(|| FunctionSample {
                     stats: Some(function.stats()),
+                    jobs: None,
                     instances: function.running_instances() as u64,
                     compilations: (0, 0),
                 });
             }
         }
+        for (name, function) in self.job_functions.functions() {
+            let sample = FunctionSample {
+                stats: Some(function.stats()),
+                jobs: Some(function.job_stats()),
+                instances: function.running_instances() as u64,
+                compilations: (0, 0),
+            };
+            functions.insert(name, sample);
+        }
         for (name, counts) in compilations {
-            functions
-                .entry(name)
-                .or_insert_with(|| FunctionSample { stats: None, instances: 0, compilations: (0, 0) })
-                .compilations = counts;
+            functions.entry(name).or_default().compilations = counts;
         }
         let cluster = self.agent.as_ref().map(|agent| {
             let snapshot = agent.snapshot();
@@ -171,7 +178,6 @@ impl NodeMetrics {
             cache: self.cache.stats(),
             cluster,
             queues: self.queues.views(),
-            jobs: self.job_functions.snapshot(),
         }
     }
 }
@@ -183,8 +189,10 @@ const MEMBER_STATES: [MemberState; 4] =
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FunctionSample {
     /// Its request statistics, when it runs here (a function only compiled, or that failed
-    /// to load, has none).
+    /// to load, has none). A job function's runs count in its in-flight and traps.
     pub stats: Option<FunctionStatsSnapshot>,
+    /// Its job runs, when it is a job function that runs here (it serves no requests).
+    pub jobs: Option<JobStatsSnapshot>,
     /// Instances alive now.
     pub instances: u64,
     /// Compilations (ok, error).
@@ -223,8 +231,6 @@ pub struct NodeSnapshot {
     pub cluster: Option<ClusterSample>,
     /// Every queue this node holds, whatever its role (only a primary's are shown).
     pub queues: Vec<QueueView>,
-    /// The job functions loaded here, by name.
-    pub jobs: BTreeMap<String, JobStatsSnapshot>,
 }
 
 /// The text of `/metrics` for `snapshot`.
@@ -296,9 +302,19 @@ fn sample(mut metric: MetricEncoder<'_>, kind: MetricType, value: u64) -> Result
 }
 
 impl Exposition {
-    /// (name, stats) of the functions that run here.
+    /// (name, stats) of the functions that run here, job functions included.
     fn running(&self) -> impl Iterator<Item = (&str, &FunctionStatsSnapshot, &FunctionSample)> {
         self.0.functions.iter().filter_map(|(name, sample)| Some((name.as_str(), sample.stats.as_ref()?, sample)))
+    }
+
+    /// [`Exposition::running`] without the job functions: those that serve requests.
+    fn serving(&self) -> impl Iterator<Item = (&str, &FunctionStatsSnapshot, &FunctionSample)> {
+        self.running().filter(|(_, _, sample)| sample.jobs.is_none())
+    }
+
+    /// (name, job runs) of the job functions that run here.
+    fn running_jobs(&self) -> impl Iterator<Item = (&str, &JobStatsSnapshot)> {
+        self.0.functions.iter().filter_map(|(name, sample)| Some((name.as_str(), sample.jobs.as_ref()?)))
     }
 
     fn encode_functions(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -307,7 +323,7 @@ impl Exposition {
             MetricType::Counter,
             "wedge_function_requests",
             "Requests run on this node by the function, by the class of the status it answered",
-            self.running().flat_map(|(name, stats, _)| {
+            self.serving().flat_map(|(name, stats, _)| {
                 StatusClass::ALL.into_iter().map(move |class| {
                     (vec![("function", name), ("status_class", class.as_str())], stats.requests(class))
                 })
@@ -317,13 +333,13 @@ impl Exposition {
             encoder,
             "wedge_function_request_duration_seconds",
             "From the request reaching the host to the response head",
-            self.running().map(|(name, stats, _)| (name, &stats.duration)),
+            self.serving().map(|(name, stats, _)| (name, &stats.duration)),
         )?;
         family(
             encoder,
             MetricType::Gauge,
             "wedge_function_in_flight",
-            "Requests inside the function now",
+            "Requests (or job runs) inside the function now",
             self.running().map(|(name, stats, _)| (vec![("function", name)], stats.in_flight)),
         )?;
         family(
@@ -350,7 +366,7 @@ impl Exposition {
             encoder,
             MetricType::Counter,
             "wedge_function_traps",
-            "Requests that failed inside the sandbox, by cause",
+            "Requests (or job runs) that failed inside the sandbox, by cause",
             self.running().flat_map(|(name, stats, _)| {
                 TrapKind::ALL
                     .into_iter()
@@ -362,14 +378,14 @@ impl Exposition {
             MetricType::Counter,
             "wedge_function_request_bytes",
             "Request body bytes given to the function",
-            self.running().map(|(name, stats, _)| (vec![("function", name)], stats.request_bytes)),
+            self.serving().map(|(name, stats, _)| (vec![("function", name)], stats.request_bytes)),
         )?;
         family(
             encoder,
             MetricType::Counter,
             "wedge_function_response_bytes",
             "Response body bytes the function produced",
-            self.running().map(|(name, stats, _)| (vec![("function", name)], stats.response_bytes)),
+            self.serving().map(|(name, stats, _)| (vec![("function", name)], stats.response_bytes)),
         )
     }
 
@@ -429,17 +445,17 @@ impl Exposition {
             MetricType::Counter,
             "wedge_function_jobs",
             "Job runs on this node by the job function, by outcome",
-            self.0.jobs.iter().flat_map(|(name, stats)| {
-                JobOutcome::ALL.into_iter().map(move |outcome| {
-                    (vec![("function", name.as_str()), ("outcome", outcome.as_str())], stats.runs(outcome))
-                })
+            self.running_jobs().flat_map(|(name, jobs)| {
+                JobOutcome::ALL
+                    .into_iter()
+                    .map(move |outcome| (vec![("function", name), ("outcome", outcome.as_str())], jobs.runs(outcome)))
             }),
         )?;
         durations(
             encoder,
             "wedge_function_job_duration_seconds",
             "From the start of a job run to its end, for runs that started",
-            self.0.jobs.iter().map(|(name, stats)| (name.as_str(), &stats.duration)),
+            self.running_jobs().map(|(name, jobs)| (name, &jobs.duration)),
         )
     }
 
@@ -583,8 +599,12 @@ mod tests {
             cache_hits: 5,
             cache_misses: 6,
         };
-        let hello = FunctionSample { stats: Some(stats), instances: 2, compilations: (1, 0) };
-        let broken = FunctionSample { stats: None, instances: 0, compilations: (0, 2) };
+        let hello = FunctionSample { stats: Some(stats), jobs: None, instances: 2, compilations: (1, 0) };
+        let broken = FunctionSample { stats: None, jobs: None, instances: 0, compilations: (0, 2) };
+        let worker_stats =
+            FunctionStatsSnapshot { in_flight: 1, traps: [0, 0, 0, 1, 0, 0], cache_hits: 7, ..Default::default() };
+        let worker =
+            FunctionSample { stats: Some(worker_stats), jobs: Some(job_stats()), instances: 1, compilations: (1, 0) };
         let members = BTreeMap::from([
             (("east".to_string(), "alive"), 2),
             (("east".to_string(), "suspect"), 0),
@@ -594,7 +614,11 @@ mod tests {
         NodeSnapshot {
             node: "n1".into(),
             site: "east".into(),
-            functions: BTreeMap::from([("hello".to_string(), hello), ("broken".to_string(), broken)]),
+            functions: BTreeMap::from([
+                ("hello".to_string(), hello),
+                ("broken".to_string(), broken),
+                ("worker".to_string(), worker),
+            ]),
             ingress: IngressStats {
                 local: 6,
                 forwarded: 3,
@@ -610,7 +634,6 @@ mod tests {
             cache: CacheStats { bytes_used: 321, bytes_max: 1024, evictions_expired: 9, evictions_capacity: 10 },
             cluster: Some(ClusterSample { members, suspicions: 11, gossip }),
             queues: vec![queue("work", "primary"), queue("copy", "backup"), queue("idle", "none")],
-            jobs: BTreeMap::from([("worker".to_string(), job_stats())]),
         }
     }
 
@@ -695,10 +718,16 @@ mod tests {
                 "wedge_cluster_gossip_bytes_total{direction=\"received\"} 900",
             ],
         );
-        // A job function has its runs; an HTTP function none.
+        // A job function has its runs, in flight, instances and traps, and no requests; an
+        // HTTP function no runs.
         assert_lines(
             &text,
             &[
+                "wedge_function_in_flight{function=\"worker\"} 1",
+                "wedge_function_instances{function=\"worker\"} 1",
+                "wedge_function_traps_total{function=\"worker\",kind=\"trap\"} 1",
+                "wedge_function_compilations_total{function=\"worker\",result=\"ok\"} 1",
+                "wedge_cache_hits_total{function=\"worker\"} 7",
                 "# TYPE wedge_function_jobs counter",
                 "wedge_function_jobs_total{function=\"worker\",outcome=\"succeeded\"} 3",
                 "wedge_function_jobs_total{function=\"worker\",outcome=\"failed\"} 1",
@@ -714,6 +743,10 @@ mod tests {
             ],
         );
         assert!(!text.contains("wedge_function_jobs_total{function=\"hello\""), "{text}");
+        for requests_only in ["requests_total", "request_duration_seconds_count", "request_bytes", "response_bytes"] {
+            let series = format!("wedge_function_{requests_only}{{function=\"worker\"");
+            assert!(!text.contains(&series), "{series} in\n{text}");
+        }
         // A function that only failed to load has compilations and nothing else.
         let broken: Vec<&str> = text.lines().filter(|l| l.contains("function=\"broken\"")).collect();
         assert_eq!(broken.len(), 2, "{broken:?}");
@@ -770,7 +803,6 @@ mod tests {
     fn functions_no_longer_served_and_a_missing_cluster_leave_no_series() {
         let mut snapshot = snapshot();
         snapshot.functions.clear();
-        snapshot.jobs.clear();
         snapshot.queues.clear();
         snapshot.cluster = None;
         let text = encode(snapshot).unwrap();
