@@ -23,6 +23,7 @@ pub mod config;
 mod metrics;
 mod overview;
 pub mod placement;
+mod queue_commands;
 mod reports;
 mod scheduling;
 mod server;

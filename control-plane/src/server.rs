@@ -15,6 +15,14 @@
 //! backlog), a request head within `header_read_timeout` (also the time a
 //! new connection has to start its first request), bounded heads.
 //!
+//! Queue commands (`/v1/queues/{queue}/jobs`, `…/retry-dead`, `…/purge`)
+//! wait in the [`CommandBook`] for the queue's primary (as published to
+//! the nodes) to report: they leave in the answer to its report and their
+//! results come back in a later one. The operator's request waits for the
+//! result at most [`QUEUE_COMMAND_TIMEOUT_MS`] (then 504: the command may
+//! still run), and fails with 503 when the primary changes before the
+//! command left.
+//!
 //! Long-polls (`/v1/state`, `/v1/functions/{name}/logs`) wait only when
 //! asked (`wait_ms`, default 0, at most [`STATE_WAIT_MAX_MS`]) on a `watch`
 //! channel bumped after every change: no polling inside. On shutdown they
@@ -57,8 +65,8 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::api::{
     DeploySpec, DesiredState, ErrorBody, FunctionInfo, FunctionSummary, LogPage, NodeReport, NodeStatus, Overview,
-    PlacementReport, QueuesReport, ReadyCheck, ReadyReport, Removed, RollbackRequest, STATE_WAIT_MAX_MS, VersionRecord,
-    now_unix_ms,
+    PlacementReport, QUEUE_COMMAND_TIMEOUT_MS, QUEUE_PEEK_LIMIT_MAX, QueueAction, QueueCommandAnswer, QueuesReport,
+    ReadyCheck, ReadyReport, Removed, ReportAnswer, RollbackRequest, STATE_WAIT_MAX_MS, VersionRecord, now_unix_ms,
 };
 use crate::auth::{
     Role, Token, TokenError, TokenOrigin, Tokens, constant_time_eq, discard, require_token, resolve_token,
@@ -67,12 +75,15 @@ use crate::config::{ConfigError, ControlConfig, REPORT_BYTES_MAX, SAME_TOKENS, S
 use crate::metrics::{self, ControlMetrics};
 use crate::overview::Snapshot;
 use crate::placement::Scheduler;
+use crate::queue_commands::{CommandBook, CommandError};
 use crate::reports::{self, ReportLimits, Reports};
 use crate::scheduling::{self, Scheduling};
 use crate::store::{NewVersion, SledStore, Store, StoreError};
 use crate::traffic::TrafficWindows;
 use crate::validate::{self, Compiler, ValidationError};
 
+/// Jobs a peek lists when the request does not say.
+const PEEK_LIMIT_DEFAULT: u32 = 20;
 /// Lines a logs page has when the request does not say.
 const LOG_PAGE_DEFAULT: usize = 1000;
 /// Most lines one logs page may have.
@@ -174,6 +185,8 @@ struct Shared {
     metrics: Arc<ControlMetrics>,
     /// The nodes' recent traffic counters, for the overview's rates.
     traffic: std::sync::Mutex<TrafficWindows>,
+    /// Queue commands waiting for their queue's primary to report.
+    commands: std::sync::Mutex<CommandBook>,
 }
 
 impl ControlPlane {
@@ -226,6 +239,7 @@ impl ControlPlane {
             uploads: Arc::new(Semaphore::new(config.deploys_in_flight_max)),
             metrics: Arc::new(ControlMetrics::new()),
             traffic: std::sync::Mutex::new(TrafficWindows::new(TRAFFIC_WINDOW, TRAFFIC_SERIES_MAX)),
+            commands: std::sync::Mutex::default(),
             config,
             store,
             compiler,
@@ -434,6 +448,9 @@ fn router(shared: Arc<Shared>, tokens: Tokens) -> Router {
         .route("/nodes/{node}/report", post(report).layer(DefaultBodyLimit::max(to_usize(REPORT_BYTES_MAX))))
         .route("/overview", get(overview))
         .route("/queues", get(queues))
+        .route("/queues/{queue}/jobs", get(peek_jobs))
+        .route("/queues/{queue}/retry-dead", post(retry_dead))
+        .route("/queues/{queue}/purge", post(purge))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(tokens, require_token))
         .with_state(Arc::clone(&shared));
@@ -611,6 +628,10 @@ impl Shared {
     /// bounded, consistent-enough data: keep serving).
     fn traffic(&self) -> std::sync::MutexGuard<'_, TrafficWindows> {
         self.traffic.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn commands(&self) -> std::sync::MutexGuard<'_, CommandBook> {
+        self.commands.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// What the overview and the gauges are made from, now. Reads the
@@ -1111,37 +1132,52 @@ fn check_node_name(node: &str) -> Result<(), ApiError> {
     }
 }
 
+/// `POST /v1/nodes/{node}/report`: records the report, hands its queue
+/// results to their waiters, and answers 204, or 200 with the queue
+/// commands waiting for this node.
 async fn report(
     State(shared): State<Arc<Shared>>,
     UrlPath(node): UrlPath<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     check_node_name(&node)?;
     let body = body?;
     let mut report: NodeReport =
         serde_json::from_slice(&body).map_err(|error| ApiError::bad_request(format!("not a node report: {error}")))?;
     reports::check_report(&mut report)
         .map_err(|why| ApiError::bad_request(format!("node report over the limits: {why}")))?;
-    // Rates come from the windows; the kept report needs no counters.
+    // Rates come from the windows; the kept report needs no counters, nor
+    // the results, which go to their waiters.
     let traffic = std::mem::take(&mut report.traffic);
+    let results = std::mem::take(&mut report.queue_results);
     shared.traffic().record(&node, &traffic, Instant::now());
     if report.logs.is_empty() {
         shared.reports.record(&node, report, Instant::now(), |_| false);
-        return Ok(StatusCode::NO_CONTENT);
+    } else {
+        // Whether each function is stored is asked before and after
+        // appending its lines (`Reports::record`); both in one blocking
+        // task, which completes even if the client goes away.
+        let recording = Arc::clone(&shared);
+        let node = node.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = &recording.store;
+            recording
+                .reports
+                .record(&node, report, Instant::now(), |function| store.has_function(function).unwrap_or(false));
+        })
+        .await
+        .map_err(|error| ApiError::internal(format!("recording the report failed: {error}")))?;
     }
-    // Whether each function is stored is asked before and after appending
-    // its lines (`Reports::record`); both in one blocking task, which
-    // completes even if the client goes away.
-    let recording = Arc::clone(&shared);
-    tokio::task::spawn_blocking(move || {
-        let store = &recording.store;
-        recording
-            .reports
-            .record(&node, report, Instant::now(), |function| store.has_function(function).unwrap_or(false));
-    })
-    .await
-    .map_err(|error| ApiError::internal(format!("recording the report failed: {error}")))?;
-    Ok(StatusCode::NO_CONTENT)
+    let published = shared.scheduling.current();
+    let queue_commands = {
+        let mut book = shared.commands();
+        book.finish(&node, results);
+        book.hand_over(&node, |queue| published.queues.get(queue).map(|assignment| assignment.primary.clone()))
+    };
+    if queue_commands.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    Ok(Json(ReportAnswer { queue_commands }).into_response())
 }
 
 async fn nodes(State(shared): State<Arc<Shared>>) -> Json<Vec<NodeStatus>> {
@@ -1150,6 +1186,120 @@ async fn nodes(State(shared): State<Arc<Shared>>) -> Json<Vec<NodeStatus>> {
 
 async fn queues(State(shared): State<Arc<Shared>>) -> Json<QueuesReport> {
     Json(shared.scheduling.queues_report(&shared.reports))
+}
+
+/// `?limit=&dead=` of `/v1/queues/{queue}/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeekQuery {
+    limit: Option<u32>,
+    dead: Option<bool>,
+}
+
+async fn peek_jobs(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(queue): UrlPath<String>,
+    query: Result<Query<PeekQuery>, QueryRejection>,
+) -> Result<Json<QueueCommandAnswer>, ApiError> {
+    let Query(PeekQuery { limit, dead }) = query?;
+    let limit = limit.unwrap_or(PEEK_LIMIT_DEFAULT);
+    if !(1..=QUEUE_PEEK_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit {limit}: use 1 to {QUEUE_PEEK_LIMIT_MAX}")));
+    }
+    queue_command(&shared, queue, QueueAction::Peek { limit, dead: dead.unwrap_or(false) }).await
+}
+
+async fn retry_dead(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(queue): UrlPath<String>,
+) -> Result<Json<QueueCommandAnswer>, ApiError> {
+    queue_command(&shared, queue, QueueAction::RetryDead).await
+}
+
+async fn purge(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(queue): UrlPath<String>,
+) -> Result<Json<QueueCommandAnswer>, ApiError> {
+    queue_command(&shared, queue, QueueAction::Purge).await
+}
+
+/// The node the published desired state names as `queue`'s primary: 404 for
+/// a queue no deployed function handles, 503 for one without a primary now.
+async fn queue_primary(shared: &Arc<Shared>, queue: &str) -> Result<String, ApiError> {
+    if let Some(assignment) = shared.scheduling.current().queues.get(queue) {
+        return Ok(assignment.primary.clone());
+    }
+    let functions = blocking(shared, |store| store.functions()).await?;
+    if !functions.iter().any(|function| function.queue.as_deref() == Some(queue)) {
+        return Err(ApiError::not_found(format!("no such queue: {queue} (no deployed function handles it)")));
+    }
+    let report = shared.scheduling.queues_report(&shared.reports);
+    let waiting = report.queues.into_iter().find(|status| status.queue == queue).and_then(|status| status.waiting);
+    let why = waiting.unwrap_or_else(|| "it is not assigned to a node yet".to_owned());
+    Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("queue {queue} has no primary: {why}")))
+}
+
+/// Runs `action` on `queue`'s primary: waits in the command book for the
+/// node's next report, then for its result (see the module docs).
+async fn queue_command(
+    shared: &Arc<Shared>,
+    queue: String,
+    action: QueueAction,
+) -> Result<Json<QueueCommandAnswer>, ApiError> {
+    if wedge_host::validate_name(&queue).is_err() {
+        return Err(ApiError::bad_request(format!(
+            "queue name {queue:?}: use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+        )));
+    }
+    let node = queue_primary(shared, &queue).await?;
+    let mut placements = shared.scheduling.subscribe();
+    let (id, mut outcome) = shared.commands().submit(&node, &queue, action).map_err(command_error)?;
+    let mut stopping = shared.shutdown.subscribe();
+    let deadline = tokio::time::sleep(Duration::from_millis(QUEUE_COMMAND_TIMEOUT_MS));
+    tokio::pin!(deadline);
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            outcome = &mut outcome => {
+                return match outcome {
+                    Ok(Ok(output)) => Ok(Json(QueueCommandAnswer { queue, node, output })),
+                    Ok(Err(error)) => Err(command_error(error)),
+                    Err(_) => Err(ApiError::internal("the queue command was dropped")),
+                };
+            }
+            changed = placements.changed(), if watching => {
+                // The scheduler's watch lives as long as the control plane does.
+                watching = changed.is_ok();
+                let moved =
+                    shared.scheduling.current().queues.get(&queue).is_none_or(|assignment| assignment.primary != node);
+                if moved && shared.commands().withdraw_unsent(&node, id) {
+                    return Err(command_error(CommandError::PrimaryChanged { queue, node }));
+                }
+            }
+            _ = stopping.wait_for(|stopping| *stopping) => {
+                shared.commands().forget(&node, id);
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the control plane is stopping; the command for queue {queue} may still run on {node}"),
+                ));
+            }
+            () = &mut deadline => {
+                shared.commands().forget(&node, id);
+                return Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "node {node}, the primary of queue {queue}, did not answer within {}s; the command may \
+                         still have run (check with `wedge queue ls`)",
+                        QUEUE_COMMAND_TIMEOUT_MS / 1000
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn command_error(error: CommandError) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
 }
 
 async fn overview(State(shared): State<Arc<Shared>>) -> Result<Json<Overview>, ApiError> {
