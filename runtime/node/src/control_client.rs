@@ -11,10 +11,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use wedge_control::api::{DesiredState, ErrorBody, NodeReport};
+use wedge_control::api::{DesiredState, ErrorBody, NodeReport, ReportAnswer};
 
 /// Largest desired-state document accepted.
 const STATE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest answer to a report (its queue commands).
+const REPORT_ANSWER_BYTES_MAX: usize = 64 * 1024;
 /// Slack on top of a long-poll's wait before the call is abandoned.
 const LONG_POLL_SLACK: Duration = Duration::from_secs(10);
 /// Deadline of calls that do not wait on purpose.
@@ -77,11 +79,17 @@ impl ControlClient {
         Ok(body)
     }
 
-    /// Sends what this node serves and its new guest log lines.
-    pub async fn report(&self, node: &str, report: &NodeReport) -> anyhow::Result<()> {
+    /// Sends what this node serves and its new guest log lines; the control
+    /// plane's answer: the queue commands waiting for this node (none on a
+    /// 204).
+    pub async fn report(&self, node: &str, report: &NodeReport) -> anyhow::Result<ReportAnswer> {
         let body = Bytes::from(serde_json::to_vec(report)?);
-        self.call(Method::POST, &format!("/v1/nodes/{node}/report"), Some(body), CALL_TIMEOUT, 64 * 1024).await?;
-        Ok(())
+        let path = format!("/v1/nodes/{node}/report");
+        let answer = self.call(Method::POST, &path, Some(body), CALL_TIMEOUT, REPORT_ANSWER_BYTES_MAX).await?;
+        if answer.is_empty() {
+            return Ok(ReportAnswer::default());
+        }
+        serde_json::from_slice(&answer).context("the control plane's answer to a report is not valid JSON")
     }
 
     async fn call(

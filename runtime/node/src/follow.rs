@@ -15,7 +15,10 @@
 //! Job queues ([`crate::jobs`], in `<data-dir>/jobs`) take their roles from the
 //! desired state as the follower applies it, report what they hold through the
 //! reporter, and talk to peers over the same transport as forwarded requests
-//! (internal requests, told apart by their header).
+//! (internal requests, told apart by their header). Operators' queue commands
+//! arrive in the control plane's answer to a report; the reporter has the
+//! queues run them and sends their results in a report as soon as they are
+//! ready.
 //!
 //! With a cluster ([`ClusterSettings`]) the node also runs membership and
 //! publishes its load ([`crate::cluster`]); with an admin address it serves
@@ -49,7 +52,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use wedge_cluster::membership::MemberState;
 use wedge_control::api::{
-    DesiredState, FunctionTraffic, LogLine, NodeCluster, NodeFunctionError, NodeReport, VersionRecord, sha256_hex,
+    DesiredState, FunctionTraffic, LogLine, NodeCluster, NodeFunctionError, NodeReport, QueueCommandResult,
+    VersionRecord, sha256_hex,
 };
 use wedge_host::{DURATION_BOUNDS_SECONDS, Function, GuestLogLine, GuestLogSink, Host, HostConfig, StatusClass};
 use wedge_router::{
@@ -80,6 +84,9 @@ const LOG_BATCH_DELAY: Duration = Duration::from_millis(100);
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(5);
 /// How often a function that failed to load is tried again.
 const LOAD_RETRY: Duration = Duration::from_secs(5);
+/// Queue command results waiting for a report; beyond it (reports failing
+/// for long) the oldest are dropped, and their operators see a timeout.
+const QUEUE_RESULTS_MAX: usize = 64;
 /// While reports fail, how often that is logged.
 const REPORT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -922,8 +929,10 @@ struct ReportSources {
 }
 
 /// The reporter task: what this node serves plus guest output, at least
-/// every `report_interval`, at once after a change, and shortly after guest
-/// output.
+/// every `report_interval`, at once after a change, shortly after guest
+/// output, and at once when a queue command's result is ready. The queue
+/// commands in the control plane's answer run on the queues in a task of
+/// their own, one after another; their results come back through a channel.
 async fn report(
     config: FollowerConfig,
     client: ControlClient,
@@ -935,10 +944,13 @@ async fn report(
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing_since: Option<Instant> = None;
     let mut pending: Vec<LogLine> = Vec::new();
+    let (results_done, mut results) = mpsc::channel::<QueueCommandResult>(QUEUE_RESULTS_MAX);
+    let mut queue_results: Vec<QueueCommandResult> = Vec::new();
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             () = report_now.notified() => {}
+            Some(result) = results.recv() => queue_results.push(result),
             Some(line) = log_lines.recv() => {
                 pending.push(to_log_line(line));
                 tokio::time::sleep(LOG_BATCH_DELAY).await;
@@ -956,6 +968,11 @@ async fn report(
                 Err(_) => break,
             }
         }
+        while let Ok(result) = results.try_recv() {
+            queue_results.push(result);
+        }
+        let kept_from = queue_results.len().saturating_sub(QUEUE_RESULTS_MAX);
+        queue_results.drain(..kept_from);
         let status = serving.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let report = NodeReport {
             ingress: ingress_addr.to_string(),
@@ -966,15 +983,26 @@ async fn report(
             cluster: agent.as_deref().map(|agent| cluster_report(agent, &ingress)),
             traffic: traffic(&ingress),
             queues: queues.reports(),
-            queue_results: Vec::new(),
+            queue_results: std::mem::take(&mut queue_results),
         };
         match client.report(&config.node_name, &report).await {
-            Ok(()) => {
+            Ok(answer) => {
                 if failing_since.take().is_some() {
                     tracing::info!("reporting to the control plane again");
                 }
+                if !answer.queue_commands.is_empty() {
+                    let (queues, done) = (Arc::clone(&queues), results_done.clone());
+                    tokio::spawn(async move {
+                        for command in answer.queue_commands {
+                            let _ = done.send(queues.run_command(command).await).await;
+                        }
+                    });
+                }
             }
             Err(error) => {
+                // Results are kept for the next report: their operators may
+                // still be waiting.
+                queue_results = report.queue_results;
                 // Lines that could not be sent are dropped: the buffer stays
                 // bounded while the control plane is away.
                 if failing_since.is_none_or(|since| since.elapsed() > REPORT_FAILURE_LOG_EVERY) {

@@ -19,6 +19,10 @@
 //! - **Sends** of guests ([`QueueSender`]) go to the local core when this node is the
 //!   primary, else to the primary over the send route; either way `Ok` only once the
 //!   core acknowledged.
+//! - **Operators' commands** ([`Queues::run_command`]: peek, retry-dead, purge) come
+//!   from the control plane in the answer to a report and run on the engine like any
+//!   other input, on the queue's primary only; the changes they make replicate to the
+//!   backup through the core's outputs, as every other change does.
 //! - **Dispatch**: a primary leases ready jobs within the queue's concurrency to the job
 //!   function's replicas — this node's first while it has a free instance, else the
 //!   placed live peer with the fewest runs this node sent it — renews leases at half the
@@ -40,11 +44,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use wedge_cluster::agent::Agent;
 use wedge_cluster::membership::MemberState;
-use wedge_control::api::{QueueAssignment, QueueCounts, QueueReport};
+use wedge_control::api::{
+    JOB_PAYLOAD_PREVIEW_BYTES, JobSummary, QUEUE_PEEK_LIMIT_MAX, QueueAction, QueueAssignment, QueueCommand,
+    QueueCommandOutput, QueueCommandResult, QueueCounts, QueueReport,
+};
 use wedge_host::{Function, QueueMessage, QueueSendError, QueueSender, ResponseBody, SendFuture, unix_now_ms};
 use wedge_jobs::{
-    Completion, JobError, LeaseId, LeasedJob, NodeId, Outcome, Output, PeerMessage, QueueCore, QueueStats, Role,
-    SendRequest, SledStore, WorkerId,
+    Completion, JobError, JobState, LeaseId, LeasedJob, NodeId, Outcome, Output, PeerMessage, QueueCore, QueueStats,
+    Role, SendRequest, SledStore, StoredJob, WorkerId,
 };
 use wedge_router::{ForwardConfig, Forwarder, INTERNAL_HEADER, Replica, XorShift64};
 
@@ -65,6 +72,9 @@ const SEND_TIMEOUT: Duration = Duration::from_millis(wedge_jobs::replication::SE
 const PEER_OUTBOX_MAX: usize = 1024;
 /// How long one peer message may take.
 const PEER_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an operator's command may wait for the engine (it runs between two inputs;
+/// this is for an engine that is stopping).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a job run on a peer may take to answer (its function's deadline applies
 /// there; this is for a peer that stops answering).
 const PEER_RUN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -201,7 +211,12 @@ enum Input {
     Renew { queue: String, lease: LeaseId },
     /// The job functions loaded here changed.
     FunctionsChanged,
+    /// An operator's command from the control plane.
+    Command { command: QueueCommand, reply: oneshot::Sender<CommandOutcome> },
 }
+
+/// What an operator's command gave, or why it failed (for the control plane).
+type CommandOutcome = Result<QueueCommandOutput, String>;
 
 /// What peers and dispatch need of the cluster.
 struct Cluster {
@@ -262,6 +277,7 @@ impl Queues {
             next_token: 0,
             rng: XorShift64::new(random_seed(me)),
             sent_to: BTreeMap::new(),
+            answered: Vec::new(),
         };
         for name in store.queues().map_err(|e| anyhow::anyhow!("reading the job store: {e}"))? {
             engine.open(&name, wedge_jobs::QueueConfig::default(), String::new())?;
@@ -300,6 +316,22 @@ impl Queues {
     /// Each queue as the admin listener shows it.
     pub fn views(&self) -> Vec<QueueView> {
         self.published.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, view)| view.clone()).collect()
+    }
+
+    /// Runs an operator's command on the engine (see [`Engine::command`]); its result
+    /// for the control plane.
+    pub async fn run_command(&self, command: QueueCommand) -> QueueCommandResult {
+        let id = command.id;
+        let (reply, answer) = oneshot::channel();
+        let outcome = match self.inputs.send(Input::Command { command, reply }).await {
+            Err(_) => Err("the node's queues are stopping".to_owned()),
+            Ok(()) => match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) => Err("the node's queues dropped the command (stopping)".to_owned()),
+                Err(_) => Err(format!("the node's queues did not run the command within {COMMAND_TIMEOUT:?}")),
+            },
+        };
+        QueueCommandResult { id, outcome }
     }
 
     /// Sends to the local core (this node must be the primary) and waits for the
@@ -555,6 +587,9 @@ struct Engine {
     rng: XorShift64,
     /// Runs this node has out on each peer (for spreading by load).
     sent_to: BTreeMap<String, u32>,
+    /// Operators' commands run by the current input, answered once its effects are
+    /// published (at most one per input).
+    answered: Vec<(oneshot::Sender<CommandOutcome>, CommandOutcome)>,
 }
 
 impl Engine {
@@ -581,6 +616,10 @@ impl Engine {
             self.drain();
             self.dispatch();
             self.publish();
+            // After publishing: the report that carries a result carries the counts it left.
+            for (reply, outcome) in self.answered.drain(..) {
+                let _ = reply.send(outcome);
+            }
         }
     }
 
@@ -660,6 +699,44 @@ impl Engine {
             }
             // Nothing to record: the dispatch that follows every input uses them.
             Input::FunctionsChanged => {}
+            Input::Command { command, reply } => {
+                let outcome = self.command(&command, now);
+                self.answered.push((reply, outcome));
+            }
+        }
+    }
+
+    /// Runs an operator's command, only as the queue's primary (a backup's copy shows
+    /// leased jobs as ready, and only the primary may change the queue). What retry-dead
+    /// and purge change reaches the backup through the core's outputs, drained after
+    /// this input like after any other.
+    fn command(&mut self, command: &QueueCommand, now: u64) -> CommandOutcome {
+        let (me, queue) = (&self.me.0, &command.queue);
+        let not_primary = || format!("node {me} is not the primary of queue {queue}");
+        let Some(slot) = self.slots.get_mut(queue) else { return Err(not_primary()) };
+        if !matches!(slot.core.role(), Role::Primary { .. }) {
+            return Err(not_primary());
+        }
+        let failed = |error: JobError| match error {
+            JobError::NotPrimary { .. } => not_primary(),
+            other => format!("queue {queue} on node {me}: {other}"),
+        };
+        match command.action {
+            QueueAction::Peek { limit, dead } => {
+                let limit = limit.min(QUEUE_PEEK_LIMIT_MAX) as usize;
+                let jobs = if dead { slot.core.peek_dead(limit) } else { slot.core.peek(limit) };
+                Ok(QueueCommandOutput::Jobs(jobs.iter().map(|job| job_summary(job, now)).collect()))
+            }
+            QueueAction::RetryDead => {
+                let moved = slot.core.retry_dead(now).map_err(failed)?;
+                tracing::info!(%queue, moved, "dead jobs made ready again by an operator");
+                Ok(QueueCommandOutput::Retried(moved as u64))
+            }
+            QueueAction::Purge => {
+                let removed = slot.core.purge(now).map_err(failed)?;
+                tracing::info!(%queue, removed, "queue purged by an operator");
+                Ok(QueueCommandOutput::Purged(removed as u64))
+            }
         }
     }
 
@@ -823,6 +900,28 @@ fn set_role(name: &str, slot: &mut Slot, role: Role, now: u64) {
     }
 }
 
+/// A stored job as `wedge queue peek` shows it at `now_ms`.
+fn job_summary(job: &StoredJob, now_ms: u64) -> JobSummary {
+    let (state, run_at_unix_ms, last_error) = match &job.state {
+        JobState::Ready { at_ms } if *at_ms <= now_ms => ("ready", Some(*at_ms), None),
+        JobState::Ready { at_ms } => ("delayed", Some(*at_ms), None),
+        JobState::Leased { .. } => ("in-flight", None, None),
+        JobState::Dead { error, .. } => ("dead", None, Some(error.clone())),
+    };
+    let preview = &job.payload[..job.payload.len().min(JOB_PAYLOAD_PREVIEW_BYTES)];
+    JobSummary {
+        id: job.id.to_string(),
+        state: state.to_owned(),
+        attempt: job.attempt,
+        idempotency_key: job.idempotency_key.clone(),
+        enqueued_at_unix_ms: job.enqueued_at_ms,
+        run_at_unix_ms,
+        last_error,
+        payload_bytes: job.payload.len() as u64,
+        payload_preview: String::from_utf8_lossy(preview).into_owned(),
+    }
+}
+
 /// A refused send as the guest sees it.
 fn send_error(error: JobError) -> QueueSendError {
     match error {
@@ -938,6 +1037,47 @@ mod tests {
         assert!(matches!(&unconfirmed, QueueSendError::Unavailable(message) if message.contains("epoch 2")));
         let not_primary = send_error(JobError::NotPrimary { role: "backup" });
         assert!(matches!(&not_primary, QueueSendError::Unavailable(message) if message.contains("backup")));
+    }
+
+    #[test]
+    fn a_peeked_job_shows_its_state_at_now_and_a_bounded_lossy_preview() {
+        let job = |state: JobState, payload: Vec<u8>| StoredJob {
+            id: wedge_jobs::JobId { epoch: 3, seq: 41 },
+            payload,
+            attempt: 2,
+            idempotency_key: Some("order-7".into()),
+            enqueued_at_ms: 1_000,
+            state,
+        };
+        let ready = job_summary(&job(JobState::Ready { at_ms: 5_000 }, b"{\"a\":1}".to_vec()), 5_000);
+        assert_eq!(
+            ready,
+            JobSummary {
+                id: "3-41".into(),
+                state: "ready".into(),
+                attempt: 2,
+                idempotency_key: Some("order-7".into()),
+                enqueued_at_unix_ms: 1_000,
+                run_at_unix_ms: Some(5_000),
+                last_error: None,
+                payload_bytes: 7,
+                payload_preview: "{\"a\":1}".into(),
+            }
+        );
+        let delayed = job_summary(&job(JobState::Ready { at_ms: 5_001 }, Vec::new()), 5_000);
+        assert_eq!((delayed.state.as_str(), delayed.run_at_unix_ms), ("delayed", Some(5_001)));
+        let leased =
+            JobState::Leased { lease: LeaseId { epoch: 3, seq: 1 }, worker: WorkerId("n2".into()), until_ms: 9_000 };
+        let in_flight = job_summary(&job(leased, Vec::new()), 5_000);
+        assert_eq!((in_flight.state.as_str(), in_flight.run_at_unix_ms), ("in-flight", None));
+        let dead = job_summary(&job(JobState::Dead { at_ms: 4_000, error: "boom".into() }, Vec::new()), 5_000);
+        assert_eq!((dead.state.as_str(), dead.last_error.as_deref()), ("dead", Some("boom")));
+        // A large payload shows its first bytes only; bytes that are not UTF-8 are replaced.
+        let mut payload = vec![0xff];
+        payload.extend(std::iter::repeat_n(b'x', 1_000));
+        let big = job_summary(&job(JobState::Ready { at_ms: 0 }, payload), 5_000);
+        assert_eq!(big.payload_bytes, 1_001);
+        assert_eq!(big.payload_preview, format!("\u{fffd}{}", "x".repeat(JOB_PAYLOAD_PREVIEW_BYTES - 1)));
     }
 
     #[test]
