@@ -17,8 +17,8 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::de::DeserializeOwned;
 use wedge_control::api::{
-    DeploySpec, ErrorBody, FunctionInfo, FunctionSummary, LogPage, Overview, PlacementReport, Removed, RollbackRequest,
-    VersionRecord,
+    DeploySpec, ErrorBody, FunctionInfo, FunctionSummary, LogPage, Overview, PlacementReport, QueueCommandAnswer,
+    QueuesReport, Removed, RollbackRequest, VersionRecord,
 };
 
 use crate::profile::Connection;
@@ -126,6 +126,27 @@ impl Client {
     /// `DELETE /v1/functions/{name}`.
     pub fn remove(&self, name: &str) -> Result<Reply<Removed>, ClientError> {
         self.json(self.request("DELETE", &format!("/v1/functions/{name}"), REQUEST_TIMEOUT).call())
+    }
+
+    /// `GET /v1/queues`.
+    pub fn queues(&self) -> Result<Reply<QueuesReport>, ClientError> {
+        self.json(self.request("GET", "/v1/queues", REQUEST_TIMEOUT).call())
+    }
+
+    /// `GET /v1/queues/{queue}/jobs?limit=&dead=`: the oldest jobs, read on the
+    /// queue's primary.
+    pub fn queue_jobs(&self, queue: &str, limit: u32, dead: bool) -> Result<Reply<QueueCommandAnswer>, ClientError> {
+        let request = self
+            .request("GET", &format!("/v1/queues/{queue}/jobs"), REQUEST_TIMEOUT)
+            .query("limit", &limit.to_string())
+            .query("dead", &dead.to_string());
+        self.json(request.call())
+    }
+
+    /// `POST /v1/queues/{queue}/{command}` (`retry-dead`, `purge`), run on the
+    /// queue's primary.
+    pub fn queue_command(&self, queue: &str, command: &str) -> Result<Reply<QueueCommandAnswer>, ClientError> {
+        self.json(self.request("POST", &format!("/v1/queues/{queue}/{command}"), REQUEST_TIMEOUT).call())
     }
 
     /// `HEAD /v1/artifacts/{sha}`: whether the control plane has it.

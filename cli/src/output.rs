@@ -112,6 +112,18 @@ pub fn human_millis(ms: u64) -> String {
     }
 }
 
+/// How long ago, the largest two units: `850ms`, `42s`, `3m12s`, `2h05m`, `4d03h`.
+pub fn human_age(ms: u64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        0 => format!("{ms}ms"),
+        1..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3600..86_400 => format!("{}h{:02}m", secs / 3600, secs / 60 % 60),
+        _ => format!("{}d{:02}h", secs / 86_400, secs / 3600 % 24),
+    }
+}
+
 /// The first 12 hex digits of a sha256, as people quote it.
 pub fn short_sha(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
@@ -184,6 +196,17 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn ages_read_like_durations() {
+        assert_eq!(human_age(0), "0ms");
+        assert_eq!(human_age(999), "999ms");
+        assert_eq!(human_age(1_000), "1s");
+        assert_eq!(human_age(59_999), "59s");
+        assert_eq!(human_age(192_000), "3m12s");
+        assert_eq!(human_age(7_500_000), "2h05m");
+        assert_eq!(human_age(356_400_000), "4d03h");
+    }
 
     #[test]
     fn tables_align_columns() {

@@ -33,3 +33,14 @@ fn serve_help_has_examples_and_every_limit() {
         assert!(text.contains(needle), "missing {needle}:\n{text}");
     }
 }
+
+#[test]
+fn queue_help_and_each_queue_verb_have_examples() {
+    let text = help(&["queue", "--help"]);
+    for verb in ["ls", "peek", "retry-dead", "purge"] {
+        assert!(text.contains(&format!("wedge queue {verb}")), "no example of {verb}:\n{text}");
+        let verb_help = help(&["queue", verb, "--help"]);
+        assert!(verb_help.contains("Examples:"), "queue {verb} --help:\n{verb_help}");
+    }
+    assert!(help(&["queue", "purge", "--help"]).contains("--yes"));
+}

@@ -14,6 +14,7 @@ mod info;
 mod logs;
 mod ls;
 mod placement;
+mod queue;
 mod rm;
 mod rollback;
 mod top;
@@ -368,6 +369,28 @@ pub enum Command {
     ///   wedge logs hello -n 1000 -o json | jq -r .line
     #[command(verbatim_doc_comment)]
     Logs(logs::LogsArgs),
+
+    /// Look after job queues: list them with their counts, peek at their
+    /// jobs, retry dead-lettered jobs, purge a queue.
+    ///
+    /// peek, retry-dead and purge run on the queue's primary: the control
+    /// plane hands them over when that node next reports (within about a
+    /// second) and answers with its result. If the node does not answer
+    /// within 10 s the command fails with 504, and may still have run.
+    ///
+    /// Examples:
+    ///
+    ///   wedge queue ls
+    ///
+    ///   wedge queue peek emails --limit 50
+    ///
+    ///   wedge queue peek emails --dead
+    ///
+    ///   wedge queue retry-dead emails
+    ///
+    ///   wedge queue purge emails --yes
+    #[command(verbatim_doc_comment)]
+    Queue(queue::QueueArgs),
 }
 
 impl Command {
@@ -385,6 +408,7 @@ impl Command {
             Command::Rollback(args) => args.run(),
             Command::Rm(args) => args.run(),
             Command::Logs(args) => args.run(),
+            Command::Queue(args) => args.run(),
             Command::Node(args) => args.run(),
             Command::Control(args) => args.run(),
             Command::Cluster(args) => args.run(),

@@ -64,7 +64,7 @@ impl RmArgs {
 }
 
 /// Asks on stderr; true only for `y` or `yes`.
-fn confirm(question: &str) -> anyhow::Result<bool> {
+pub(super) fn confirm(question: &str) -> anyhow::Result<bool> {
     eprint!("{question}");
     std::io::stderr().flush().context("writing the question")?;
     let mut answer = String::new();
