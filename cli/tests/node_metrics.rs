@@ -4,8 +4,9 @@
 //! and histograms by exactly its amounts; a request forwarded from one node
 //! to the other carries its id into the logs of both. Known jobs (`guest-job`
 //! on a queue, sent through `guest-queue-send` on both nodes of a cluster)
-//! show with their exact counts on the queue's primary only, and as runs by
-//! outcome on the nodes that ran them.
+//! show with their exact counts on the queue's primary only (and on the backup
+//! once the primary is killed and it is promoted), and as runs by outcome on the
+//! nodes that ran them.
 
 #![allow(clippy::unwrap_used)]
 
@@ -406,9 +407,9 @@ fn known_jobs_show_on_the_queue_primary_and_as_runs_on_the_nodes_that_ran_them()
         roles.sort();
         roles == [Some("backup".to_string()), Some("primary".to_string())]
     });
-    let (primary, backup) =
-        if role_of_work(&first).as_deref() == Some("primary") { (&first, &second) } else { (&second, &first) };
-    let nodes = [&first, &second];
+    let (mut primary, backup) =
+        if role_of_work(&first).as_deref() == Some("primary") { (first, second) } else { (second, first) };
+    let nodes = [&primary, &backup];
 
     // 5 jobs that succeed, 2 that fail every attempt (3 each: one returns an error, one
     // panics), 1 delayed past the test's end, sent through both nodes.
@@ -417,9 +418,9 @@ fn known_jobs_show_on_the_queue_primary_and_as_runs_on_the_nodes_that_ran_them()
     for i in 0..succeeding {
         send_job(nodes[i % 2], &format!("ok-{i}"), "", r#"{"do":"succeed"}"#);
     }
-    send_job(&first, "poison-error", "", r#"{"do":"fail","message":"poison"}"#);
-    send_job(&second, "poison-panic", "", r#"{"do":"panic"}"#);
-    send_job(backup, "later", "&delay_ms=600000", r#"{"do":"succeed"}"#);
+    send_job(&primary, "poison-error", "", r#"{"do":"fail","message":"poison"}"#);
+    send_job(&backup, "poison-panic", "", r#"{"do":"panic"}"#);
+    send_job(&backup, "later", "&delay_ms=600000", r#"{"do":"succeed"}"#);
     // Bad sends are refused and add nothing: an unknown queue, a delay over the maximum.
     let unknown = send("POST", &primary.url("/send?queue=nope"), &[], br#"{"do":"succeed"}"#);
     assert_eq!(unknown.status, 404, "{unknown:?}");
@@ -480,4 +481,15 @@ fn known_jobs_show_on_the_queue_primary_and_as_runs_on_the_nodes_that_ran_them()
             assert_eq!(scrape.find("wedge_function_in_flight", &[("function", "worker")]), Some(0.0));
         }
     }
+    // Failover: the promoted backup shows the jobs it held a copy of, and counters from 0
+    // (it has completed nothing as the primary yet).
+    primary.server.kill();
+    wait_until(SOON, "the backup is promoted", || role_of_work(&backup).as_deref() == Some("primary"));
+    let promoted = backup.scrape();
+    assert_eq!(
+        ["ready", "delayed", "in_flight", "dead"].map(|state| jobs(&promoted, state)),
+        [0.0, 1.0, 0.0, poison as f64]
+    );
+    assert_eq!(queue(&promoted, "wedge_queue_completed_total"), 0.0);
+    assert_eq!(queue(&promoted, "wedge_queue_dead_lettered_total"), 0.0);
 }
