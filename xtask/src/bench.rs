@@ -9,6 +9,7 @@ mod cache;
 mod children;
 mod cluster;
 mod deploy;
+mod jobs;
 mod serve;
 mod wrk;
 
@@ -35,6 +36,7 @@ enum Bench {
     Deploy(deploy::Args),
     Cluster(cluster::Args),
     Cache(cache::Args),
+    Jobs(jobs::Args),
     Instantiate(InstantiateArgs),
 }
 
@@ -62,6 +64,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(Bench::Deploy(args)) => deploy::run(args),
         Some(Bench::Cluster(args)) => cluster::run(args),
         Some(Bench::Cache(args)) => cache::run(args),
+        Some(Bench::Jobs(args)) => jobs::run(args),
         Some(Bench::Instantiate(args)) => instantiate(args),
     }
 }

@@ -50,7 +50,7 @@ const FUNCTION: &str = "hello";
 const ROUTE: &str = "/hello";
 const BODY: &str = "Hello, wedge!\n";
 /// Nodes in the cluster, and replicas of the function: one node holds none.
-const NODES: usize = 3;
+pub(super) const NODES: usize = 3;
 const REPLICAS: usize = 2;
 /// The one site every node is in.
 const SITE: &str = "a";
@@ -119,32 +119,39 @@ pub struct Args {
 }
 
 /// One `wedge node`.
-struct Node {
-    name: String,
+pub(super) struct Node {
+    pub(super) name: String,
     /// `http://ADDR` of its ingress.
-    url: String,
+    pub(super) url: String,
     /// `http://ADDR` of its admin API.
-    admin: String,
+    pub(super) admin: String,
     proc: Proc,
 }
 
 impl Node {
+    /// Its process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
     fn route_url(&self) -> String {
         format!("{}{ROUTE}", self.url)
     }
 }
 
-/// The control plane and its nodes.
-struct Cluster {
+/// The control plane and its nodes (also the cluster of `bench jobs`).
+pub(super) struct Cluster {
     /// Declared (so dropped, so killed) before the control plane: a node that loses its
     /// control plane logs a warning.
-    nodes: Vec<Node>,
+    pub(super) nodes: Vec<Node>,
     control: Proc,
-    control_url: String,
+    pub(super) control_url: String,
 }
 
 impl Cluster {
-    fn start(wedge: &Wedge, run_dir: &Path, log_dir: &Path) -> Result<Self> {
+    /// Starts the control plane and [`NODES`] nodes in [`SITE`] under `run_dir`, their
+    /// logs in `log_dir/<bench>-<process>.log`.
+    pub(super) fn start(wedge: &Wedge, run_dir: &Path, log_dir: &Path, bench: &str) -> Result<Self> {
         let ca_dir = run_dir.join("ca");
         let mut init = wedge.command();
         init.args(["cluster", "init", "--dir"]).arg(&ca_dir);
@@ -157,7 +164,7 @@ impl Cluster {
             .arg(run_dir.join("control"))
             .args(["--listen", "127.0.0.1:0"]);
         let (control, lines) =
-            spawn_ready(cmd, "control", "wedge control listening on ", &log_dir.join("cluster-control.log"))?;
+            spawn_ready(cmd, "control", "wedge control listening on ", &log_dir.join(format!("{bench}-control.log")))?;
         let control_url = after(&lines, "wedge control listening on ")?;
         println!("  control plane at {control_url}");
         let mut cluster = Self { nodes: Vec::new(), control, control_url };
@@ -177,7 +184,7 @@ impl Cluster {
             if let Some(seed) = &seed {
                 cmd.args(["--join", seed]);
             }
-            let log = log_dir.join(format!("cluster-{name}.log"));
+            let log = log_dir.join(format!("{bench}-{name}.log"));
             let (proc, lines) = spawn_ready(cmd, &name, "wedge node serving on ", &log)?;
             let url = after(&lines, "wedge node serving on ")?;
             let admin = after(&lines, "wedge node admin on ")?;
@@ -190,13 +197,33 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Waits until every node sees all [`NODES`] members alive.
+    pub(super) fn wait_formed(&self) -> Result<()> {
+        let agent = agent();
+        let started = Instant::now();
+        for node in &self.nodes {
+            let url = format!("{}/v1/members", node.admin);
+            wait_for(&format!("{} to see {NODES} members alive", node.name), || {
+                let text =
+                    agent.get(&url).call().map_err(|e| e.to_string())?.into_string().map_err(|e| e.to_string())?;
+                let report: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+                let alive = report["members"]
+                    .as_array()
+                    .map_or(0, |members| members.iter().filter(|m| m["state"] == "alive").count());
+                if alive == NODES { Ok(()) } else { Err(format!("{alive} alive")) }
+            })?;
+        }
+        println!("  cluster formed in {}", util::fmt_duration(started.elapsed()));
+        Ok(())
+    }
+
     fn node(&self, name: &str) -> Result<&Node> {
         self.nodes.iter().find(|n| n.name == name).with_context(|| format!("no node named {name:?}"))
     }
 
     /// Fails with the output of every process that has exited, if one has; the bench's
     /// numbers mean nothing once the cluster is not the one it started.
-    fn check_alive(&mut self) -> Result<()> {
+    pub(super) fn check_alive(&mut self) -> Result<()> {
         match exit_notes(self.procs()) {
             Some(notes) => bail!("{notes}"),
             None => Ok(()),
@@ -204,18 +231,18 @@ impl Cluster {
     }
 
     /// The control plane, then every node.
-    fn procs(&mut self) -> impl Iterator<Item = &mut Proc> {
+    pub(super) fn procs(&mut self) -> impl Iterator<Item = &mut Proc> {
         std::iter::once(&mut self.control).chain(self.nodes.iter_mut().map(|n| &mut n.proc))
     }
 
-    /// The nodes the control plane placed the function on, as `wedge placement` shows.
-    fn placement(&self, wedge: &Wedge) -> Result<Vec<String>> {
+    /// The nodes the control plane placed `function` on, as `wedge placement` shows.
+    pub(super) fn placement(&self, wedge: &Wedge, function: &str) -> Result<Vec<String>> {
         let mut cmd = wedge.command();
-        cmd.env("WEDGE_CONTROL", &self.control_url).args(["placement", FUNCTION, "--output", "json"]);
+        cmd.env("WEDGE_CONTROL", &self.control_url).args(["placement", function, "--output", "json"]);
         let text = output_within(cmd, COMMAND_DEADLINE)?;
         let report: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("`wedge placement` printed {text:?}"))?;
-        let nodes = report["placements"][FUNCTION].as_array().cloned().unwrap_or_default();
+        let nodes = report["placements"][function].as_array().cloned().unwrap_or_default();
         Ok(nodes.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
     }
 }
@@ -371,7 +398,7 @@ pub fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|_| "unknown version".to_owned());
 
     println!("starting a control plane and {NODES} nodes in site {SITE:?}");
-    let mut cluster = Cluster::start(&wedge, &run_dir, &log_dir)?;
+    let mut cluster = Cluster::start(&wedge, &run_dir, &log_dir, "cluster")?;
     let replicas = match prepare(&wedge, &mut cluster, &hello) {
         Ok(replicas) => replicas,
         Err(err) => return Err(with_exit_notes(err, cluster.procs())),
@@ -524,19 +551,7 @@ pub fn run(args: Args) -> Result<()> {
 /// the replicas' node names, sorted.
 fn prepare(wedge: &Wedge, cluster: &mut Cluster, hello: &Path) -> Result<Vec<String>> {
     let agent = agent();
-    let started = Instant::now();
-    for node in &cluster.nodes {
-        let url = format!("{}/v1/members", node.admin);
-        wait_for(&format!("{} to see {NODES} members alive", node.name), || {
-            let text = agent.get(&url).call().map_err(|e| e.to_string())?.into_string().map_err(|e| e.to_string())?;
-            let report: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
-            let alive = report["members"]
-                .as_array()
-                .map_or(0, |members| members.iter().filter(|m| m["state"] == "alive").count());
-            if alive == NODES { Ok(()) } else { Err(format!("{alive} alive")) }
-        })?;
-    }
-    println!("  cluster formed in {}", util::fmt_duration(started.elapsed()));
+    cluster.wait_formed()?;
 
     let replicas = REPLICAS.to_string();
     let mut deploy = wedge.command();
@@ -554,7 +569,7 @@ fn prepare(wedge: &Wedge, cluster: &mut Cluster, hello: &Path) -> Result<Vec<Str
     let deployed = Instant::now();
     let mut placed = wait_for(&format!("{FUNCTION} to be placed on {REPLICAS} nodes"), || {
         cluster.check_alive().map_err(|e| e.to_string())?;
-        let placed = cluster.placement(wedge).map_err(|e| format!("{e:#}"))?;
+        let placed = cluster.placement(wedge, FUNCTION).map_err(|e| format!("{e:#}"))?;
         if placed.len() == REPLICAS { Ok(placed) } else { Err(format!("placed on {placed:?}")) }
     })?;
     placed.sort();
@@ -582,7 +597,7 @@ fn prepare(wedge: &Wedge, cluster: &mut Cluster, hello: &Path) -> Result<Vec<Str
 
 /// Calls `poll` every [`POLL_INTERVAL`] until it returns `Ok`, for at most
 /// [`READY_DEADLINE`]; an `Err` is a note on the state so far, shown on timeout.
-fn wait_for<T>(what: &str, mut poll: impl FnMut() -> Result<T, String>) -> Result<T> {
+pub(super) fn wait_for<T>(what: &str, mut poll: impl FnMut() -> Result<T, String>) -> Result<T> {
     let started = Instant::now();
     loop {
         match poll() {
@@ -658,7 +673,7 @@ fn concurrent(url: &str, connections: u32, requests: u64) -> Result<Tally> {
 }
 
 /// An HTTP client whose connections are kept alive between requests.
-fn agent() -> ureq::Agent {
+pub(super) fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new().timeout(REQUEST_TIMEOUT).build()
 }
 
@@ -683,7 +698,7 @@ fn get_node(agent: &ureq::Agent, url: &str) -> Result<String, String> {
 
 /// Runs `cmd` to completion within `deadline` (else kills it) and returns its stdout;
 /// fails with its stderr unless it exits with 0.
-fn output_within(mut cmd: Command, deadline: Duration) -> Result<String> {
+pub(super) fn output_within(mut cmd: Command, deadline: Duration) -> Result<String> {
     let shown = util::display(&cmd);
     let child = cmd
         .stdout(Stdio::piped())
