@@ -2,10 +2,11 @@
 //!
 //! Builds the guests and the release `wedge`, starts `wedge up` (a control plane and
 //! nodes in two sites on 127.0.0.1, its state in `<target>/demo/cluster`), deploys
-//! hello, echo, json-api, kv-counter and cache-aside with `wedge deploy`, waits until
-//! each answers through every
-//! node's ingress, prints curl lines to try, and on Ctrl-C stops the cluster and waits
-//! for it. It drives `wedge` only as a person would — its command line (`wedge up
+//! hello, echo, json-api, kv-counter, cache-aside and the two functions of
+//! thumbnail-jobs with `wedge deploy`, waits until each answers through every node's
+//! ingress and a thumbnail job has run end to end (an image POSTed, its thumbnail
+//! fetched from the node that made it), prints curl lines to try, and on Ctrl-C stops
+//! the cluster and waits for it. It drives `wedge` only as a person would — its command line (`wedge up
 //! --output json`, `wedge deploy`) and HTTP —; what a cluster is stays `wedge up`'s
 //! business.
 //!
@@ -14,7 +15,7 @@
 //! cluster gracefully, a second makes `wedge up` kill it at once). Unix only, like
 //! `wedge` itself; signals are sent with the `kill` program (this crate links no libc).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -22,13 +23,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
+use thumbnail_core::{Image, THUMBNAIL_SIDE_MAX};
 
 use crate::guests;
 use crate::util::{self, Workspace};
 
 /// How long `wedge up` gets to print its cluster (it gives itself 60 s per phase).
 const UP_TIMEOUT: Duration = Duration::from_secs(150);
-/// How long the deployed examples get to answer through every node.
+/// How long the deployed examples get to answer through every node (and the thumbnail
+/// job to be queued, run and its result served).
 const SERVED_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `wedge up` gets to stop (it allows 15 s for the nodes, 10 s for the
 /// control plane) before it is killed.
@@ -39,14 +42,16 @@ const SIGNAL_REPEAT_MIN: Duration = Duration::from_secs(1);
 /// How often signals, `wedge up` and the examples are checked.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Run the example functions (hello, echo, json-api, kv-counter, cache-aside) on a local wedge cluster
+/// Run the example functions (hello, echo, json-api, kv-counter, cache-aside, thumbnail-jobs) on a local wedge cluster
 ///
 /// Builds the guest components and `wedge` (release), runs `wedge up` (a control plane
 /// and --nodes nodes in two sites, all on 127.0.0.1, state and logs in
 /// `<target>/demo/cluster`), deploys hello on /hello, echo on /echo, json-api on /api,
-/// kv-counter on /views and cache-aside on /primes, waits until each answers through
-/// every node, then prints curl commands to try
-/// and how to deploy more. Stop it with Ctrl-C: the nodes leave the cluster, then
+/// kv-counter on /views, cache-aside on /primes, and thumbnail-jobs (thumbnail-worker on
+/// queue `thumbnails`, thumbnail-api on /thumbnails on every node, both in cache
+/// namespace `thumbnails`), waits until each answers through every node and a
+/// thumbnail made by a job is served, then prints curl commands to try and how to
+/// deploy more. Stop it with Ctrl-C: the nodes leave the cluster, then
 /// everything stops. The next run brings the same cluster back and deploys again.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -65,29 +70,64 @@ struct Example {
     /// Its guest package, also the function's name.
     package: &'static str,
     route: &'static str,
-    /// More `wedge deploy` flags: the limits and config values the demo shows.
+    /// More `wedge deploy` flags: the limits, config values, queue and cache namespace
+    /// the demo shows.
     flags: &'static [&'static str],
-    /// A path that answers 200 once it is served.
-    probe: &'static str,
+    /// A path that answers 200 once it is served; `None` for the thumbnail-jobs pair,
+    /// which [`check_thumbnails`] checks end to end instead.
+    probe: Option<&'static str>,
+    /// Whether it runs on every node (`--min-replicas` the node count): the thumbnail
+    /// API answers from the cache of the node that serves the request, so the node
+    /// whose worker made a thumbnail must run it.
+    on_every_node: bool,
 }
 
-const EXAMPLES: [Example; 5] = [
+const EXAMPLES: [Example; 7] = [
     Example {
         package: "hello",
         route: "/hello",
         flags: &["--memory", "64MiB", "--timeout", "2s", "--set", "greeting=Hello from the demo"],
-        probe: "/hello",
+        probe: Some("/hello"),
+        on_every_node: false,
     },
-    Example { package: "echo", route: "/echo", flags: &[], probe: "/echo" },
-    Example { package: "json-api", route: "/api", flags: &["--set", "base_path=/api"], probe: "/api/items" },
-    Example { package: "kv-counter", route: "/views", flags: &[], probe: "/views" },
+    Example { package: "echo", route: "/echo", flags: &[], probe: Some("/echo"), on_every_node: false },
+    Example {
+        package: "json-api",
+        route: "/api",
+        flags: &["--set", "base_path=/api"],
+        probe: Some("/api/items"),
+        on_every_node: false,
+    },
+    Example { package: "kv-counter", route: "/views", flags: &[], probe: Some("/views"), on_every_node: false },
     Example {
         package: "cache-aside",
         route: "/primes",
         flags: &["--set", "ttl_ms=30000"],
-        probe: "/primes?limit=1000",
+        probe: Some("/primes?limit=1000"),
+        on_every_node: false,
+    },
+    // The worker first, so the queue exists when the API sends. A job function serves
+    // no HTTP, but every function has a route.
+    Example {
+        package: "thumbnail-worker",
+        route: "/thumbnail-worker",
+        flags: &["--queue", "thumbnails", "--cache", "thumbnails"],
+        probe: None,
+        on_every_node: false,
+    },
+    Example {
+        package: "thumbnail-api",
+        route: "/thumbnails",
+        flags: &["--cache", "thumbnails"],
+        probe: None,
+        on_every_node: true,
     },
 ];
+
+/// thumbnail-api's route: `POST` an image there, `GET` its thumbnail below it.
+const THUMBNAILS: &str = "/thumbnails";
+/// The side lengths of the image the demo sends to thumbnail-jobs.
+const SAMPLE_SIZE: (u32, u32) = (160, 120);
 
 /// What `wedge up --output json` prints.
 #[derive(Deserialize)]
@@ -126,6 +166,9 @@ pub fn run(args: Args) -> Result<()> {
         deployed?;
     }
     wait_served(&cluster, &mut up, &signals)?;
+    let sample = ws.target_dir.join("demo").join("sample.ppm");
+    std::fs::write(&sample, sample_image()).with_context(|| format!("could not write {}", sample.display()))?;
+    let thumbnail = check_thumbnails(&cluster, &sample, &mut up, &signals)?;
 
     let sites = {
         let mut sites: Vec<&str> = cluster.ingress.iter().map(|i| i.site.as_str()).collect();
@@ -134,16 +177,17 @@ pub fn run(args: Args) -> Result<()> {
         sites.len()
     };
     println!(
-        "\nwedge demo: hello, echo, json-api, kv-counter and cache-aside run on {} nodes in {sites} sites \
-         (state and logs in {})",
+        "\nwedge demo: hello, echo, json-api, kv-counter, cache-aside and thumbnail-jobs run on {} nodes in \
+         {sites} sites (state and logs in {})",
         cluster.ingress.len(),
         dir.display()
     );
     let (first, other) = (&cluster.ingress[0], cluster.ingress.get(1).unwrap_or(&cluster.ingress[0]));
     println!("try, in another terminal ({} is in {}, {} in {}):", first.name, first.site, other.name, other.site);
-    for line in curl_lines(&first.url, &other.url) {
+    for line in curl_lines(&first.url, &other.url, &sample) {
         println!("  {line}");
     }
+    println!("  curl -s {} -o thumbnail.ppm    # made on {}: its cache has it", thumbnail.url, thumbnail.node);
     println!("deploy more and look around:");
     println!("  export WEDGE_CONTROL={} WEDGE_TOKEN={}", cluster.control, cluster.token);
     println!("  {} ls", wedge.display());
@@ -157,6 +201,9 @@ fn deploy(wedge: &Path, cluster: &Cluster, example: &Example, component: &Path) 
     let mut cmd = Command::new(wedge);
     cmd.arg("deploy").arg(component).args(["--name", example.package, "--route", example.route]);
     cmd.args(example.flags);
+    if example.on_every_node {
+        cmd.args(["--min-replicas", &cluster.ingress.len().to_string()]);
+    }
     // The environment pair wins over any profile of the user's; a named profile would not.
     cmd.env("WEDGE_CONTROL", &cluster.control).env("WEDGE_TOKEN", &cluster.token).env_remove("WEDGE_PROFILE");
     cmd
@@ -166,9 +213,9 @@ fn deploy(wedge: &Path, cluster: &Cluster, example: &Example, component: &Path) 
 fn wait_served(cluster: &Cluster, up: &mut Up, signals: &Receiver<()>) -> Result<()> {
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
     let started = Instant::now();
-    for example in &EXAMPLES {
+    for probe in EXAMPLES.iter().filter_map(|example| example.probe) {
         for node in &cluster.ingress {
-            let url = format!("{}{}", node.url, example.probe);
+            let url = format!("{}{probe}", node.url);
             loop {
                 let answer = match agent.get(&url).call() {
                     Ok(response) => response.status().to_string(),
@@ -194,8 +241,87 @@ fn wait_served(cluster: &Cluster, up: &mut Up, signals: &Receiver<()>) -> Result
     Ok(())
 }
 
-/// Curl commands that show the examples, through two nodes' ingress URLs.
-fn curl_lines(first: &str, other: &str) -> Vec<String> {
+/// The image the demo sends to thumbnail-jobs: a [`SAMPLE_SIZE`] binary PPM, red
+/// rising to the right, green downwards.
+fn sample_image() -> Vec<u8> {
+    let (width, height) = SAMPLE_SIZE;
+    let ramp = |at: u32, side: u32| (at * 255 / (side - 1)) as u8;
+    let pixels =
+        (0..height).flat_map(|y| (0..width).flat_map(move |x| [ramp(x, width), ramp(y, height), 128])).collect();
+    Image { width, height, maxval: 255, pixels }.encode()
+}
+
+/// Where the demo's thumbnail is served.
+struct Thumbnail {
+    /// Its URL through the ingress of the node that made it.
+    url: String,
+    /// That node's name.
+    node: String,
+}
+
+/// thumbnail-jobs end to end: POSTs `sample` through the first node until a job is
+/// accepted (the route and the queue come up a moment after the deploy), then asks
+/// every node for the thumbnail until one (the one whose worker ran the job: the cache
+/// is per node) answers 200 with a PPM that fits the thumbnail bounds.
+fn check_thumbnails(cluster: &Cluster, sample: &Path, up: &mut Up, signals: &Receiver<()>) -> Result<Thumbnail> {
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
+    let image = std::fs::read(sample).with_context(|| format!("could not read {}", sample.display()))?;
+    let started = Instant::now();
+    let mut last = String::new();
+    let within_time = |up: &mut Up, what: &str, last: &str| -> Result<()> {
+        if started.elapsed() > SERVED_TIMEOUT {
+            bail!(
+                "{what} within {}s (last: {last}); the nodes' logs are in {}",
+                SERVED_TIMEOUT.as_secs(),
+                up.dir.join("logs").display()
+            );
+        }
+        up.check(signals)
+    };
+    let submit = format!("{}{THUMBNAILS}", cluster.ingress[0].url);
+    let status_path = loop {
+        match agent.post(&submit).send_bytes(&image) {
+            Ok(response) if response.status() == 202 => {
+                let answer: serde_json::Value =
+                    serde_json::from_reader(response.into_reader()).context("POST /thumbnails answered no JSON")?;
+                let path = answer["status"].as_str().context("POST /thumbnails answered no status path")?;
+                break path.to_owned();
+            }
+            Ok(response) => last = response.status().to_string(),
+            Err(ureq::Error::Status(status, response)) => {
+                last = format!("{status} {}", response.into_string().unwrap_or_default());
+            }
+            Err(error) => last = error.to_string(),
+        }
+        within_time(up, &format!("{submit} did not accept an image"), &last)?;
+    };
+    loop {
+        for node in &cluster.ingress {
+            let url = format!("{}{status_path}", node.url);
+            match agent.get(&url).call() {
+                Ok(response) if response.status() == 200 => {
+                    let mut ppm = Vec::new();
+                    response.into_reader().read_to_end(&mut ppm).with_context(|| format!("reading {url}"))?;
+                    let thumbnail = Image::decode(&ppm).map_err(|reason| anyhow!("{url} is not a PPM: {reason}"))?;
+                    let (width, height) = (thumbnail.width, thumbnail.height);
+                    if width.max(height) != THUMBNAIL_SIDE_MAX {
+                        bail!("{url} is {width}×{height}, not a thumbnail of at most {THUMBNAIL_SIDE_MAX} px a side");
+                    }
+                    eprintln!("thumbnail-jobs: a {width}×{height} thumbnail made on {} is served", node.name);
+                    return Ok(Thumbnail { url, node: node.name.clone() });
+                }
+                Ok(response) => last = response.status().to_string(),
+                Err(ureq::Error::Status(status, _)) => last = status.to_string(),
+                Err(error) => last = error.to_string(),
+            }
+        }
+        within_time(up, "no node served the thumbnail", &last)?;
+    }
+}
+
+/// Curl commands that show the examples, through two nodes' ingress URLs; `sample` is
+/// an image for thumbnail-jobs.
+fn curl_lines(first: &str, other: &str, sample: &Path) -> Vec<String> {
     vec![
         format!("curl -i {first}/hello"),
         format!("curl -i {other}/hello"),
@@ -206,6 +332,7 @@ fn curl_lines(first: &str, other: &str) -> Vec<String> {
         // Counts are per node: the cache is node-local.
         format!("curl {first}/views/docs"),
         format!("curl '{first}/primes?limit=5000000'"),
+        format!("curl -i --data-binary @{} {other}{THUMBNAILS}", sample.display()),
     ]
 }
 
@@ -402,18 +529,32 @@ mod tests {
         assert_eq!(cluster.ingress[0].name, "node-1");
         assert_eq!(cluster.ingress[0].site, "site-a");
         assert_eq!(cluster.admin, ["http://127.0.0.1:7081"]);
-        let lines = curl_lines(&cluster.ingress[0].url, "http://127.0.0.1:8082");
+        let lines = curl_lines(&cluster.ingress[0].url, "http://127.0.0.1:8082", Path::new("/tmp/sample.ppm"));
         assert_eq!(lines[0], "curl -i http://127.0.0.1:8081/hello");
         assert_eq!(lines[2], "curl -i --data 'any body at all' http://127.0.0.1:8082/echo");
+        assert_eq!(lines[8], "curl -i --data-binary @/tmp/sample.ppm http://127.0.0.1:8082/thumbnails");
         Ok(())
     }
 
     #[test]
     fn every_example_is_deployed_on_its_route_with_the_documented_settings() {
         let packages: Vec<&str> = EXAMPLES.iter().map(|e| e.package).collect();
-        assert_eq!(packages, ["hello", "echo", "json-api", "kv-counter", "cache-aside"]);
+        assert_eq!(
+            packages,
+            ["hello", "echo", "json-api", "kv-counter", "cache-aside", "thumbnail-worker", "thumbnail-api"]
+        );
         for example in &EXAMPLES {
-            assert!(example.probe.starts_with(example.route), "{}", example.package);
+            assert!(example.probe.is_none_or(|probe| probe.starts_with(example.route)), "{}", example.package);
+        }
+        let every_node: Vec<&str> = EXAMPLES.iter().filter(|e| e.on_every_node).map(|e| e.package).collect();
+        assert_eq!(every_node, ["thumbnail-api"]);
+        assert!(EXAMPLES[5].flags.windows(2).any(|pair| pair == ["--queue", "thumbnails"]));
+        for thumbnails in &EXAMPLES[5..] {
+            assert!(
+                thumbnails.flags.windows(2).any(|pair| pair == ["--cache", "thumbnails"]),
+                "{}",
+                thumbnails.package
+            );
         }
         assert!(EXAMPLES[0].flags.contains(&"greeting=Hello from the demo"));
         assert!(EXAMPLES[2].flags.contains(&"base_path=/api"));

@@ -3,7 +3,10 @@
 //!
 //! Guests are found, not listed: every crate directory directly under `examples/` and
 //! `test-guests/` is one, so a new example or test guest needs no change here (only a
-//! line in the root `Cargo.toml`'s `members`). All of them are built by one cargo
+//! line in the root `Cargo.toml`'s `members`). A directory there without a `Cargo.toml`
+//! groups the crates of one example of several functions (`examples/thumbnail-jobs/`):
+//! each crate in it that builds a component (a `cdylib` or a binary) is a guest, the
+//! others are libraries its guests share. All of them are built by one cargo
 //! invocation (the `guest` profile, cargo's own incremental build); a component is
 //! copied to the collection directory only when its bytes changed, so its mtime says
 //! when it last changed. Which compiler does the work is `toolchain.rs`'s choice.
@@ -91,11 +94,20 @@ pub fn discover(ws: &Workspace) -> Result<Vec<Guest>> {
         if !dir.is_dir() {
             continue;
         }
-        let mut manifests: Vec<PathBuf> = fs::read_dir(&dir)
-            .and_then(|entries| entries.map(|entry| entry.map(|e| e.path().join("Cargo.toml"))).collect())
-            .with_context(|| format!("could not list {}", dir.display()))?;
-        manifests.retain(|manifest| manifest.is_file());
-        manifests.sort();
+        let mut manifests = Vec::new();
+        for entry in subdirectories(&dir)? {
+            let manifest = entry.join("Cargo.toml");
+            if manifest.is_file() {
+                manifests.push(manifest);
+                continue;
+            }
+            for member in subdirectories(&entry)? {
+                let manifest = member.join("Cargo.toml");
+                if manifest.is_file() && builds_component(&manifest)? {
+                    manifests.push(manifest);
+                }
+            }
+        }
         for manifest in manifests {
             let Some(name) = ws.member_at(&manifest) else {
                 bail!(
@@ -108,6 +120,30 @@ pub fn discover(ws: &Workspace) -> Result<Vec<Guest>> {
         }
     }
     Ok(guests)
+}
+
+/// The directories in `dir`, sorted.
+fn subdirectories(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .and_then(|entries| entries.map(|entry| entry.map(|e| e.path())).collect())
+        .with_context(|| format!("could not list {}", dir.display()))?;
+    found.retain(|path| path.is_dir());
+    found.sort();
+    Ok(found)
+}
+
+/// Whether the crate of `manifest` builds a component: its library is a `cdylib`, or it
+/// has a binary (`[[bin]]` or `src/main.rs`).
+fn builds_component(manifest: &Path) -> Result<bool> {
+    let text = fs::read_to_string(manifest).with_context(|| format!("could not read {}", manifest.display()))?;
+    let parsed: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not TOML", manifest.display()))?;
+    let cdylib = parsed
+        .get("lib")
+        .and_then(|lib| lib.get("crate-type"))
+        .and_then(toml::Value::as_array)
+        .is_some_and(|types| types.iter().any(|t| t.as_str() == Some("cdylib")));
+    let binary = parsed.contains_key("bin") || manifest.with_file_name("src").join("main.rs").is_file();
+    Ok(cdylib || binary)
 }
 
 /// Discovers and builds every guest: what `cargo xtask guests` does with no flags.
