@@ -1,6 +1,7 @@
 //! wedge-cache: the node-local cache that a node's functions share.
 //!
-//! One sled database per node. Every function sees only its own [`Namespace`]; every
+//! One sled database per node. Every function sees only its [`Namespace`]: its own
+//! name's, or a shared one that several functions name at deploy; every
 //! entry may carry a TTL; the whole database is held under a byte cap
 //! ([`CacheConfig::bytes_max`]) by evicting expired entries first and then the least
 //! recently used ones. The crate has no clock: every call takes `now_ms`
@@ -131,7 +132,7 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-/// One function's view of the cache; its keys can never reach another namespace's.
+/// One namespace's view of the cache; its keys can never reach another namespace's.
 #[derive(Clone)]
 pub struct Namespace {
     inner: Arc<Inner>,
@@ -196,12 +197,13 @@ impl Cache {
         Ok(Cache { inner: Arc::new(inner) })
     }
 
-    /// The view of function `function`.
-    pub fn namespace(&self, function: &str) -> Namespace {
-        let len = u32::try_from(function.len()).unwrap_or(u32::MAX);
-        let mut prefix = Vec::with_capacity(4 + function.len());
+    /// The view of namespace `name` (a function's name, or a namespace several
+    /// functions share).
+    pub fn namespace(&self, name: &str) -> Namespace {
+        let len = u32::try_from(name.len()).unwrap_or(u32::MAX);
+        let mut prefix = Vec::with_capacity(4 + name.len());
         prefix.extend_from_slice(&len.to_be_bytes());
-        prefix.extend_from_slice(function.as_bytes());
+        prefix.extend_from_slice(name.as_bytes());
         Namespace { inner: Arc::clone(&self.inner), prefix }
     }
 

@@ -9,6 +9,9 @@
 //! - Keys are strings (at most 1 KiB by default), values bytes (at most
 //!   1 MiB by default); [`get_json`] and [`set_json`] store any serde type.
 //! - A function sees only its own keys; versions of one function share them.
+//!   Functions deployed with the same `--cache NAME` (`cache = "NAME"` in
+//!   `wedge.toml`) share one namespace instead: a job function can store what
+//!   an HTTP function serves.
 //! - An expired entry is never returned. Entries without a TTL live until
 //!   deleted or evicted: the node keeps the whole cache under a byte cap,
 //!   evicting expired entries first and then the least recently used ones.
