@@ -93,7 +93,7 @@ pub fn deployment(function: &FunctionConfig) -> anyhow::Result<Deployment> {
     function.replicas.resolve().map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
     let queue = queue_binding(function).map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
     if let Some(namespace) = &function.cache {
-        check_cache_namespace(namespace).map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
+        wedge_host::validate_cache_namespace(namespace).map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
     }
     Ok(Deployment {
         name,
@@ -109,16 +109,6 @@ pub fn deployment(function: &FunctionConfig) -> anyhow::Result<Deployment> {
             queue,
             cache: function.cache.clone(),
         },
-    })
-}
-
-/// A cache namespace is a DNS label, like a function name (the host's check,
-/// with the words changed to say which setting is wrong).
-fn check_cache_namespace(namespace: &str) -> Result<(), String> {
-    wedge_host::validate_name(namespace).map_err(|_| {
-        format!(
-            "cache namespace {namespace:?}: use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
-        )
     })
 }
 

@@ -148,12 +148,8 @@ impl FunctionSpec {
         validate_name(&self.name)?;
         let limits = &self.limits;
         let invalid = |reason: String| Err(LoadError::InvalidSpec { name: self.name.clone(), reason });
-        if let Some(namespace) = &self.cache_namespace
-            && !is_dns_label(namespace)
-        {
-            return invalid(format!(
-                "cache namespace {namespace:?}: use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
-            ));
+        if let Some(namespace) = &self.cache_namespace {
+            validate_cache_namespace(namespace).or_else(invalid)?;
         }
         if limits.memory_bytes_max < MIB {
             return invalid("memory limit must be at least 1 MiB".into());
@@ -202,6 +198,18 @@ pub fn validate_name(name: &str) -> Result<(), LoadError> {
             reason: "function names must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
                 .into(),
         })
+    }
+}
+
+/// Cache namespaces are DNS labels like function names; the message names
+/// the setting (for a client to check a spec before sending it).
+pub fn validate_cache_namespace(namespace: &str) -> Result<(), String> {
+    if is_dns_label(namespace) {
+        Ok(())
+    } else {
+        Err(format!(
+            "cache namespace {namespace:?}: use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+        ))
     }
 }
 
