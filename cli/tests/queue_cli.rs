@@ -169,8 +169,10 @@ fn queue_verbs_show_peek_retry_and_purge_jobs_on_the_primary() {
     assert!(table.starts_with("ID "), "{table}");
     assert!(table.contains("later-2") && table.contains(r#"{"do":"succeed","n":2}"#), "{table}");
     let dead = answer(&control, &["queue", "peek", "work", "--dead", "-o", "json"]);
-    let QueueCommandOutput::Jobs(jobs) = dead.output else { panic!("{dead:?}") };
+    let QueueCommandOutput::Jobs(mut jobs) = dead.output else { panic!("{dead:?}") };
     assert_eq!(jobs.len(), POISON as usize, "{jobs:?}");
+    // Oldest dead first: their backoffs' jitter decides which died first.
+    jobs.sort_by(|a, b| a.idempotency_key.cmp(&b.idempotency_key));
     for (i, job) in jobs.iter().enumerate() {
         assert_eq!((job.state.as_str(), u64::from(job.attempt)), ("dead", ATTEMPTS), "{job:?}");
         assert_eq!(job.idempotency_key.as_deref(), Some(format!("poison-{i}").as_str()));
