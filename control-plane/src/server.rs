@@ -19,9 +19,9 @@
 //! wait in the [`CommandBook`] for the queue's primary (as published to
 //! the nodes) to report: they leave in the answer to its report and their
 //! results come back in a later one. The operator's request waits for the
-//! result at most [`QUEUE_COMMAND_TIMEOUT_MS`] (then 504: the command may
-//! still run), and fails with 503 when the primary changes before the
-//! command left.
+//! result at most [`QUEUE_COMMAND_TIMEOUT_MS`] (then 504, saying whether
+//! the node took the command and so may have run it), and fails with 503
+//! when the primary changes before the command left.
 //!
 //! Long-polls (`/v1/state`, `/v1/functions/{name}/logs`) wait only when
 //! asked (`wait_ms`, default 0, at most [`STATE_WAIT_MAX_MS`]) on a `watch`
@@ -1277,25 +1277,31 @@ async fn queue_command(
                 }
             }
             _ = stopping.wait_for(|stopping| *stopping) => {
-                shared.commands().forget(&node, id);
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the control plane is stopping; the command for queue {queue} may still run on {node}"),
-                ));
+                return Err(gave_up(shared, &node, &queue, id, StatusCode::SERVICE_UNAVAILABLE, "the control plane is stopping"));
             }
             () = &mut deadline => {
-                shared.commands().forget(&node, id);
-                return Err(ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "node {node}, the primary of queue {queue}, did not answer within {}s; the command may \
-                         still have run (check with `wedge queue ls`)",
-                        QUEUE_COMMAND_TIMEOUT_MS / 1000
-                    ),
-                ));
+                let why = format!("no answer from node {node} within {}s", QUEUE_COMMAND_TIMEOUT_MS / 1000);
+                return Err(gave_up(shared, &node, &queue, id, StatusCode::GATEWAY_TIMEOUT, &why));
             }
         }
     }
+}
+
+/// The answer when the operator's wait for command `id` ends without a result
+/// (`status`, because `why`): whether the command may have run depends on
+/// whether it was handed over.
+fn gave_up(shared: &Shared, node: &str, queue: &str, id: u64, status: StatusCode, why: &str) -> ApiError {
+    let mut book = shared.commands();
+    let message = if book.withdraw_unsent(node, id) {
+        format!("{why}; node {node} (the primary of queue {queue}) did not take the command, so nothing ran")
+    } else {
+        book.forget(node, id);
+        format!(
+            "{why}; node {node} (the primary of queue {queue}) took the command, which may still have run \
+             (check with `wedge queue ls`)"
+        )
+    };
+    ApiError::new(status, message)
 }
 
 fn command_error(error: CommandError) -> ApiError {
