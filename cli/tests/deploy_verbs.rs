@@ -390,6 +390,7 @@ fn a_manifest_deploys_every_function_and_a_bad_one_deploys_nothing() {
         name = "greeter"
         component = "wasm/hello_world.wasm"
         routes = ["/greet", "greet.example.com/"]
+        cache = "greetings"
         [function.limits]
         timeout = "2s"
         [function.config]
@@ -407,6 +408,7 @@ fn a_manifest_deploys_every_function_and_a_bad_one_deploys_nothing() {
     let greeter = control.wedge(&["info", "greeter", "-o", "json"]).ok().json();
     assert_eq!(greeter["active"]["limits"]["timeout_ms"], 2000);
     assert_eq!(greeter["active"]["config"]["greeting"], "hey");
+    assert_eq!(greeter["active"]["cache"], "greetings");
 
     // --manifest and JSON output: an array, one record per function.
     let json = control
@@ -431,6 +433,10 @@ fn a_manifest_deploys_every_function_and_a_bad_one_deploys_nothing() {
     std::fs::write(&bad, "[[function]]\nname = \"fresh\"\ncomponent = \"wasm/hello_world.wasm\"\n[[function]]\ncomponent = \"nope.wasm\"\n").unwrap();
     let missing = control.wedge(&["deploy", "--manifest", bad.to_str().unwrap()]);
     assert!(missing.one_line_failure().contains("nope.wasm: cannot read"), "{missing:#?}");
+    // A cache namespace that is not a DNS label, on the command line: nothing sent.
+    let hello = project.path().join("wasm/hello_world.wasm");
+    let bad_cache = control.wedge(&["deploy", hello.to_str().unwrap(), "--name", "fresh", "--cache", "Not_A_Label"]);
+    assert!(bad_cache.one_line_failure().contains("cache namespace \"Not_A_Label\": use 1-63"), "{bad_cache:#?}");
     let names: Vec<String> = control
         .wedge(&["ls", "-o", "json"])
         .ok()
