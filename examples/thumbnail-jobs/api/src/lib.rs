@@ -24,8 +24,9 @@ use wedge_sdk::{cache, http_handler, json_error, queue};
 
 use thumbnail_core::{Image, PPM_MEDIA_TYPE, QUEUE, is_key, key};
 
-/// Largest body read: above any queue's payload limit (1 MiB at most), so
-/// an image too large for a job reaches the queue and gets its answer.
+/// Largest body read: well above a queue's payload limit (256 KiB by
+/// default), so an image too large for a job reaches the queue, whose
+/// refusal names its limit.
 const BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Checks the image and queues its thumbnail.
