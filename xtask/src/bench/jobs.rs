@@ -688,6 +688,9 @@ struct Report {
     direct_cpu_ms_per_call: BTreeMap<String, f64>,
     /// The queue as its primary saw it at the end (`GET /v1/queues` on its admin API).
     primary_view: serde_json::Value,
+    /// Successful job runs of the whole run on each node (its
+    /// `wedge_function_jobs_total`), warm-up and probes included.
+    job_runs_by_node: BTreeMap<String, u64>,
     sink: SinkReport,
 }
 
@@ -775,6 +778,7 @@ pub fn run(args: Args) -> Result<()> {
         latency_runs.push(run);
     }
     let primary_view = queue_view(&cluster, &primary)?;
+    let job_runs_by_node = job_runs_by_node(&cluster)?;
     drop(cluster);
 
     let latency_jobs = latency_runs.pop().context("no job latency run")?;
@@ -810,6 +814,7 @@ pub fn run(args: Args) -> Result<()> {
         jobs_cpu_ms_per_call: median_per_node(rounds.iter().map(|r| &r.jobs.cpu.ms_per_call)),
         direct_cpu_ms_per_call: median_per_node(rounds.iter().map(|r| &r.direct.cpu.ms_per_call)),
         primary_view,
+        job_runs_by_node,
         sink: sink.report(),
         rounds,
     };
@@ -910,6 +915,28 @@ fn median_per_node<'a>(maps: impl Iterator<Item = &'a BTreeMap<String, f64>>) ->
     values.into_iter().map(|(node, v)| (node, median_of(v))).collect()
 }
 
+/// Each node's successful runs of the worker, from its admin `GET /metrics`.
+fn job_runs_by_node(cluster: &Cluster) -> Result<BTreeMap<String, u64>> {
+    let agent = agent();
+    cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            let url = format!("{}/metrics", node.admin);
+            let text = agent.get(&url).call().with_context(|| format!("GET {url}"))?.into_string()?;
+            let runs = succeeded_runs(&text, WORKER.0)
+                .with_context(|| format!("no wedge_function_jobs_total of {} in GET {url}", WORKER.0))?;
+            Ok((node.name.clone(), runs))
+        })
+        .collect()
+}
+
+/// The successful job runs of `function` in a node's Prometheus text.
+fn succeeded_runs(metrics: &str, function: &str) -> Option<u64> {
+    let series = format!("wedge_function_jobs_total{{function=\"{function}\",outcome=\"succeeded\"}}");
+    metrics.lines().find_map(|line| line.strip_prefix(series.as_str())?.trim().parse::<f64>().ok()).map(|n| n as u64)
+}
+
 /// `, N failed: {…}` when a run had failures, else nothing.
 fn failures_note(failures: &BTreeMap<String, u64>) -> String {
     match failures.values().sum::<u64>() {
@@ -973,6 +1000,12 @@ fn markdown(r: &Report) -> String {
     ));
 
     md.push_str(&cpu_table(r));
+    let runs: Vec<String> = r.job_runs_by_node.iter().map(|(node, n)| format!("{node} {n}")).collect();
+    md.push_str(&format!(
+        "Jobs run by node over the whole bench (`wedge_function_jobs_total`, warm-up included): {}. The primary \
+         leases to itself while it has a free instance.\n\n",
+        runs.join(", ")
+    ));
 
     let (j, d) = (&r.latency_jobs, &r.latency_direct);
     md.push_str(&format!(
@@ -1073,6 +1106,15 @@ mod tests {
         let stat = "cpu  100 5 50 800 40 3 2 0 0 0\ncpu0 50 2 25 400 20 1 1 0 0 0\n";
         assert_eq!(machine_ticks(stat), Some((160, 1000)));
         assert_eq!(machine_ticks("intr 1 2 3\n"), None);
+    }
+
+    #[test]
+    fn job_runs_are_read_from_the_function_s_succeeded_series() {
+        let metrics = "# TYPE wedge_function_jobs_total counter\n\
+            wedge_function_jobs_total{function=\"worker\",outcome=\"failed\"} 2\n\
+            wedge_function_jobs_total{function=\"worker\",outcome=\"succeeded\"} 4803\n";
+        assert_eq!(succeeded_runs(metrics, "worker"), Some(4803));
+        assert_eq!(succeeded_runs(metrics, "other"), None);
     }
 
     #[test]
