@@ -21,7 +21,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{NodeCommand, Server, send, wait_until, wasm};
 use wedge_control::api::{
@@ -185,7 +185,9 @@ fn queue_verbs_show_peek_retry_and_purge_jobs_on_the_primary() {
     // dead-lettered again.
     let failed_before = count(&held(&primary), "failed_attempts");
     assert_eq!(failed_before, ATTEMPTS * u64::from(POISON));
+    let started = Instant::now();
     let retried = ok(&control, &["queue", "retry-dead", "work"]);
+    eprintln!("wedge queue retry-dead answered in {:?} (the primary reports every second)", started.elapsed());
     assert_eq!(retried.trim(), format!("{POISON} jobs of queue work ready again (on {})", assignment.primary));
     wait_until(LIMIT, "the retried jobs are dead again after their attempts", || {
         let view = held(&primary);

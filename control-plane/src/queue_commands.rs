@@ -38,14 +38,10 @@ pub(crate) enum CommandError {
         /// The primary it waited for.
         node: String,
     },
-    /// The node ran it and failed (it is not the primary any more, say).
-    #[error("node {node}: {message}")]
-    Failed {
-        /// The node.
-        node: String,
-        /// What it said.
-        message: String,
-    },
+    /// The node ran it and failed (it is not the primary any more, say): what it
+    /// said (nodes name themselves in it).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// What a waiter receives.
@@ -128,7 +124,7 @@ impl CommandBook {
                 continue;
             }
             let Some(entry) = entries.remove(&result.id) else { continue };
-            let outcome = result.outcome.map_err(|message| CommandError::Failed { node: node.to_owned(), message });
+            let outcome = result.outcome.map_err(CommandError::Failed);
             let _ = entry.reply.send(outcome);
         }
         self.forget_idle(node);
@@ -211,15 +207,15 @@ mod tests {
     }
 
     #[test]
-    fn a_node_failure_reaches_the_waiter_with_the_node_named() {
+    fn a_node_failure_reaches_the_waiter_as_it_said_it() {
         let mut book = CommandBook::default();
         let (id, mut outcome) = book.submit("n1", "work", QueueAction::RetryDead).unwrap();
         book.hand_over("n1", primary("n1"));
         let message = "node n1 is not the primary of queue work".to_owned();
         book.finish("n1", vec![QueueCommandResult { id, outcome: Err(message.clone()) }]);
         let error = outcome.try_recv().unwrap().unwrap_err();
-        assert_eq!(error, CommandError::Failed { node: "n1".into(), message });
-        assert_eq!(error.to_string(), "node n1: node n1 is not the primary of queue work");
+        assert_eq!(error, CommandError::Failed(message));
+        assert_eq!(error.to_string(), "node n1 is not the primary of queue work");
     }
 
     #[test]

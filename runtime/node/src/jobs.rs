@@ -319,16 +319,17 @@ impl Queues {
     }
 
     /// Runs an operator's command on the engine (see [`Engine::command`]); its result
-    /// for the control plane.
+    /// for the control plane (an error names this node).
     pub async fn run_command(&self, command: QueueCommand) -> QueueCommandResult {
         let id = command.id;
         let (reply, answer) = oneshot::channel();
+        let me = &self.me;
         let outcome = match self.inputs.send(Input::Command { command, reply }).await {
-            Err(_) => Err("the node's queues are stopping".to_owned()),
+            Err(_) => Err(format!("node {me}: its queues are stopping")),
             Ok(()) => match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
                 Ok(Ok(outcome)) => outcome,
-                Ok(Err(_)) => Err("the node's queues dropped the command (stopping)".to_owned()),
-                Err(_) => Err(format!("the node's queues did not run the command within {COMMAND_TIMEOUT:?}")),
+                Ok(Err(_)) => Err(format!("node {me}: its queues dropped the command (stopping)")),
+                Err(_) => Err(format!("node {me}: its queues did not run the command within {COMMAND_TIMEOUT:?}")),
             },
         };
         QueueCommandResult { id, outcome }
