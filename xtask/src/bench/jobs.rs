@@ -25,6 +25,10 @@
 //! the dispatch to a worker and one local HTTP hop from the job to the sink. The same
 //! difference for a direct request is the baseline ("start"), besides its round trip.
 //!
+//! Where the cost lies: each throughput run reads the CPU time of every node and of this
+//! process from `/proc` (and how busy the whole machine was), and at the end each node's
+//! `wedge_function_jobs_total` says where the jobs ran.
+//!
 //! Every process is a child killed when its guard drops, on success, error or panic
 //! alike; every wait and every load loop is bounded in count and in time.
 
@@ -59,12 +63,12 @@ const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
 /// How long one measured run may take, its jobs' arrival at the sink included.
 const RUN_DEADLINE: Duration = Duration::from_secs(180);
 /// Timeout of one HTTP request of the bench: a send waits for the backup's copy (the
-/// node gives up after about 7 s).
+/// node gives up after 12 s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pause between two looks at the sink while waiting for keys.
 const SINK_POLL: Duration = Duration::from_millis(10);
-/// Connections the sink serves at once (each node's outbound client keeps a few);
-/// beyond it a new one is closed.
+/// Connections the sink serves at once (a function's outbound request opens one and
+/// closes it after the answer); beyond it a new one is closed.
 const SINK_CONNECTIONS_MAX: usize = 256;
 /// A sink connection idle this long is closed.
 const SINK_IDLE: Duration = Duration::from_secs(60);
@@ -81,8 +85,8 @@ const OPEN_LOOP_THREADS: usize = 32;
 /// directories, 127.0.0.1), an HTTP sink in this process, and deploys on all 3 nodes:
 ///   worker   guest-job, --queue bench --queue-concurrency C --allow-outbound SINK
 ///   sender   guest-queue-send on /send (POST /send?queue=bench&key=K sends a job)
-///   direct   guest-outbound on /direct (GET /direct?url=SINK/?key=K: the same POST's
-///            work done synchronously, the baseline)
+///   direct   guest-outbound on /direct (GET /direct?url=SINK/?key=K: one request to
+///            the sink done synchronously, the baseline)
 /// Each job POSTs its idempotency key to the sink as its first action. After a warm-up:
 ///   throughput  R rounds; in each, N jobs from K concurrent clients through all three
 ///               ingresses (first send → last job seen at the sink; and sends
@@ -198,7 +202,7 @@ impl Sink {
                 }
                 if since.elapsed() > deadline {
                     bail!(
-                        "{} of {} jobs did not reach the sink within {}s",
+                        "{} of {} keys did not reach the sink within {}s",
                         keys.len() - found.len(),
                         keys.len(),
                         deadline.as_secs()
@@ -310,7 +314,8 @@ fn percent_encode(value: &str) -> String {
 enum Work {
     /// `POST /send`: a job whose run posts the key to the sink.
     Job,
-    /// `GET /direct`: the function posts the key to the sink within the request.
+    /// `GET /direct`: within the request, the function requests the sink with the key (a
+    /// `GET`; a job `POST`s one line).
     Direct,
 }
 
@@ -952,7 +957,7 @@ fn markdown(r: &Report) -> String {
         "One `wedge control` and {} `wedge node`s in one site on 127.0.0.1; guest-job (`worker`, queue `{}`, \
          concurrency {}), guest-queue-send (`/send`) and guest-outbound (`/direct`) on every node. Queue primary \
          {}, backup {}. Each job `POST`s its key to a sink in the bench as its first action; a direct request \
-         makes its function do the same request to the sink before it answers. {} CPUs, commit {}, {}.\n\n",
+         makes its function do one request to the sink (a `GET` with the key) before it answers. {} CPUs, commit {}, {}.\n\n",
         r.nodes, r.queue, r.queue_concurrency, r.primary, r.backup, r.run.cpus, r.run.commit, r.run.wedge_version,
     ));
 
