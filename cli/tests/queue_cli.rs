@@ -7,8 +7,9 @@
 //! (they fail twice more and return to the dead-letter queue); `purge` refuses
 //! without `--yes` when stdin is not a terminal, and with it removes every job, on
 //! the primary and, replicated, on the backup (read from each node's admin
-//! `GET /v1/queues`). A bad token (401), the node token (403) and an unknown queue
-//! (404) are refused in one line and change nothing.
+//! `GET /v1/queues`, which shows counts and no payloads and takes no command). A bad
+//! token (401), the node token (403) and an unknown queue (404) are refused in one
+//! line and change nothing.
 //!
 //! The relay itself, with two nodes played by the test on the nodes' report path
 //! (node token): a command for a queue without a primary is a 503; a command waits
@@ -143,6 +144,13 @@ fn queue_verbs_show_peek_retry_and_purge_jobs_on_the_primary() {
         counts(&control) == Some((0, DELAYED, 0, POISON))
     });
     assert_eq!(count(&held(&primary), "dead_lettered"), u64::from(POISON));
+    // A node's admin listener shows counts, never payloads, and changes nothing.
+    let view = common::get(&format!("{primary}/v1/queues"));
+    assert!(view.status == 200 && !view.body.contains("payload") && !view.body.contains("later-0"), "{}", view.body);
+    for path in ["/v1/queues", "/v1/queues/work/purge"] {
+        let reply = send("POST", &format!("{primary}{path}"), &[], b"");
+        assert!(matches!(reply.status, 404 | 405), "POST {path} on the admin listener: {}", reply.status);
+    }
     let table = ok(&control, &["queue", "ls"]);
     let row = table.lines().find(|line| line.starts_with("work ")).unwrap_or_else(|| panic!("{table}"));
     let cells: Vec<&str> = row.split_whitespace().collect();
