@@ -10,7 +10,7 @@
 //! [[function]]
 //! name = "hello"                 # optional; defaults to the file stem (json_api.wasm -> json-api)
 //! component = "target/wasm/hello.wasm"
-//! routes = ["/hello", "api.example.com/hello"]   # optional; defaults to /<name>
+//! routes = ["/hello", "api.example.com/hello"]   # optional; defaults to /<name> (none with `queue`)
 //! allowed_outbound_hosts = ["api.example.com"]
 //! cache = "pages"                # optional: a cache namespace shared with the functions naming it
 //!                                # (default: the function's own name, seen by no other function)
@@ -85,7 +85,12 @@ pub fn deployment(function: &FunctionConfig) -> anyhow::Result<Deployment> {
     let source = function.component.display();
     wedge_host::validate_name(&name)
         .map_err(|error| anyhow::anyhow!("{source}: {error} (give a name with --name or name = \"...\")"))?;
-    let routes = if function.routes.is_empty() { vec![format!("/{name}")] } else { function.routes.clone() };
+    // A job function (bound to a queue) serves no route unless given one.
+    let routes = if function.routes.is_empty() && function.queue.is_none() {
+        vec![format!("/{name}")]
+    } else {
+        function.routes.clone()
+    };
     for route in &routes {
         wedge_router::Route::parse(route).map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
     }

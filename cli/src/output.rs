@@ -124,6 +124,11 @@ pub fn human_age(ms: u64) -> String {
     }
 }
 
+/// A function's routes in a table cell: `-` for a job function without any.
+pub fn routes_cell(routes: &[String]) -> String {
+    if routes.is_empty() { "-".to_string() } else { routes.join(", ") }
+}
+
 /// The first 12 hex digits of a sha256, as people quote it.
 pub fn short_sha(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)

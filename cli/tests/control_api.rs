@@ -191,6 +191,20 @@ fn deploy_then_read_it_back_everywhere() {
     assert_eq!(get(&server, "/v1/functions/nobody/versions").status, 404);
 }
 
+#[test]
+fn a_job_function_needs_no_route() {
+    let (server, _dir) = fresh();
+    let spec = json!({"routes": [], "queue": {"name": "mail"}});
+    let reply = deploy(&server, "mailer", &spec, Some(&wasm("guest-job")));
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let record = json_of(&reply);
+    assert_eq!(record["routes"], json!([]));
+    assert_eq!(record["queue"]["name"], "mail");
+    let functions = json_of(&get(&server, "/v1/functions"));
+    assert_eq!(functions[0]["name"], "mailer");
+    assert_eq!(functions[0]["routes"], json!([]));
+}
+
 /// What is wrong, function name, spec, component, status, text the error has.
 type Case = (&'static str, &'static str, Value, Option<Vec<u8>>, u16, &'static str);
 

@@ -851,7 +851,7 @@ async fn deploy(
 
     let spec: DeploySpec = serde_json::from_slice(&upload.spec)
         .map_err(|error| ApiError::bad_request(format!("part `spec` is not a valid deploy spec: {error}")))?;
-    validate::check_routes(&spec.routes)?;
+    validate::check_routes(&spec.routes, spec.queue.is_some())?;
     spec.replicas.resolve().map_err(ApiError::bad_request)?;
     if let Some(queue) = &spec.queue {
         queue.validate().map_err(ApiError::bad_request)?;

@@ -39,11 +39,16 @@ pub enum ValidationError {
     Internal(String),
 }
 
-/// At least one route, at most [`ROUTES_MAX`], each parses, no two the
-/// same (after parsing: `/api` and `/api/` are the same route).
-pub fn check_routes(routes: &[String]) -> Result<(), ValidationError> {
-    if routes.is_empty() {
-        return Err(ValidationError::Invalid("a function needs at least one route, like /hello".into()));
+/// At least one route (none needed by a function bound to a job queue,
+/// which may serve HTTP too but need not), at most [`ROUTES_MAX`], each
+/// parses, no two the same (after parsing: `/api` and `/api/` are the same
+/// route).
+pub fn check_routes(routes: &[String], bound_to_queue: bool) -> Result<(), ValidationError> {
+    if routes.is_empty() && !bound_to_queue {
+        return Err(ValidationError::Invalid(
+            "a function needs at least one route, like /hello (only a job function bound with --queue needs none)"
+                .into(),
+        ));
     }
     if routes.len() > ROUTES_MAX {
         return Err(ValidationError::Invalid(format!("at most {ROUTES_MAX} routes per function")));
@@ -132,10 +137,11 @@ mod tests {
     #[test]
     fn routes_are_checked() {
         let routes = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(check_routes(&routes(&["/a", "example.com/b"])).is_ok());
-        assert!(check_routes(&routes(&[])).is_err());
-        assert!(check_routes(&routes(&["no spaces/ x"])).is_err());
-        let twice = check_routes(&routes(&["/api", "/api/"])).unwrap_err().to_string();
+        assert!(check_routes(&routes(&["/a", "example.com/b"]), false).is_ok());
+        assert!(check_routes(&routes(&[]), false).is_err());
+        assert!(check_routes(&routes(&[]), true).is_ok());
+        assert!(check_routes(&routes(&["no spaces/ x"]), true).is_err());
+        let twice = check_routes(&routes(&["/api", "/api/"]), false).unwrap_err().to_string();
         assert!(twice.contains("twice"), "{twice}");
     }
 

@@ -69,7 +69,8 @@ pub struct Args {
 struct Example {
     /// Its guest package, also the function's name.
     package: &'static str,
-    route: &'static str,
+    /// Its route; `None` for a job function.
+    route: Option<&'static str>,
     /// More `wedge deploy` flags: the limits, config values, queue and cache namespace
     /// the demo shows.
     flags: &'static [&'static str],
@@ -85,39 +86,39 @@ struct Example {
 const EXAMPLES: [Example; 7] = [
     Example {
         package: "hello",
-        route: "/hello",
+        route: Some("/hello"),
         flags: &["--memory", "64MiB", "--timeout", "2s", "--set", "greeting=Hello from the demo"],
         probe: Some("/hello"),
         on_every_node: false,
     },
-    Example { package: "echo", route: "/echo", flags: &[], probe: Some("/echo"), on_every_node: false },
+    Example { package: "echo", route: Some("/echo"), flags: &[], probe: Some("/echo"), on_every_node: false },
     Example {
         package: "json-api",
-        route: "/api",
+        route: Some("/api"),
         flags: &["--set", "base_path=/api"],
         probe: Some("/api/items"),
         on_every_node: false,
     },
-    Example { package: "kv-counter", route: "/views", flags: &[], probe: Some("/views"), on_every_node: false },
+    Example { package: "kv-counter", route: Some("/views"), flags: &[], probe: Some("/views"), on_every_node: false },
     Example {
         package: "cache-aside",
-        route: "/primes",
+        route: Some("/primes"),
         flags: &["--set", "ttl_ms=30000"],
         probe: Some("/primes?limit=1000"),
         on_every_node: false,
     },
     // The worker first, so the queue exists when the API sends. A job function serves
-    // no HTTP, but every function has a route.
+    // no HTTP: no route.
     Example {
         package: "thumbnail-worker",
-        route: "/thumbnail-worker",
+        route: None,
         flags: &["--queue", "thumbnails", "--cache", "thumbnails"],
         probe: None,
         on_every_node: false,
     },
     Example {
         package: "thumbnail-api",
-        route: "/thumbnails",
+        route: Some("/thumbnails"),
         flags: &["--cache", "thumbnails"],
         probe: None,
         on_every_node: true,
@@ -199,7 +200,10 @@ pub fn run(args: Args) -> Result<()> {
 /// `wedge deploy` of one example, to the cluster's control plane.
 fn deploy(wedge: &Path, cluster: &Cluster, example: &Example, component: &Path) -> Command {
     let mut cmd = Command::new(wedge);
-    cmd.arg("deploy").arg(component).args(["--name", example.package, "--route", example.route]);
+    cmd.arg("deploy").arg(component).args(["--name", example.package]);
+    if let Some(route) = example.route {
+        cmd.args(["--route", route]);
+    }
     cmd.args(example.flags);
     if example.on_every_node {
         cmd.args(["--min-replicas", &cluster.ingress.len().to_string()]);
@@ -544,8 +548,11 @@ mod tests {
             ["hello", "echo", "json-api", "kv-counter", "cache-aside", "thumbnail-worker", "thumbnail-api"]
         );
         for example in &EXAMPLES {
-            assert!(example.probe.is_none_or(|probe| probe.starts_with(example.route)), "{}", example.package);
+            let on_route = |probe: &str| example.route.is_some_and(|route| probe.starts_with(route));
+            assert!(example.probe.is_none_or(on_route), "{}", example.package);
         }
+        let without_route: Vec<&str> = EXAMPLES.iter().filter(|e| e.route.is_none()).map(|e| e.package).collect();
+        assert_eq!(without_route, ["thumbnail-worker"]);
         let every_node: Vec<&str> = EXAMPLES.iter().filter(|e| e.on_every_node).map(|e| e.package).collect();
         assert_eq!(every_node, ["thumbnail-api"]);
         assert!(EXAMPLES[5].flags.windows(2).any(|pair| pair == ["--queue", "thumbnails"]));

@@ -41,7 +41,7 @@ pub struct DeployArgs {
     name: Option<String>,
 
     /// Route: `/prefix`, `host/prefix` or `*.domain/prefix`; repeat for
-    /// several [default: /<name>].
+    /// several [default: /<name>, none with --queue].
     #[arg(long = "route", value_name = "[HOST]/PREFIX")]
     routes: Vec<String>,
 
@@ -246,15 +246,23 @@ fn progress_bar(bytes: u64, filename: &str) -> ProgressBar {
     ProgressBar::new(bytes).with_style(style).with_message(filename.to_string())
 }
 
-/// `deployed hello version 3 (sha256 1a2b3c4d5e6f, 1.2 MiB) routes /hello`.
+/// `deployed hello version 3 (sha256 1a2b3c4d5e6f, 1.2 MiB) routes /hello`, and
+/// `… queue mail` for a job function (`… routes /x, queue mail` when it has both).
 pub fn deployed_line(record: &VersionRecord) -> String {
+    let mut serves = Vec::new();
+    if !record.routes.is_empty() {
+        serves.push(format!("routes {}", record.routes.join(", ")));
+    }
+    if let Some(queue) = &record.queue {
+        serves.push(format!("queue {}", queue.name));
+    }
     format!(
-        "deployed {} version {} (sha256 {}, {}) routes {}",
+        "deployed {} version {} (sha256 {}, {}) {}",
         record.function,
         record.version,
         short_sha(&record.artifact),
         human_bytes(record.artifact_bytes),
-        record.routes.join(", ")
+        serves.join(", ")
     )
 }
 
@@ -288,5 +296,16 @@ mod tests {
             deployed_line(&record),
             "deployed hello version 3 (sha256 1a2b3c4d5e6f, 1.2 MiB) routes /hello, api.example.com/hello"
         );
+        let job = VersionRecord {
+            routes: Vec::new(),
+            queue: Some(wedge_control::api::QueueBinding {
+                name: "mail".into(),
+                max_attempts: None,
+                concurrency: None,
+                visibility_timeout_ms: None,
+            }),
+            ..record
+        };
+        assert_eq!(deployed_line(&job), "deployed hello version 3 (sha256 1a2b3c4d5e6f, 1.2 MiB) queue mail");
     }
 }

@@ -7,7 +7,7 @@ use clap::Args;
 use wedge_control::api::{FunctionInfo, LimitsSpec};
 
 use crate::client::{Client, function_name};
-use crate::output::{OutputArgs, human_bytes, human_millis, print_json, utc_time};
+use crate::output::{OutputArgs, human_bytes, human_millis, print_json, routes_cell, utc_time};
 use crate::profile::ConnectionArgs;
 
 /// Arguments of `wedge info`.
@@ -64,7 +64,7 @@ pub fn render(info: &FunctionInfo) -> String {
     let mut lines = vec![
         ("name", summary.name.clone()),
         ("version", format!("{} (latest {})", summary.active_version, summary.latest_version)),
-        ("routes", active.routes.join(", ")),
+        ("routes", routes_cell(&active.routes)),
         ("artifact", format!("sha256 {} ({})", active.artifact, human_bytes(active.artifact_bytes))),
         ("deployed", format!("{} UTC", utc_time(active.created_unix_ms))),
         ("limits", limits_text(&active.limits)),

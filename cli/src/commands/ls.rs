@@ -5,7 +5,7 @@ use clap::Args;
 use wedge_control::api::FunctionSummary;
 
 use crate::client::Client;
-use crate::output::{OutputArgs, Table, print_json, short_sha, utc_time};
+use crate::output::{OutputArgs, Table, print_json, routes_cell, short_sha, utc_time};
 use crate::profile::ConnectionArgs;
 
 /// Arguments of `wedge ls`.
@@ -55,7 +55,7 @@ pub fn table(functions: &[FunctionSummary]) -> Table {
             version,
             short_sha(&function.artifact).to_string(),
             utc_time(function.updated_unix_ms),
-            function.routes.join(", "),
+            routes_cell(&function.routes),
         ];
         if queues {
             row.push(function.queue.clone().unwrap_or_else(|| "-".to_string()));
