@@ -21,10 +21,11 @@
 //! some jobs run twice, and every run of a key is the one job its send was answered
 //! with.
 //!
-//! Restart: while keyed jobs are being sent through every node, some due at once and
-//! most delayed past the stop, all three nodes are SIGKILLed at once (then, in a second
-//! round, SIGTERMed); every acknowledged job runs after they restart on their data
-//! directories, as the job its send was answered with, no delayed one before its delay.
+//! Restart: while keyed jobs are being sent through every node — most delayed past the
+//! stop, the others due at once and kept in flight by the sink — all three nodes are
+//! SIGKILLed at once (then, in a second round, SIGTERMed); every acknowledged job runs
+//! after they restart on their data directories, as the job its send was answered
+//! with, no delayed one before its delay, and every run the crash cut runs again.
 
 #![allow(clippy::unwrap_used)]
 
@@ -171,10 +172,12 @@ struct Seen {
 /// answers `POST` with `200`. `PUT /effects/KEY` applies an effect keyed by `KEY`
 /// (`201`), unless it carries `If-None-Match: *` and `KEY` took effect already
 /// (`412`, nothing applied): the create-only write that makes a retried job's effect
-/// happen once.
+/// happen once. While [`Sink::hold`] is on, requests to `/hold` are not answered (the
+/// job's run stays in flight) until it is turned off, for [`LIMIT`] at most.
 struct Sink {
     addr: SocketAddr,
     seen: Arc<Mutex<Seen>>,
+    holding: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
@@ -184,20 +187,26 @@ impl Sink {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Seen::default()));
+        let holding = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (keeping, stopping) = (Arc::clone(&seen), Arc::clone(&stop));
+        let (keeping, held, stopping) = (Arc::clone(&seen), Arc::clone(&holding), Arc::clone(&stop));
         std::thread::spawn(move || {
             while !stopping.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let keeping = Arc::clone(&keeping);
-                        std::thread::spawn(move || serve_sink(stream, &keeping));
+                        let (keeping, held) = (Arc::clone(&keeping), Arc::clone(&held));
+                        std::thread::spawn(move || serve_sink(stream, &keeping, &held));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        Sink { addr, seen, stop }
+        Sink { addr, seen, holding, stop }
+    }
+
+    /// Turns holding requests to `/hold` on or off.
+    fn hold(&self, on: bool) {
+        self.holding.store(on, Ordering::Relaxed);
     }
 
     /// Key → the job ids that ran with it, one per run, with when each run came.
@@ -225,7 +234,7 @@ impl Drop for Sink {
 }
 
 /// Serves one connection's requests (keep-alive) until it closes.
-fn serve_sink(stream: std::net::TcpStream, seen: &Mutex<Seen>) {
+fn serve_sink(stream: std::net::TcpStream, seen: &Mutex<Seen>, holding: &AtomicBool) {
     stream.set_nonblocking(false).unwrap();
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
@@ -267,6 +276,12 @@ fn serve_sink(stream: std::net::TcpStream, seen: &Mutex<Seen>) {
                 _ => "200 OK",
             }
         };
+        if path == "/hold" {
+            let since = Instant::now();
+            while holding.load(Ordering::Relaxed) && since.elapsed() < LIMIT {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         if writer.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes()).is_err() {
             return;
         }
@@ -569,7 +584,7 @@ fn a_restart_of_every_node_loses_no_acknowledged_job() {
         node.send_until_acked(&format!("probe-{}", node.name), &payload);
     }
     for stop in [Stop::Kill, Stop::Term] {
-        restart_round(&sink, &mut nodes, &payload, stop);
+        restart_round(&sink, &mut nodes, stop);
     }
 }
 
@@ -582,13 +597,19 @@ struct Acked {
 }
 
 /// Sends keyed jobs through every node from four threads, three in five delayed
-/// until [`HELD_FOR`] after the round starts; once [`STOP_AFTER`] are acknowledged,
-/// signals every node at once as `stop` says (sends still going: the threads stop at
-/// their first send not acknowledged) and starts them again on their data
-/// directories. Every acknowledged job must run, only as the job its send was
-/// answered with, and no delayed one before its delay.
-fn restart_round(sink: &Sink, nodes: &mut [Node], payload: &str, stop: Stop) {
+/// until [`HELD_FOR`] after the round starts, the others due at once and held in
+/// flight by the sink (so at most the queue's concurrency of them run, and none
+/// finishes); once [`STOP_AFTER`] are acknowledged, signals every node at once as
+/// `stop` says (sends still going: the threads stop at their first send not
+/// acknowledged) — after SIGTERM the sink lets the runs in flight finish — and starts
+/// them again on their data directories. Every acknowledged job must run, only as the
+/// job its send was answered with, and no delayed one before its delay; after
+/// SIGKILL, every job whose run was cut must run again.
+fn restart_round(sink: &Sink, nodes: &mut [Node], stop: Stop) {
     let round = format!("{stop:?}").to_lowercase();
+    let later = format!(r#"{{"do":"post","url":"http://{}/"}}"#, sink.addr);
+    let now = format!(r#"{{"do":"post","url":"http://{}/hold"}}"#, sink.addr);
+    sink.hold(true);
     let started = Instant::now();
     let due = started + HELD_FOR;
     let acks = AtomicUsize::new(0);
@@ -597,7 +618,7 @@ fn restart_round(sink: &Sink, nodes: &mut [Node], payload: &str, stop: Stop) {
         let nodes = &*nodes;
         let threads: Vec<_> = (0..4)
             .map(|t| {
-                let (round, acks, stopping) = (&round, &acks, &stopping);
+                let (round, acks, stopping, later, now) = (&round, &acks, &stopping, &later, &now);
                 scope.spawn(move || {
                     let agent = common::agent();
                     let mut acked = BTreeMap::new();
@@ -605,6 +626,7 @@ fn restart_round(sink: &Sink, nodes: &mut [Node], payload: &str, stop: Stop) {
                         let key = format!("{round}-{i}");
                         let sent_at = Instant::now();
                         let delay = if i % 5 < 3 { due.saturating_duration_since(sent_at) } else { Duration::ZERO };
+                        let payload = if delay.is_zero() { now } else { later };
                         let node = &nodes[i % nodes.len()];
                         let query = format!("queue=work&key={key}&delay_ms={}", delay.as_millis());
                         let (status, id) = node.send_on(&agent, &query, payload);
@@ -626,24 +648,32 @@ fn restart_round(sink: &Sink, nodes: &mut [Node], payload: &str, stop: Stop) {
         let pids: Vec<String> = nodes.iter().map(|node| node.server.pid().to_string()).collect();
         let killed = std::process::Command::new("kill").arg(format!("-{}", stop.signal())).args(&pids).status();
         assert!(killed.unwrap().success(), "kill -{} {pids:?} failed", stop.signal());
+        if let Stop::Term = stop {
+            sink.hold(false);
+        }
         (threads.into_iter().flat_map(|t| t.join().unwrap()).collect(), stopped_at)
     });
     for node in nodes.iter_mut() {
         wait_until(LIMIT, &format!("{} exited", node.name), || node.server.child.try_wait().unwrap().is_some());
     }
+    sink.hold(false);
     let runs = sink.runs();
+    let ran_before = |key: &String| runs.get(key).is_some_and(|runs| runs.iter().any(|(at, _)| *at < stopped_at));
     let delayed = acked.values().filter(|job| job.delayed).count();
-    let held = acked.iter().filter(|(key, job)| job.delayed && !runs.contains_key(*key)).count();
-    let ran_before = acked.iter().filter(|(key, job)| !job.delayed && runs.contains_key(*key)).count();
+    let not_due = acked.iter().filter(|(key, job)| job.delayed && !runs.contains_key(*key)).count();
+    let cut: BTreeSet<&String> =
+        acked.iter().filter(|(key, job)| !job.delayed && ran_before(key)).map(|(key, _)| key).collect();
+    let waiting = acked.len() - delayed - cut.len();
     assert!(
-        held > 0,
-        "no delayed job was still held when the nodes stopped {:?} after the first send",
+        not_due > 0 && waiting > 0,
+        "{not_due} delayed jobs not yet due and {waiting} due at once not yet run when the nodes stopped {:?} \
+         after the first send: nothing was held",
         stopped_at - started
     );
     for node in nodes.iter_mut() {
         node.restart();
     }
-    let back_in = stopped_at.elapsed();
+    let back_at = Instant::now();
 
     let done = wait_until(LIMIT, "every acknowledged job ran after the restart", || {
         let runs = sink.runs();
@@ -667,15 +697,21 @@ fn restart_round(sink: &Sink, nodes: &mut [Node], payload: &str, stop: Stop) {
             .filter_map(Node::queue)
             .any(|q| q["role"] == "primary" && count(&q, "ready") + count(&q, "delayed") + count(&q, "in_flight") == 0)
     });
+    if let Stop::Kill = stop {
+        for key in &cut {
+            assert!(runs[*key].iter().any(|(at, _)| *at > stopped_at), "{key}, cut by the crash, did not run again");
+        }
+    }
     let again = acked.keys().filter(|key| runs[*key].len() > 1).count();
     eprintln!(
-        "{round}: SIG{} to every node {:.1?} after the first send, {} jobs acknowledged by then, {delayed} of them \
-         delayed until {HELD_FOR:?} after it; at the stop {held} were held and {ran_before} of {} due at once had run; \
-         nodes back {back_in:.1?} after the stop, every job ran {done:.1?} later ({again} more than once), none \
-         before its delay",
+        "{round}: SIG{} to every node {:.1?} after the first send, {} jobs acknowledged by then; at the stop \
+         {not_due} of {delayed} delayed were not yet due, {} due at once were running (held by the sink) and \
+         {waiting} waiting; nodes back {:.1?} after the stop, every job ran {done:.1?} later ({again} more than \
+         once), none before its delay",
         stop.signal(),
         stopped_at - started,
         acked.len(),
-        acked.len() - delayed,
+        cut.len(),
+        back_at - stopped_at,
     );
 }
