@@ -13,13 +13,13 @@
 //!
 //! Failover (issue 8's 10,000 jobs): eight threads send 10,000 keyed jobs through the
 //! nodes that stay up, resending a key until it is acknowledged, while a holder of the
-//! queue is SIGKILLed mid-run — the primary, which holds every job, after 3,000
-//! acknowledgements; in a second test (1,000 jobs) the backup. Each job applies its
-//! effect to a sink the test runs, keyed by its idempotency key with a create-only
-//! `PUT` (what a job does with a payment or a mail provider's idempotency key): every
-//! acknowledged job runs (at-least-once), every key takes effect exactly once though
-//! some jobs run twice, and every run of a key is the one job its send was answered
-//! with.
+//! queue is SIGKILLed mid-run — the primary after 3,000 acknowledgements, not one of
+//! them done (the sink holds the runs until the kill); in a second test (1,000 jobs)
+//! the backup. Each job applies its effect to a sink the test runs, keyed by its
+//! idempotency key with a create-only `PUT` (what a job does with a payment or a mail
+//! provider's idempotency key): every acknowledged job runs (at-least-once), every key
+//! takes effect exactly once though some jobs run twice, and every run of a key is the
+//! one job its send was answered with.
 //!
 //! Restart: while keyed jobs are being sent through every node — most delayed past the
 //! stop, the others due at once and kept in flight by the sink — all three nodes are
@@ -172,8 +172,8 @@ struct Seen {
 /// answers `POST` with `200`. `PUT /effects/KEY` applies an effect keyed by `KEY`
 /// (`201`), unless it carries `If-None-Match: *` and `KEY` took effect already
 /// (`412`, nothing applied): the create-only write that makes a retried job's effect
-/// happen once. While [`Sink::hold`] is on, requests to `/hold` are not answered (the
-/// job's run stays in flight) until it is turned off, for [`LIMIT`] at most.
+/// happen once. While [`Sink::hold`] is on, requests are not answered (the job's run
+/// stays in flight) until it is turned off, for [`LIMIT`] at most.
 struct Sink {
     addr: SocketAddr,
     seen: Arc<Mutex<Seen>>,
@@ -204,7 +204,7 @@ impl Sink {
         Sink { addr, seen, holding, stop }
     }
 
-    /// Turns holding requests to `/hold` on or off.
+    /// Turns holding requests on or off.
     fn hold(&self, on: bool) {
         self.holding.store(on, Ordering::Relaxed);
     }
@@ -276,11 +276,9 @@ fn serve_sink(stream: std::net::TcpStream, seen: &Mutex<Seen>, holding: &AtomicB
                 _ => "200 OK",
             }
         };
-        if path == "/hold" {
-            let since = Instant::now();
-            while holding.load(Ordering::Relaxed) && since.elapsed() < LIMIT {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        let since = Instant::now();
+        while holding.load(Ordering::Relaxed) && since.elapsed() < LIMIT {
+            std::thread::sleep(Duration::from_millis(10));
         }
         if writer.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes()).is_err() {
             return;
@@ -290,6 +288,11 @@ fn serve_sink(stream: std::net::TcpStream, seen: &Mutex<Seen>, holding: &AtomicB
 
 fn count(view: &serde_json::Value, field: &str) -> u64 {
     view[field].as_u64().unwrap()
+}
+
+/// Jobs a node's view of a queue holds that are not done: ready, delayed or leased.
+fn pending(view: &serde_json::Value) -> u64 {
+    count(view, "ready") + count(view, "delayed") + count(view, "in_flight")
 }
 
 #[test]
@@ -422,10 +425,11 @@ fn keyed_jobs_take_effect_once_though_the_backup_is_killed_mid_run() {
 
 /// Sends `jobs` keyed jobs that apply an effect once per key ([`Sink`]) from
 /// [`SENDERS`] threads through the nodes that stay up, each resending its key until it
-/// is acknowledged (what a client does with an idempotency key); SIGKILLs `holder` of
-/// queue `work` once `kill_after` are acknowledged. Every acknowledged job must take
-/// effect exactly once, and every run of a key must be the job its send was answered
-/// with.
+/// is acknowledged (what a client does with an idempotency key); the sink holds every
+/// run until `holder` of queue `work` is SIGKILLed, once `kill_after` are acknowledged,
+/// so that both holders hold every job sent by then (checked) and the runs in flight
+/// are cut after their effect. Every acknowledged job must take effect exactly once,
+/// and every run of a key must be the job its send was answered with.
 fn keyed_jobs_take_effect_once_though_a_holder_is_killed(holder: Holder, jobs: usize, kill_after: usize) {
     let _measuring = common::measuring();
     let sink = Sink::start();
@@ -443,16 +447,20 @@ fn keyed_jobs_take_effect_once_though_a_holder_is_killed(holder: Holder, jobs: u
             (key, id)
         })
         .collect();
-    let victim_name = match holder {
-        Holder::Primary => first.primary.clone(),
-        Holder::Backup => first.backup.clone().unwrap(),
+    wait_until(LIMIT, "the probes took effect", || sink.effects().len() == acked.len());
+    let (victim_name, other_name) = match holder {
+        Holder::Primary => (first.primary.clone(), first.backup.clone().unwrap()),
+        Holder::Backup => (first.backup.clone().unwrap(), first.primary.clone()),
     };
     let mut victim = nodes.remove(nodes.iter().position(|n| n.name == victim_name).unwrap());
+    let other = nodes.iter().find(|n| n.name == other_name).unwrap();
+    // Until the kill no run finishes, so the queue's holders hold every job sent.
+    sink.hold(true);
 
     let acks = AtomicUsize::new(0);
     let unanswered = AtomicUsize::new(0);
     let started = Instant::now();
-    let (sent, longest, (killed_at, before_kill)) = std::thread::scope(|scope| {
+    let (sent, longest, (killed_at, before_kill, held)) = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..SENDERS)
             .map(|t| {
                 let (senders, acks, unanswered, payload) = (&nodes, &acks, &unanswered, &payload);
@@ -488,8 +496,12 @@ fn keyed_jobs_take_effect_once_though_a_holder_is_killed(holder: Holder, jobs: u
         wait_until(SEND_LIMIT, &format!("{kill_after} jobs acknowledged before the kill"), || {
             acks.load(Ordering::Relaxed) >= kill_after
         });
-        let killed = (started.elapsed(), acks.load(Ordering::Relaxed));
+        let before_views = acks.load(Ordering::Relaxed) as u64;
+        let held = [victim.queue().unwrap(), other.queue().unwrap()].map(|view| pending(&view));
+        assert!(held.iter().all(|&held| held >= before_views), "{held:?} held of {before_views} acknowledged");
+        let killed = (started.elapsed(), acks.load(Ordering::Relaxed), held);
         victim.server.kill();
+        sink.hold(false);
         let (mut sent, mut longest) = (BTreeMap::new(), Duration::ZERO);
         for thread in threads {
             let (ids, thread_longest) = thread.join().unwrap();
@@ -510,9 +522,7 @@ fn keyed_jobs_take_effect_once_though_a_holder_is_killed(holder: Holder, jobs: u
         acked.keys().all(|key| effects.contains_key(key))
     });
     let primary = nodes.iter().find(|n| n.name == after.primary).unwrap();
-    wait_until(LIMIT, "the queue's primary holds no job", || {
-        primary.queue().is_some_and(|q| count(&q, "ready") + count(&q, "delayed") + count(&q, "in_flight") == 0)
-    });
+    wait_until(LIMIT, "the queue's primary holds no job", || primary.queue().is_some_and(|q| pending(&q) == 0));
     let view = primary.queue().unwrap();
     assert_eq!((view["role"].as_str(), count(&view, "dead")), (Some("primary"), 0), "{view}");
 
@@ -532,12 +542,15 @@ fn keyed_jobs_take_effect_once_though_a_holder_is_killed(holder: Holder, jobs: u
     let again = runs.values().filter(|runs| runs.len() > 1).count();
     eprintln!(
         "{jobs} jobs acknowledged in {sent_in:.1?} ({:.0}/s, {} sends unanswered or refused, the longest \
-         wait for an acknowledgement {longest:.1?}); {holder:?} {victim_name} \
-         SIGKILLed at {killed_at:.1?} after {before_kill}; now primary {} backup {:?} epoch {}; every job took effect \
+         wait for an acknowledgement {longest:.1?}); the sink held every run until {holder:?} {victim_name} was \
+         SIGKILLed at {killed_at:.1?} after {before_kill} acknowledgements, holding {} jobs not done ({other_name} {}); \
+         now primary {} backup {:?} epoch {}; every job took effect \
          {drained:.1?} after the last acknowledgement; {total_runs} runs for {} effects: {again} keys ran more than \
          once, their effect applied once",
         jobs as f64 / sent_in.as_secs_f64(),
         unanswered.into_inner(),
+        held[0],
+        held[1],
         after.primary,
         after.backup,
         after.epoch,
@@ -584,7 +597,7 @@ fn a_restart_of_every_node_loses_no_acknowledged_job() {
         node.send_until_acked(&format!("probe-{}", node.name), &payload);
     }
     for stop in [Stop::Kill, Stop::Term] {
-        restart_round(&sink, &mut nodes, stop);
+        restart_round(&sink, &mut nodes, &payload, stop);
     }
 }
 
@@ -605,10 +618,8 @@ struct Acked {
 /// them again on their data directories. Every acknowledged job must run, only as the
 /// job its send was answered with, and no delayed one before its delay; after
 /// SIGKILL, every job whose run was cut must run again.
-fn restart_round(sink: &Sink, nodes: &mut [Node], stop: Stop) {
+fn restart_round(sink: &Sink, nodes: &mut [Node], payload: &str, stop: Stop) {
     let round = format!("{stop:?}").to_lowercase();
-    let later = format!(r#"{{"do":"post","url":"http://{}/"}}"#, sink.addr);
-    let now = format!(r#"{{"do":"post","url":"http://{}/hold"}}"#, sink.addr);
     sink.hold(true);
     let started = Instant::now();
     let due = started + HELD_FOR;
@@ -618,7 +629,7 @@ fn restart_round(sink: &Sink, nodes: &mut [Node], stop: Stop) {
         let nodes = &*nodes;
         let threads: Vec<_> = (0..4)
             .map(|t| {
-                let (round, acks, stopping, later, now) = (&round, &acks, &stopping, &later, &now);
+                let (round, acks, stopping) = (&round, &acks, &stopping);
                 scope.spawn(move || {
                     let agent = common::agent();
                     let mut acked = BTreeMap::new();
@@ -626,7 +637,6 @@ fn restart_round(sink: &Sink, nodes: &mut [Node], stop: Stop) {
                         let key = format!("{round}-{i}");
                         let sent_at = Instant::now();
                         let delay = if i % 5 < 3 { due.saturating_duration_since(sent_at) } else { Duration::ZERO };
-                        let payload = if delay.is_zero() { now } else { later };
                         let node = &nodes[i % nodes.len()];
                         let query = format!("queue=work&key={key}&delay_ms={}", delay.as_millis());
                         let (status, id) = node.send_on(&agent, &query, payload);
@@ -692,10 +702,7 @@ fn restart_round(sink: &Sink, nodes: &mut [Node], stop: Stop) {
         );
     }
     wait_until(LIMIT, "a primary of the queue that holds no job", || {
-        nodes
-            .iter()
-            .filter_map(Node::queue)
-            .any(|q| q["role"] == "primary" && count(&q, "ready") + count(&q, "delayed") + count(&q, "in_flight") == 0)
+        nodes.iter().filter_map(Node::queue).any(|q| q["role"] == "primary" && pending(&q) == 0)
     });
     if let Stop::Kill = stop {
         for key in &cut {
