@@ -221,6 +221,12 @@ impl Sink {
         }
     }
 
+    /// How many of `keys` have arrived.
+    fn arrived<'a>(&self, keys: impl Iterator<Item = &'a str>) -> u64 {
+        let arrivals = self.arrivals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        keys.filter(|k| arrivals.contains_key(*k)).count() as u64
+    }
+
     /// Arrivals of `keys` beyond the first (a job run more than once: at-least-once).
     fn repeats(&self, keys: &[&str]) -> u64 {
         let arrivals = self.arrivals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -577,6 +583,9 @@ struct ThroughputRun {
     answer_latency: Latency,
     /// Sink arrivals beyond the first per key.
     repeats: u64,
+    /// Failed calls whose key reached the sink all the same (by the time the last
+    /// successful one's had): the work was done but answered with an error.
+    failed_but_arrived: u64,
     /// CPU used from the first issue to the last arrival.
     cpu: CpuUsage,
 }
@@ -609,6 +618,7 @@ fn throughput(
         done_per_sec: per_sec(last_arrival),
         answer_latency: answer_latency(&calls),
         repeats: sink.repeats(&ok),
+        failed_but_arrived: sink.arrived(calls.iter().filter(|c| c.outcome.is_err()).map(|c| c.key.as_str())),
         cpu,
     })
 }
@@ -978,8 +988,9 @@ fn markdown(r: &Report) -> String {
     for (i, round) in r.rounds.iter().enumerate() {
         let (jobs, direct) = (&round.jobs, &round.direct);
         let failed: u64 = jobs.failures.values().chain(direct.failures.values()).sum();
+        let arrived = jobs.failed_but_arrived + direct.failed_but_arrived;
         md.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {} | {} | {:.0}% | {:.0} | {} | {} | {:.0}% | {} | {} |\n",
+            "| {} | {:.0} | {:.0} | {} | {} | {:.0}% | {:.0} | {} | {} | {:.0}% | {} ({} arrived) | {} |\n",
             i + 1,
             jobs.done_per_sec,
             jobs.answered_per_sec,
@@ -991,12 +1002,14 @@ fn markdown(r: &Report) -> String {
             fmt_us(direct.answer_latency.p99_us),
             direct.cpu.machine_busy * 100.0,
             failed,
+            arrived,
             jobs.repeats,
         ));
     }
     md.push_str(&format!(
         "| median | {:.0} | {:.0} | | | | {:.0} | | | | | |\n\nBusy: share of the machine's {} CPUs in use \
-         during the run (every process on it).\n\n",
+         during the run (every process on it). Failed: calls of both kinds answered with an error, of which \
+         arrived: their key reached the sink all the same. Repeats: jobs that ran more than once.\n\n",
         r.jobs_done_per_sec, r.jobs_acked_per_sec, r.direct_per_sec, r.run.cpus
     ));
     md.push_str(&format!(
