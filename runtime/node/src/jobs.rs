@@ -24,8 +24,9 @@
 //!   other input, on the queue's primary only; the changes they make replicate to the
 //!   backup through the core's outputs, as every other change does.
 //! - **Dispatch**: a primary leases ready jobs within the queue's concurrency to the job
-//!   function's replicas — this node's first while it has a free instance, else the
-//!   placed live peer with the fewest runs this node sent it — renews leases at half the
+//!   function's replicas — the one with the fewest of this node's jobs running on it
+//!   (this node, while it has a free instance, or a placed live peer; this node on a
+//!   tie) — renews leases at half the
 //!   visibility timeout while a run lasts, and completes each with its outcome (a trap or
 //!   a deadline is a failure; a peer that does not answer is one too, and one that dies
 //!   silently lets the visibility timeout hand the job out again).
@@ -810,26 +811,31 @@ impl Engine {
         }
     }
 
-    /// This node while it runs `function` with a free instance, else the placed live
-    /// peer with the fewest runs out from here.
+    /// The replica of `function` with the fewest of this node's jobs running on it
+    /// ([`least_busy`]): this node when it runs the function with a free instance, and
+    /// the placed live peers.
     fn choose_worker(&self, function: &str) -> Option<Worker> {
         let local = self.shared.functions.read().unwrap_or_else(|p| p.into_inner()).get(function).cloned();
-        if let Some(local) = &local
-            && !local.is_saturated()
-        {
-            return Some(Worker::Here(local.clone()));
+        let local = local.filter(|local| !local.is_saturated());
+        let peers: Vec<String> = match self.shared.cluster.get() {
+            Some(cluster) => {
+                let placed = cluster.placements.nodes_of(function);
+                let snapshot = cluster.agent.snapshot();
+                snapshot
+                    .members
+                    .iter()
+                    .filter(|m| !m.local && m.state == MemberState::Alive && m.identity.name() != self.me.0)
+                    .map(|m| m.identity.name().to_string())
+                    .filter(|node| placed.contains(node))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let here = local.as_ref().map(|_| self.me.0.as_str());
+        match least_busy(here, peers.iter().map(String::as_str), &self.sent_to)? {
+            chosen if Some(chosen) == here => local.map(Worker::Here),
+            chosen => Some(Worker::Peer(chosen.to_owned())),
         }
-        let cluster = self.shared.cluster.get()?;
-        let placed = cluster.placements.nodes_of(function);
-        let snapshot = cluster.agent.snapshot();
-        snapshot
-            .members
-            .iter()
-            .filter(|m| !m.local && m.state == MemberState::Alive && m.identity.name() != self.me.0)
-            .map(|m| m.identity.name().to_string())
-            .filter(|node| placed.contains(node))
-            .min_by_key(|node| self.sent_to.get(node).copied().unwrap_or(0))
-            .map(Worker::Peer)
     }
 
     /// Publishes each queue's report and view.
@@ -878,6 +884,18 @@ impl Engine {
             .collect();
         *self.shared.published.lock().unwrap_or_else(|p| p.into_inner()) = published;
     }
+}
+
+/// Of this node (`here`, when it can take a job now) and `peers`, the one with the
+/// fewest jobs `running` from this primary, so a queue's work spreads over its
+/// replicas by load; this node wins a tie (no hop).
+fn least_busy<'a>(
+    here: Option<&'a str>,
+    peers: impl Iterator<Item = &'a str>,
+    running: &BTreeMap<String, u32>,
+) -> Option<&'a str> {
+    let load = |node: &str| running.get(node).copied().unwrap_or(0);
+    here.into_iter().chain(peers).min_by_key(|node| load(node))
 }
 
 /// The role `me` has in `assignment`.
@@ -1008,6 +1026,17 @@ mod tests {
             backup: backup.map(str::to_owned),
             config: wedge_jobs::QueueConfig::default(),
         }
+    }
+
+    #[test]
+    fn jobs_go_to_the_replica_with_the_fewest_running_and_here_on_a_tie() {
+        let running = |pairs: &[(&str, u32)]| pairs.iter().map(|(n, c)| (n.to_string(), *c)).collect();
+        let peers = ["b", "c"];
+        assert_eq!(least_busy(Some("a"), peers.into_iter(), &running(&[])), Some("a"));
+        assert_eq!(least_busy(Some("a"), peers.into_iter(), &running(&[("a", 1)])), Some("b"));
+        assert_eq!(least_busy(Some("a"), peers.into_iter(), &running(&[("a", 2), ("b", 2), ("c", 1)])), Some("c"));
+        assert_eq!(least_busy(None, peers.into_iter(), &running(&[("b", 3)])), Some("c"));
+        assert_eq!(least_busy(None, std::iter::empty(), &running(&[])), None);
     }
 
     #[test]
