@@ -918,14 +918,15 @@ impl<S: JobStore> QueueCore<S> {
         }
     }
 
-    /// The `n` oldest jobs that are not dead, in id order.
-    pub fn peek(&self, n: usize) -> Vec<JobView> {
-        self.jobs.values().filter(|job| !matches!(job.state, JobState::Dead { .. })).take(n).cloned().collect()
+    /// The `n` oldest jobs that are not dead, in id order: references, so that a peek
+    /// copies no payload (a caller keeps what it shows of each).
+    pub fn peek(&self, n: usize) -> Vec<&JobView> {
+        self.jobs.values().filter(|job| !matches!(job.state, JobState::Dead { .. })).take(n).collect()
     }
 
-    /// The `n` oldest dead jobs.
-    pub fn peek_dead(&self, n: usize) -> Vec<JobView> {
-        self.dead.iter().take(n).map(|(_, id)| self.jobs[id].clone()).collect()
+    /// The `n` oldest dead jobs, as references like [`QueueCore::peek`].
+    pub fn peek_dead(&self, n: usize) -> Vec<&JobView> {
+        self.dead.iter().take(n).map(|(_, id)| &self.jobs[id]).collect()
     }
 
     /// Makes dead jobs ready again with fresh attempts (as primary), oldest first, as
