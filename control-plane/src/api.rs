@@ -502,6 +502,16 @@ pub const QUEUE_PEEK_LIMIT_MAX: u32 = 1_000;
 /// Most payload bytes a peeked job shows ([`JobSummary::payload_preview`]).
 pub const JOB_PAYLOAD_PREVIEW_BYTES: usize = 256;
 
+/// Most bytes of a dead job's last error a peek shows ([`JobSummary::last_error`]);
+/// longer ones are cut at a character boundary and end with `…`.
+pub const JOB_ERROR_PREVIEW_BYTES: usize = 512;
+
+/// The JSON bytes of jobs past which a peek lists no more ([`JobSummary::json_bytes`]):
+/// the primary stops adding jobs once the list passes it, so a peek of many jobs with
+/// long keys, errors or previews lists fewer than asked, and its answer fits in a
+/// node's report.
+pub const QUEUE_PEEK_BYTES_MAX: usize = 1024 * 1024;
+
 /// An operator's command for a queue's primary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueCommand {
@@ -598,6 +608,34 @@ pub struct JobSummary {
     /// Its first [`JOB_PAYLOAD_PREVIEW_BYTES`] bytes, as UTF-8 with invalid
     /// bytes replaced.
     pub payload_preview: String,
+}
+
+impl JobSummary {
+    /// The bytes this job takes in a peek's JSON (see [`QUEUE_PEEK_BYTES_MAX`]).
+    pub fn json_bytes(&self) -> usize {
+        serde_json::to_vec(self).map_or(QUEUE_PEEK_BYTES_MAX, |json| json.len() + 1)
+    }
+}
+
+/// Cuts `text` to at most `bytes_max` bytes at a character boundary and marks
+/// the cut with `…`.
+pub fn truncate_text(text: &mut String, bytes_max: usize) {
+    if text.len() > bytes_max {
+        *text = truncated(text, bytes_max);
+    }
+}
+
+/// `text`'s first `bytes_max` bytes at most (cut at a character boundary), followed
+/// by `…` when something was cut.
+pub fn truncated(text: &str, bytes_max: usize) -> String {
+    if text.len() <= bytes_max {
+        return text.to_owned();
+    }
+    let mut end = bytes_max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// A guest output line shipped from a node.

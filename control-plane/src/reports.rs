@@ -29,7 +29,9 @@ use tokio::sync::watch;
 
 use crate::api::{
     FunctionTraffic, LogLine, LogPage, NodeCluster, NodeFunctionError, NodeReport, NodeStatus, QueueReport,
+    truncate_text,
 };
+use crate::queue_commands::COMMANDS_PER_NODE_MAX;
 use crate::traffic::TRAFFIC_BUCKETS_MAX;
 
 /// Longest log line kept; longer ones are cut (at a character boundary) and
@@ -353,6 +355,11 @@ pub(crate) fn check_report(report: &mut NodeReport) -> Result<(), String> {
         }
     }
     check_queues(&report.queues)?;
+    // No node has more commands out than the book holds for it.
+    if report.queue_results.len() > COMMANDS_PER_NODE_MAX {
+        let results = report.queue_results.len();
+        return Err(format!("queue_results has {results} entries; at most {COMMANDS_PER_NODE_MAX}"));
+    }
     check_traffic(&report.traffic)?;
     for error in &mut report.errors {
         truncate_text(&mut error.error, ERROR_BYTES_MAX);
@@ -460,19 +467,6 @@ fn truncate_line(line: &mut String) {
     truncate_text(line, LINE_BYTES_MAX);
 }
 
-/// Cuts `text` to at most `bytes_max` bytes at a character boundary and
-/// marks the cut with `…`.
-fn truncate_text(text: &mut String, bytes_max: usize) {
-    if text.len() > bytes_max {
-        let mut end = bytes_max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -480,6 +474,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::api::QueueCommandResult;
 
     fn cluster_report(incarnation: u64, down: &[(&str, u64)]) -> NodeReport {
         NodeReport {
@@ -740,6 +735,10 @@ mod tests {
         refused(&|r| r.serving = vec![("Not_A_Name".into(), 1)], "not a function name");
         refused(&|r| r.errors = vec![error(&"x".repeat(64), "e")], "not a function name");
         refused(&|r| r.errors = vec![error("f", &"x".repeat(ERROR_BYTES_MAX)); 300], "bytes");
+        let result = |id| QueueCommandResult { id, outcome: Err("node n1 is not the primary of queue q".into()) };
+        let mut report = NodeReport { queue_results: (0..64).map(result).collect(), ..good() };
+        check_report(&mut report).unwrap();
+        refused(&|r| r.queue_results = (0..65).map(result).collect(), "queue_results has 65 entries; at most 64");
 
         let counters = |function: &str| FunctionTraffic {
             function: function.into(),

@@ -46,8 +46,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use wedge_cluster::agent::Agent;
 use wedge_cluster::membership::MemberState;
 use wedge_control::api::{
-    JOB_PAYLOAD_PREVIEW_BYTES, JobSummary, QUEUE_PEEK_LIMIT_MAX, QueueAction, QueueAssignment, QueueCommand,
-    QueueCommandOutput, QueueCommandResult, QueueCounts, QueueReport,
+    JOB_ERROR_PREVIEW_BYTES, JOB_PAYLOAD_PREVIEW_BYTES, JobSummary, QUEUE_PEEK_BYTES_MAX, QUEUE_PEEK_LIMIT_MAX,
+    QueueAction, QueueAssignment, QueueCommand, QueueCommandOutput, QueueCommandResult, QueueCounts, QueueReport,
+    truncated,
 };
 use wedge_host::{Function, QueueMessage, QueueSendError, QueueSender, ResponseBody, SendFuture, unix_now_ms};
 use wedge_jobs::{
@@ -727,7 +728,7 @@ impl Engine {
             QueueAction::Peek { limit, dead } => {
                 let limit = limit.min(QUEUE_PEEK_LIMIT_MAX) as usize;
                 let jobs = if dead { slot.core.peek_dead(limit) } else { slot.core.peek(limit) };
-                Ok(QueueCommandOutput::Jobs(jobs.iter().map(|job| job_summary(job, now)).collect()))
+                Ok(QueueCommandOutput::Jobs(job_summaries(jobs, now)))
             }
             QueueAction::RetryDead => {
                 let moved = slot.core.retry_dead(now).map_err(failed)?;
@@ -919,13 +920,31 @@ fn set_role(name: &str, slot: &mut Slot, role: Role, now: u64) {
     }
 }
 
-/// A stored job as `wedge queue peek` shows it at `now_ms`.
+/// Peeked jobs as `wedge queue peek` shows them at `now_ms`, in order, until their JSON
+/// passes [`QUEUE_PEEK_BYTES_MAX`] (then the rest are left out: the answer must fit in a
+/// report).
+fn job_summaries(jobs: Vec<&StoredJob>, now_ms: u64) -> Vec<JobSummary> {
+    let mut bytes = 0;
+    let mut summaries = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if bytes >= QUEUE_PEEK_BYTES_MAX {
+            break;
+        }
+        let summary = job_summary(job, now_ms);
+        bytes += summary.json_bytes();
+        summaries.push(summary);
+    }
+    summaries
+}
+
+/// A stored job as `wedge queue peek` shows it at `now_ms`: its payload's first bytes
+/// and its last error's first [`JOB_ERROR_PREVIEW_BYTES`].
 fn job_summary(job: &StoredJob, now_ms: u64) -> JobSummary {
     let (state, run_at_unix_ms, last_error) = match &job.state {
         JobState::Ready { at_ms } if *at_ms <= now_ms => ("ready", Some(*at_ms), None),
         JobState::Ready { at_ms } => ("delayed", Some(*at_ms), None),
         JobState::Leased { .. } => ("in-flight", None, None),
-        JobState::Dead { error, .. } => ("dead", None, Some(error.clone())),
+        JobState::Dead { error, .. } => ("dead", None, Some(truncated(error, JOB_ERROR_PREVIEW_BYTES))),
     };
     let preview = &job.payload[..job.payload.len().min(JOB_PAYLOAD_PREVIEW_BYTES)];
     JobSummary {
@@ -1108,6 +1127,32 @@ mod tests {
         let big = job_summary(&job(JobState::Ready { at_ms: 0 }, payload), 5_000);
         assert_eq!(big.payload_bytes, 1_001);
         assert_eq!(big.payload_preview, format!("\u{fffd}{}", "x".repeat(JOB_PAYLOAD_PREVIEW_BYTES - 1)));
+        // A long last error shows its start only, cut at a character boundary.
+        let long = JobState::Dead { at_ms: 4_000, error: "é".repeat(JOB_ERROR_PREVIEW_BYTES) };
+        let cut = job_summary(&job(long, Vec::new()), 5_000).last_error.unwrap();
+        assert_eq!(cut, format!("{}…", "é".repeat(JOB_ERROR_PREVIEW_BYTES / 2)));
+    }
+
+    #[test]
+    fn a_peek_stops_adding_jobs_once_their_json_passes_the_bound() {
+        let dead = |seq| StoredJob {
+            id: wedge_jobs::JobId { epoch: 1, seq },
+            payload: vec![0x01; 1024],
+            attempt: 3,
+            idempotency_key: None,
+            enqueued_at_ms: 1_000,
+            state: JobState::Dead { at_ms: 2_000, error: "\u{1}".repeat(1024) },
+        };
+        let jobs: Vec<StoredJob> = (0..1_000).map(dead).collect();
+        let summaries = job_summaries(jobs.iter().collect(), 5_000);
+        let bytes: usize = summaries.iter().map(JobSummary::json_bytes).sum();
+        let last = summaries.last().unwrap().json_bytes();
+        assert!(summaries.len() < jobs.len(), "all {} listed", jobs.len());
+        assert!(bytes >= QUEUE_PEEK_BYTES_MAX && bytes - last < QUEUE_PEEK_BYTES_MAX, "{bytes} bytes");
+        // Small jobs are all listed.
+        let small: Vec<StoredJob> =
+            jobs.into_iter().take(3).map(|job| StoredJob { payload: Vec::new(), ..job }).collect();
+        assert_eq!(job_summaries(small.iter().collect(), 5_000).len(), 3);
     }
 
     #[test]
