@@ -1021,7 +1021,7 @@ fn markdown(r: &Report) -> String {
     let runs: Vec<String> = r.job_runs_by_node.iter().map(|(node, n)| format!("{node} {n}")).collect();
     md.push_str(&format!(
         "Jobs run by node over the whole bench (`wedge_function_jobs_total`, warm-up included): {}. The primary \
-         leases to itself while it has a free instance.\n\n",
+         leases each job to the replica with the fewest of its jobs running.\n\n",
         runs.join(", ")
     ));
 
