@@ -34,6 +34,7 @@
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -213,8 +214,9 @@ enum Input {
     Renew { queue: String, lease: LeaseId },
     /// The job functions loaded here changed.
     FunctionsChanged,
-    /// An operator's command from the control plane.
-    Command { command: QueueCommand, reply: oneshot::Sender<CommandOutcome> },
+    /// An operator's command from the control plane. `claimed` is set by whichever
+    /// comes first: the engine taking it, or its waiter giving up (then it never runs).
+    Command { command: QueueCommand, claimed: Arc<AtomicBool>, reply: oneshot::Sender<CommandOutcome> },
 }
 
 /// What an operator's command gave, or why it failed (for the control plane).
@@ -321,17 +323,29 @@ impl Queues {
     }
 
     /// Runs an operator's command on the engine (see [`Engine::command`]); its result
-    /// for the control plane (an error names this node).
+    /// for the control plane (an error names this node). A command the engine has not
+    /// taken within [`COMMAND_TIMEOUT`] is withdrawn: it never runs, and the error says so.
     pub async fn run_command(&self, command: QueueCommand) -> QueueCommandResult {
         let id = command.id;
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
+        let claimed = Arc::new(AtomicBool::new(false));
         let me = &self.me;
-        let outcome = match self.inputs.send(Input::Command { command, reply }).await {
-            Err(_) => Err(format!("node {me}: its queues are stopping")),
-            Ok(()) => match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+        let did_not_run = |why: &str| Err(format!("node {me}: {why}; the command did not run"));
+        let not_taken = || did_not_run(&format!("its queues did not take the command within {COMMAND_TIMEOUT:?}"));
+        let input = Input::Command { command, claimed: Arc::clone(&claimed), reply };
+        let outcome = match tokio::time::timeout(COMMAND_TIMEOUT, self.inputs.send(input)).await {
+            Err(_) => not_taken(),
+            Ok(Err(_)) => did_not_run("its queues are stopping"),
+            Ok(Ok(())) => match tokio::time::timeout(COMMAND_TIMEOUT, &mut answer).await {
                 Ok(Ok(outcome)) => outcome,
-                Ok(Err(_)) => Err(format!("node {me}: its queues dropped the command (stopping)")),
-                Err(_) => Err(format!("node {me}: its queues did not run the command within {COMMAND_TIMEOUT:?}")),
+                Ok(Err(_)) => did_not_run("its queues stopped before taking it"),
+                // Withdrawn before the engine took it: the engine skips it.
+                Err(_) if !claimed.swap(true, Ordering::AcqRel) => not_taken(),
+                // The engine took it just now; it answers in the same turn.
+                Err(_) => match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+                    Ok(Ok(outcome)) => outcome,
+                    _ => Err(format!("node {me}: its queues took the command but gave no result; it may have run")),
+                },
             },
         };
         QueueCommandResult { id, outcome }
@@ -702,7 +716,11 @@ impl Engine {
             }
             // Nothing to record: the dispatch that follows every input uses them.
             Input::FunctionsChanged => {}
-            Input::Command { command, reply } => {
+            Input::Command { command, claimed, reply } => {
+                // Its waiter gave up first: it was told the command did not run.
+                if claimed.swap(true, Ordering::AcqRel) {
+                    return;
+                }
                 let outcome = self.command(&command, now);
                 self.answered.push((reply, outcome));
             }
@@ -1153,6 +1171,28 @@ mod tests {
         let small: Vec<StoredJob> =
             jobs.into_iter().take(3).map(|job| StoredJob { payload: Vec::new(), ..job }).collect();
         assert_eq!(job_summaries(small.iter().collect(), 5_000).len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_command_its_waiter_withdrew_never_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_stop, stopped) = watch::channel(false);
+        let queues = Queues::start("n1", dir.path(), stopped).unwrap();
+        queues.assign(BTreeMap::from([("work".to_owned(), assignment("n1", None))])).await;
+        let request = SendRequest { payload: b"x".to_vec(), delay_ms: 0, idempotency_key: None };
+        queues.send_here("work".into(), request).await.unwrap();
+        let purge = QueueCommand { id: 1, queue: "work".into(), action: QueueAction::Purge };
+        // Its waiter gave up before the engine took it.
+        let (reply, answer) = oneshot::channel();
+        let claimed = Arc::new(AtomicBool::new(true));
+        queues.inputs.send(Input::Command { command: purge.clone(), claimed, reply }).await.unwrap();
+        assert!(answer.await.is_err(), "a withdrawn command was answered");
+        let peek = QueueCommand { id: 2, queue: "work".into(), action: QueueAction::Peek { limit: 10, dead: false } };
+        match queues.run_command(peek).await.outcome {
+            Ok(QueueCommandOutput::Jobs(jobs)) => assert_eq!(jobs.len(), 1, "the withdrawn purge ran"),
+            other => panic!("peek gave {other:?}"),
+        }
+        assert_eq!(queues.run_command(purge).await.outcome, Ok(QueueCommandOutput::Purged(1)));
     }
 
     #[test]
