@@ -22,6 +22,19 @@ const LONG_POLL_SLACK: Duration = Duration::from_secs(10);
 /// Deadline of calls that do not wait on purpose.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The control plane answered a call with an error status (the error of such a
+/// call, for callers that act on the status).
+#[derive(Debug, thiserror::Error)]
+#[error("{call}: {status}: {message}")]
+pub struct ErrorStatus {
+    /// The call, as `METHOD url`.
+    call: String,
+    /// What it answered.
+    pub status: StatusCode,
+    /// Its error message.
+    message: String,
+}
+
 /// A client of one control plane.
 #[derive(Clone)]
 pub struct ControlClient {
@@ -131,6 +144,6 @@ impl ControlClient {
         if status == StatusCode::UNAUTHORIZED {
             bail!("{method} {}{path}: the control plane rejected the token (401): {message}", self.base);
         }
-        bail!("{method} {}{path}: {status}: {message}", self.base)
+        Err(ErrorStatus { call: format!("{method} {}{path}", self.base), status, message }.into())
     }
 }

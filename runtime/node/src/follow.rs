@@ -41,7 +41,7 @@
 //! expired entries are reclaimed while the node runs, and it is flushed after
 //! the ingress has drained.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -65,7 +65,7 @@ use wedge_cluster::agent::Agent;
 
 use crate::admin::{self, Readiness};
 use crate::cluster::ClusterSettings;
-use crate::control_client::ControlClient;
+use crate::control_client::{ControlClient, ErrorStatus};
 use crate::function_cache::NodeCache;
 use crate::jobs::{NodeQueueSender, Queues};
 use crate::local_state::LocalState;
@@ -87,6 +87,12 @@ const LOAD_RETRY: Duration = Duration::from_secs(5);
 /// Queue command results waiting for a report; beyond it (reports failing
 /// for long) the oldest are dropped, and their operators see a timeout.
 const QUEUE_RESULTS_MAX: usize = 64;
+/// Most bytes of queue command results (as JSON) in one report: one peek's
+/// answer fits ([`wedge_control::api::QUEUE_PEEK_BYTES_MAX`] and a job), and with
+/// guest lines ([`LOG_BYTES_PER_REPORT_MAX`]) and the rest of a report it stays
+/// under the control plane's limit ([`wedge_control::config::REPORT_BYTES_MAX`]).
+/// Results past it go in the next report.
+const QUEUE_RESULT_BYTES_PER_REPORT_MAX: usize = 1536 * 1024;
 /// While reports fail, how often that is logged.
 const REPORT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -945,12 +951,12 @@ async fn report(
     let mut failing_since: Option<Instant> = None;
     let mut pending: Vec<LogLine> = Vec::new();
     let (results_done, mut results) = mpsc::channel::<QueueCommandResult>(QUEUE_RESULTS_MAX);
-    let mut queue_results: Vec<QueueCommandResult> = Vec::new();
+    let mut outbox = ResultsOutbox::default();
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             () = report_now.notified() => {}
-            Some(result) = results.recv() => queue_results.push(result),
+            Some(result) = results.recv() => outbox.push(result),
             Some(line) = log_lines.recv() => {
                 pending.push(to_log_line(line));
                 tokio::time::sleep(LOG_BATCH_DELAY).await;
@@ -969,10 +975,8 @@ async fn report(
             }
         }
         while let Ok(result) = results.try_recv() {
-            queue_results.push(result);
+            outbox.push(result);
         }
-        let kept_from = queue_results.len().saturating_sub(QUEUE_RESULTS_MAX);
-        queue_results.drain(..kept_from);
         let status = serving.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let report = NodeReport {
             ingress: ingress_addr.to_string(),
@@ -983,12 +987,17 @@ async fn report(
             cluster: agent.as_deref().map(|agent| cluster_report(agent, &ingress)),
             traffic: traffic(&ingress),
             queues: queues.reports(),
-            queue_results: std::mem::take(&mut queue_results),
+            queue_results: outbox.batch(&config.node_name),
         };
         match client.report(&config.node_name, &report).await {
             Ok(answer) => {
                 if failing_since.take().is_some() {
                     tracing::info!("reporting to the control plane again");
+                }
+                outbox.sent(&report.queue_results);
+                if !outbox.is_empty() {
+                    // Results past this report's budget: the next one goes at once.
+                    report_now.notify_one();
                 }
                 if !answer.queue_commands.is_empty() {
                     let (queues, done) = (Arc::clone(&queues), results_done.clone());
@@ -1001,8 +1010,10 @@ async fn report(
             }
             Err(error) => {
                 // Results are kept for the next report: their operators may
-                // still be waiting.
-                queue_results = report.queue_results;
+                // still be waiting. A report the control plane refused (4xx)
+                // would be refused again with them, so they go back as errors.
+                let refused = error.downcast_ref::<ErrorStatus>().is_some_and(|answer| answer.status.is_client_error());
+                outbox.failed(report.queue_results, refused, &config.node_name);
                 // Lines that could not be sent are dropped: the buffer stays
                 // bounded while the control plane is away.
                 if failing_since.is_none_or(|since| since.elapsed() > REPORT_FAILURE_LOG_EVERY) {
@@ -1012,6 +1023,83 @@ async fn report(
             }
         }
     }
+}
+
+/// Queue command results waiting to go out in a report, oldest first: at most
+/// [`QUEUE_RESULTS_MAX`] (the oldest are dropped), and at most
+/// [`QUEUE_RESULT_BYTES_PER_REPORT_MAX`] of them per report.
+#[derive(Debug, Default)]
+struct ResultsOutbox {
+    waiting: VecDeque<QueueCommandResult>,
+    /// Results that went back as errors after the control plane refused the report
+    /// that carried them, by id: a second refusal drops them. Only ids waiting or
+    /// in the report being sent.
+    refused_once: BTreeSet<u64>,
+}
+
+impl ResultsOutbox {
+    fn push(&mut self, result: QueueCommandResult) {
+        self.waiting.push_back(result);
+        while self.waiting.len() > QUEUE_RESULTS_MAX {
+            if let Some(dropped) = self.waiting.pop_front() {
+                self.refused_once.remove(&dropped.id);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// The results for the next report, oldest first, within the byte budget; the
+    /// rest wait. A result larger than the whole budget goes as an error saying so.
+    fn batch(&mut self, node: &str) -> Vec<QueueCommandResult> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(result) = self.waiting.front() {
+            let mut size = json_len(result);
+            if size > QUEUE_RESULT_BYTES_PER_REPORT_MAX {
+                let why = format!("node {node}: the command's result ({size} bytes) is too large to report");
+                let error = QueueCommandResult { id: result.id, outcome: Err(why) };
+                size = json_len(&error);
+                self.waiting[0] = error;
+            }
+            if bytes + size > QUEUE_RESULT_BYTES_PER_REPORT_MAX {
+                break;
+            }
+            bytes += size;
+            batch.extend(self.waiting.pop_front());
+        }
+        batch
+    }
+
+    /// The report carrying `batch` reached the control plane.
+    fn sent(&mut self, batch: &[QueueCommandResult]) {
+        for result in batch {
+            self.refused_once.remove(&result.id);
+        }
+    }
+
+    /// The report carrying `batch` failed: its results wait again, ahead of newer
+    /// ones. When the control plane `refused` it (it would refuse it again), each
+    /// goes back as an error saying so, once; one refused twice is dropped, and its
+    /// operator's wait times out.
+    fn failed(&mut self, batch: Vec<QueueCommandResult>, refused: bool, node: &str) {
+        for result in batch.into_iter().rev() {
+            if !refused {
+                self.waiting.push_front(result);
+            } else if !self.refused_once.remove(&result.id) {
+                self.refused_once.insert(result.id);
+                let why = format!("node {node}: the control plane refused the report that carried the result");
+                self.waiting.push_front(QueueCommandResult { id: result.id, outcome: Err(why) });
+            }
+        }
+    }
+}
+
+/// Bytes a queue command result takes in a report's JSON.
+fn json_len(result: &QueueCommandResult) -> usize {
+    serde_json::to_vec(result).map_or(usize::MAX, |json| json.len() + 1)
 }
 
 /// Bytes a line takes in a report's JSON.
@@ -1033,6 +1121,8 @@ fn to_log_line(line: GuestLogLine) -> LogLine {
 
 #[cfg(test)]
 mod tests {
+    use wedge_control::api::QueueCommandOutput;
+
     use super::*;
 
     fn record(name: &str, version: u64) -> VersionRecord {
@@ -1109,6 +1199,78 @@ mod tests {
         // Control characters take six bytes each in JSON.
         assert!(json_bytes(&line) > 6 * 4096);
         assert!(LOG_BYTES_PER_REPORT_MAX / json_bytes(&line) < LOG_LINES_PER_REPORT_MAX);
+    }
+
+    fn peeked(id: u64, jobs: usize) -> QueueCommandResult {
+        let job = wedge_control::api::JobSummary {
+            id: "1-1".into(),
+            state: "dead".into(),
+            attempt: 3,
+            idempotency_key: None,
+            enqueued_at_unix_ms: 0,
+            run_at_unix_ms: None,
+            last_error: Some("e".repeat(500)),
+            payload_bytes: 256,
+            payload_preview: "p".repeat(256),
+        };
+        QueueCommandResult { id, outcome: Ok(QueueCommandOutput::Jobs(vec![job; jobs])) }
+    }
+
+    fn ids(results: &[QueueCommandResult]) -> Vec<u64> {
+        results.iter().map(|result| result.id).collect()
+    }
+
+    #[test]
+    fn results_go_out_within_a_byte_budget_per_report_and_the_rest_wait() {
+        let mut outbox = ResultsOutbox::default();
+        // Three peeks of about 900 KiB each: one report holds one of them.
+        for id in 1..=3 {
+            outbox.push(peeked(id, 1_000));
+        }
+        let first = outbox.batch("n1");
+        assert_eq!(ids(&first), [1]);
+        assert!(first.iter().map(json_len).sum::<usize>() <= QUEUE_RESULT_BYTES_PER_REPORT_MAX);
+        outbox.sent(&first);
+        assert_eq!(ids(&outbox.batch("n1")), [2]);
+        assert_eq!(ids(&outbox.batch("n1")), [3]);
+        assert!(outbox.is_empty());
+        // A result larger than a whole report's budget goes as an error.
+        outbox.push(peeked(4, 3_000));
+        let too_large = outbox.batch("n1");
+        assert_eq!(ids(&too_large), [4]);
+        assert!(matches!(&too_large[0].outcome, Err(why) if why.contains("too large to report")), "{too_large:?}");
+        // Small ones go together; at most QUEUE_RESULTS_MAX wait (the oldest go).
+        for id in 0..(QUEUE_RESULTS_MAX as u64 + 6) {
+            outbox.push(peeked(id, 1));
+        }
+        assert_eq!(ids(&outbox.batch("n1")), (6..QUEUE_RESULTS_MAX as u64 + 6).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn results_of_a_refused_report_go_back_as_errors_once() {
+        let mut outbox = ResultsOutbox::default();
+        outbox.push(peeked(1, 10));
+        outbox.push(peeked(2, 10));
+        // The control plane cannot be reached: the results wait, unchanged and in order.
+        let batch = outbox.batch("n1");
+        outbox.failed(batch.clone(), false, "n1");
+        assert_eq!(outbox.batch("n1"), batch);
+        // It refuses the report (4xx): each goes back as an error saying so.
+        outbox.failed(batch, true, "n1");
+        let errors = outbox.batch("n1");
+        assert_eq!(ids(&errors), [1, 2]);
+        assert!(errors.iter().all(|r| matches!(&r.outcome, Err(why) if why.contains("refused the report"))));
+        // Refused again: dropped, not resent for ever.
+        outbox.failed(errors, true, "n1");
+        assert!(outbox.is_empty());
+        assert!(outbox.refused_once.is_empty());
+        // An error that did get through is forgotten.
+        outbox.push(peeked(3, 1));
+        let batch = outbox.batch("n1");
+        outbox.failed(batch, true, "n1");
+        let errors = outbox.batch("n1");
+        outbox.sent(&errors);
+        assert!(outbox.refused_once.is_empty());
     }
 
     #[test]
