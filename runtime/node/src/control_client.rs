@@ -11,7 +11,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use wedge_control::api::{DesiredState, ErrorBody, NodeReport, ReportAnswer};
+use serde::Deserialize;
+use wedge_control::api::{DesiredState, ErrorBody, NodeReport, QueueCommand, QueueCommandResult};
 
 /// Largest desired-state document accepted.
 const STATE_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -33,6 +34,47 @@ pub struct ErrorStatus {
     pub status: StatusCode,
     /// Its error message.
     message: String,
+}
+
+/// The control plane's answer to a report ([`wedge_control::api::ReportAnswer`]), read
+/// one command at a time: a command this node cannot read (an action of a newer control
+/// plane during a rolling upgrade, say) gets an error result instead of making the whole
+/// answer, and the commands with it, unreadable.
+#[derive(Debug, Default, PartialEq)]
+pub struct ReportReply {
+    /// The queue commands to run.
+    pub commands: Vec<QueueCommand>,
+    /// A failed result for each command that could not be read.
+    pub unreadable: Vec<QueueCommandResult>,
+}
+
+/// [`wedge_control::api::ReportAnswer`] with its commands left unread.
+#[derive(Deserialize)]
+struct RawReportAnswer {
+    #[serde(default)]
+    queue_commands: Vec<serde_json::Value>,
+}
+
+impl ReportReply {
+    /// Reads the answer to `node`'s report.
+    fn read(node: &str, answer: &[u8]) -> anyhow::Result<Self> {
+        let raw: RawReportAnswer =
+            serde_json::from_slice(answer).context("the control plane's answer to a report is not valid JSON")?;
+        let mut reply = Self::default();
+        for command in raw.queue_commands {
+            let id = command.get("id").and_then(serde_json::Value::as_u64);
+            match (serde_json::from_value::<QueueCommand>(command), id) {
+                (Ok(command), _) => reply.commands.push(command),
+                (Err(error), Some(id)) => {
+                    let why =
+                        format!("node {node} cannot run this command ({error}); is it older than the control plane?");
+                    reply.unreadable.push(QueueCommandResult { id, outcome: Err(why) });
+                }
+                (Err(error), None) => tracing::warn!("a queue command without an id from the control plane: {error}"),
+            }
+        }
+        Ok(reply)
+    }
 }
 
 /// A client of one control plane.
@@ -95,14 +137,14 @@ impl ControlClient {
     /// Sends what this node serves and its new guest log lines; the control
     /// plane's answer: the queue commands waiting for this node (none on a
     /// 204).
-    pub async fn report(&self, node: &str, report: &NodeReport) -> anyhow::Result<ReportAnswer> {
+    pub async fn report(&self, node: &str, report: &NodeReport) -> anyhow::Result<ReportReply> {
         let body = Bytes::from(serde_json::to_vec(report)?);
         let path = format!("/v1/nodes/{node}/report");
         let answer = self.call(Method::POST, &path, Some(body), CALL_TIMEOUT, REPORT_ANSWER_BYTES_MAX).await?;
         if answer.is_empty() {
-            return Ok(ReportAnswer::default());
+            return Ok(ReportReply::default());
         }
-        serde_json::from_slice(&answer).context("the control plane's answer to a report is not valid JSON")
+        ReportReply::read(node, &answer)
     }
 
     async fn call(
@@ -145,5 +187,33 @@ impl ControlClient {
             bail!("{method} {}{path}: the control plane rejected the token (401): {message}", self.base);
         }
         Err(ErrorStatus { call: format!("{method} {}{path}", self.base), status, message }.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wedge_control::api::{QueueAction, ReportAnswer};
+
+    use super::*;
+
+    #[test]
+    fn a_command_the_node_cannot_read_fails_alone() {
+        let purge = QueueCommand { id: 1, queue: "work".into(), action: QueueAction::Purge };
+        let known = serde_json::to_value(&purge).unwrap();
+        let answer = serde_json::json!({ "queue_commands": [
+            { "id": 2, "queue": "work", "action": "compact", "level": 3 },
+            known,
+            { "queue": "work", "action": "purge" },
+        ]});
+        let reply = ReportReply::read("n1", answer.to_string().as_bytes()).unwrap();
+        assert_eq!(reply.commands, [purge.clone()]);
+        assert_eq!(reply.unreadable.len(), 1, "{reply:?}");
+        assert_eq!(reply.unreadable[0].id, 2);
+        let why = reply.unreadable[0].outcome.as_ref().unwrap_err();
+        assert!(why.starts_with("node n1 cannot run this command") && why.contains("compact"), "{why}");
+        // What the control plane sends reads back whole; an answer that is not JSON is an error.
+        let sent = serde_json::to_vec(&ReportAnswer { queue_commands: vec![purge.clone()] }).unwrap();
+        assert_eq!(ReportReply::read("n1", &sent).unwrap(), ReportReply { commands: vec![purge], unreadable: vec![] });
+        assert!(ReportReply::read("n1", b"{").is_err());
     }
 }

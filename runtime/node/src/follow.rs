@@ -995,14 +995,18 @@ async fn report(
                     tracing::info!("reporting to the control plane again");
                 }
                 outbox.sent(&report.queue_results);
+                for unreadable in answer.unreadable {
+                    outbox.push(unreadable);
+                }
                 if !outbox.is_empty() {
-                    // Results past this report's budget: the next one goes at once.
+                    // Results past this report's budget, or answers to commands it
+                    // could not read: the next report goes at once.
                     report_now.notify_one();
                 }
-                if !answer.queue_commands.is_empty() {
+                if !answer.commands.is_empty() {
                     let (queues, done) = (Arc::clone(&queues), results_done.clone());
                     tokio::spawn(async move {
-                        for command in answer.queue_commands {
+                        for command in answer.commands {
                             let _ = done.send(queues.run_command(command).await).await;
                         }
                     });
