@@ -206,7 +206,7 @@ mod tests {
             { "queue": "work", "action": "purge" },
         ]});
         let reply = ReportReply::read("n1", answer.to_string().as_bytes()).unwrap();
-        assert_eq!(reply.commands, [purge.clone()]);
+        assert_eq!(reply.commands, std::slice::from_ref(&purge));
         assert_eq!(reply.unreadable.len(), 1, "{reply:?}");
         assert_eq!(reply.unreadable[0].id, 2);
         let why = reply.unreadable[0].outcome.as_ref().unwrap_err();
