@@ -98,7 +98,8 @@ pub fn deployment(function: &FunctionConfig) -> anyhow::Result<Deployment> {
     function.replicas.resolve().map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
     let queue = queue_binding(function).map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
     if let Some(namespace) = &function.cache {
-        wedge_host::validate_cache_namespace(namespace).map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
+        wedge_host::validate_label("cache namespace", namespace)
+            .map_err(|error| anyhow::anyhow!("{source}: {error}"))?;
     }
     Ok(Deployment {
         name,
@@ -240,7 +241,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
             ("[[function]]\ncomponent = \"a.wasm\"\n[function.limits]\ntimeout = \"forever\"\n", "limits.timeout"),
-            ("[[function]]\ncomponent = \"Bad_Name!.wasm\"\n", "function names must be"),
+            ("[[function]]\ncomponent = \"Bad_Name!.wasm\"\n", "function name \"bad-name!\": use 1-63"),
             ("[[function]]\ncomponent = \"a.wasm\"\nroutes = [\"/a//b\"]\n", "/a//b"),
             ("[[function]]\ncomponent = \"x/a.wasm\"\n[[function]]\ncomponent = \"y/a.wasm\"\n", "two functions"),
             ("", "no [[function]] entries"),

@@ -221,7 +221,7 @@ fn bad_uploads_are_refused_and_change_nothing() {
         ("garbage", "x", routes.clone(), Some(b"definitely not wasm".to_vec()), 400, "not a WebAssembly"),
         ("core module", "x", routes.clone(), Some(core_module), 400, "core WebAssembly module"),
         ("wrong world", "x", routes.clone(), Some(wasm("guest-command")), 400, "world"),
-        ("bad name", "Bad_Name", routes.clone(), Some(hello.clone()), 400, "function names"),
+        ("bad name", "Bad_Name", routes.clone(), Some(hello.clone()), 400, "function name \"Bad_Name\": use 1-63"),
         ("no routes", "x", json!({"routes": []}), Some(hello.clone()), 400, "at least one route"),
         ("bad route", "x", json!({"routes": ["/a b"]}), Some(hello.clone()), 400, "route"),
         ("duplicate route", "x", json!({"routes": ["/a", "/a/"]}), Some(hello.clone()), 400, "twice"),

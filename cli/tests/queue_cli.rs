@@ -215,7 +215,7 @@ fn queue_verbs_show_peek_retry_and_purge_jobs_on_the_primary() {
     let line = refused(&control, TOKEN, &["queue", "peek", "nope"]);
     assert!(line.contains("no such queue: nope") && line.contains("404"), "{line}");
     let (success, _, usage) = wedge(&control, TOKEN, &["queue", "purge", "Bad/Name", "--yes"]);
-    assert!(!success && usage.contains("queue names are 1-63 characters"), "{usage}");
+    assert!(!success && usage.contains("queue name \"Bad/Name\": use 1-63 characters"), "{usage}");
     let authorization = format!("Bearer {TOKEN}");
     let reply = send("GET", &control.url("/v1/queues/work/jobs?limit=0"), &[("Authorization", &authorization)], b"");
     assert_eq!(reply.status, 400, "{}", reply.body);

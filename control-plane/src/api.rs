@@ -257,16 +257,7 @@ impl QueueBinding {
     /// Checks the name and the settings; the message says what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         let name = &self.name;
-        let name_ok = !name.is_empty()
-            && name.len() <= 63
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !name.starts_with('-')
-            && !name.ends_with('-');
-        if !name_ok {
-            return Err(format!(
-                "queue name {name:?}: use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
-            ));
-        }
+        wedge_host::validate_label("queue name", name)?;
         self.config().validate().map_err(|error| format!("queue {name}: {error}"))
     }
 }

@@ -1246,11 +1246,7 @@ async fn queue_command(
     queue: String,
     action: QueueAction,
 ) -> Result<Json<QueueCommandAnswer>, ApiError> {
-    if wedge_host::validate_name(&queue).is_err() {
-        return Err(ApiError::bad_request(format!(
-            "queue name {queue:?}: use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
-        )));
-    }
+    wedge_host::validate_label("queue name", &queue).map_err(ApiError::bad_request)?;
     let node = queue_primary(shared, &queue).await?;
     let mut placements = shared.scheduling.subscribe();
     let (id, mut outcome) = shared.commands().submit(&node, &queue, action).map_err(command_error)?;

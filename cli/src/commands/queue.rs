@@ -89,9 +89,7 @@ impl QueueArgs {
 
 /// Clap value parser of a queue name: checked before it goes into a URL path.
 fn queue_name(text: &str) -> Result<String, String> {
-    wedge_host::validate_name(text)
-        .map(|()| text.to_owned())
-        .map_err(|_| "queue names are 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'".into())
+    wedge_host::validate_label("queue name", text).map(|()| text.to_owned())
 }
 
 /// Arguments of `wedge queue ls`.

@@ -149,7 +149,7 @@ impl FunctionSpec {
         let limits = &self.limits;
         let invalid = |reason: String| Err(LoadError::InvalidSpec { name: self.name.clone(), reason });
         if let Some(namespace) = &self.cache_namespace {
-            validate_cache_namespace(namespace).or_else(invalid)?;
+            validate_label("cache namespace", namespace).or_else(invalid)?;
         }
         if limits.memory_bytes_max < MIB {
             return invalid("memory limit must be at least 1 MiB".into());
@@ -187,39 +187,27 @@ impl FunctionSpec {
     }
 }
 
-/// Names are DNS labels: 1–63 of `a-z`, `0-9`, `-`, not starting or ending
-/// with `-`. They appear in URLs, logs and metric labels.
-pub fn validate_name(name: &str) -> Result<(), LoadError> {
-    if is_dns_label(name) {
-        Ok(())
-    } else {
-        Err(LoadError::InvalidSpec {
-            name: name.to_string(),
-            reason: "function names must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
-                .into(),
-        })
-    }
-}
-
-/// Cache namespaces are DNS labels like function names; the message names
-/// the setting (for a client to check a spec before sending it).
-pub fn validate_cache_namespace(namespace: &str) -> Result<(), String> {
-    if is_dns_label(namespace) {
-        Ok(())
-    } else {
-        Err(format!(
-            "cache namespace {namespace:?}: use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
-        ))
-    }
-}
-
-/// 1–63 of `a-z`, `0-9`, `-`, not starting or ending with `-`.
-fn is_dns_label(text: &str) -> bool {
-    !text.is_empty()
+/// Names of functions, queues, cache namespaces (and nodes) are DNS labels:
+/// 1–63 of `a-z`, `0-9`, `-`, not starting or ending with `-`. They appear
+/// in URLs, logs and metric labels. The message names `what` was given
+/// (`function name`, `queue name`, `cache namespace`) and the text, in the
+/// one shape every check of a label uses.
+pub fn validate_label(what: &str, text: &str) -> Result<(), String> {
+    let is_label = !text.is_empty()
         && text.len() <= 63
         && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !text.starts_with('-')
-        && !text.ends_with('-')
+        && !text.ends_with('-');
+    if is_label {
+        Ok(())
+    } else {
+        Err(format!("{what} {text:?}: use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"))
+    }
+}
+
+/// A function name is a [label](validate_label).
+pub fn validate_name(name: &str) -> Result<(), LoadError> {
+    validate_label("function name", name).map_err(LoadError::InvalidName)
 }
 
 #[cfg(test)]
@@ -231,9 +219,14 @@ mod tests {
         for good in ["hello", "json-api", "a", "x1"] {
             assert!(validate_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "-x", "x-", "Hello", "a_b", "a.b", &"a".repeat(64)] {
+        for bad in ["", "-x", "x-", "Hello", "a_b", "a.b", "@x", &"a".repeat(64)] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
+        let message = validate_label("queue name", "Mail!").unwrap_err();
+        assert_eq!(
+            message,
+            "queue name \"Mail!\": use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+        );
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub enum LoadError {
         "component does not target a supported world (wasi:http/proxy, wedge:function/http-handler or wedge:function/job-handler): {0:#}"
     )]
     WrongWorld(anyhow::Error),
+    /// The function's name is not a label (the text says so, naming it).
+    #[error("{0}")]
+    InvalidName(String),
     /// The function's settings are unusable.
     #[error("function {name:?}: {reason}")]
     InvalidSpec {

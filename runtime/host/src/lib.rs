@@ -36,7 +36,7 @@ mod state;
 mod stats;
 
 pub use cache::unix_now_ms;
-pub use config::{FunctionSpec, HostConfig, Limits, validate_cache_namespace, validate_name};
+pub use config::{FunctionSpec, HostConfig, Limits, validate_label, validate_name};
 pub use error::{HostError, LoadError};
 pub use function::{Function, FunctionKind, Instantiated, Job, JobFailure, ResponseBody, error_response};
 pub use guest_log::{GuestLogLine, GuestLogSink, Stream};

@@ -107,6 +107,10 @@ pub struct QueueStats {
     pub dead: u32,
     /// Age of the oldest job not dead (0 when none).
     pub oldest_age_ms: u64,
+    /// How long the runnable job that has waited longest has been waiting to start
+    /// (since its delay or backoff ended; 0 when none is runnable): a backlog that is
+    /// not worked off, where a long delay alone does not count.
+    pub ready_wait_ms: u64,
     /// Idempotency keys remembered.
     pub keys: u32,
 }
@@ -902,18 +906,18 @@ impl<S: JobStore> QueueCore<S> {
     pub fn stats(&self, now_ms: u64) -> QueueStats {
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let ready = self.ready.range(..(now_ms + 1, JobId { epoch: 0, seq: 0 })).count();
-        let oldest = self
-            .jobs
-            .values()
-            .filter(|job| !matches!(job.state, JobState::Dead { .. }))
-            .map(|job| job.enqueued_at_ms)
-            .min();
+        // Ids rise with every send (a new epoch starts above the last), so the first job
+        // not dead in id order is the oldest: no scan of the whole queue.
+        let oldest =
+            self.jobs.values().find(|job| !matches!(job.state, JobState::Dead { .. })).map(|job| job.enqueued_at_ms);
+        let ready_since = self.ready.first().map(|(at_ms, _)| *at_ms).filter(|at_ms| *at_ms <= now_ms);
         QueueStats {
             ready: count(ready),
             delayed: count(self.ready.len() - ready),
             in_flight: count(self.leases.len()),
             dead: count(self.dead.len()),
             oldest_age_ms: oldest.map_or(0, |at| now_ms.saturating_sub(at)),
+            ready_wait_ms: ready_since.map_or(0, |at| now_ms - at),
             keys: count(self.keys.len()),
         }
     }

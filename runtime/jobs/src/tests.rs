@@ -488,7 +488,9 @@ fn inspection_counts_peeks_and_purges() {
     let leased = core.lease(&worker(), 1, T0 + 3000).expect("leases").remove(0);
     assert_eq!(leased.job.id, a);
     let stats = core.stats(T0 + 3000);
-    assert_eq!(stats, QueueStats { ready: 1, delayed: 1, in_flight: 1, dead: 0, oldest_age_ms: 3000, keys: 1 });
+    let expected =
+        QueueStats { ready: 1, delayed: 1, in_flight: 1, dead: 0, oldest_age_ms: 3000, ready_wait_ms: 2000, keys: 1 };
+    assert_eq!(stats, expected);
     assert_eq!(core.peek(2).len(), 2);
     assert_eq!(core.peek(2)[0].id, a);
     assert_eq!(core.purge(T0 + 3000).expect("purges"), 3);

@@ -192,6 +192,10 @@ pub struct QueueView {
     pub dead: u32,
     /// Age of the oldest job not dead, in ms.
     pub oldest_age_ms: u64,
+    /// How long the runnable job that has waited longest has waited to start, in ms
+    /// (0 when none is runnable).
+    #[serde(default)]
+    pub ready_wait_ms: u64,
     /// Jobs this node completed as primary since it started.
     pub completed: u64,
     /// Failed attempts this node recorded as primary since it started.
@@ -894,6 +898,7 @@ impl Engine {
                     in_flight: stats.in_flight,
                     dead: stats.dead,
                     oldest_age_ms: stats.oldest_age_ms,
+                    ready_wait_ms: stats.ready_wait_ms,
                     completed: slot.completed,
                     failed_attempts: slot.failed_attempts,
                     dead_lettered: slot.dead_lettered,

@@ -301,6 +301,9 @@ fn sample(mut metric: MetricEncoder<'_>, kind: MetricType, value: u64) -> Result
     }
 }
 
+/// A per-queue gauge in milliseconds: its name, its help and how to read it of a view.
+type QueueGauge = (&'static str, &'static str, fn(&QueueView) -> u64);
+
 impl Exposition {
     /// (name, stats) of the functions that run here, job functions included.
     fn running(&self) -> impl Iterator<Item = (&str, &FunctionStatsSnapshot, &FunctionSample)> {
@@ -406,15 +409,24 @@ impl Exposition {
                     .map(|(state, jobs)| (vec![("queue", view.queue.as_str()), ("state", state)], u64::from(jobs)))
             }),
         )?;
-        let mut oldest = encoder.encode_descriptor(
-            "wedge_queue_oldest_age_seconds",
-            "Time since the oldest job not dead was sent (0 when there is none)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for view in self.primaries() {
-            let labels: Labels = vec![("queue", view.queue.as_str())];
-            oldest.encode_family(&labels)?.encode_gauge(&(view.oldest_age_ms as f64 / 1000.0))?;
+        let ages: [QueueGauge; 2] = [
+            (
+                "wedge_queue_oldest_age_seconds",
+                "Time since the oldest job not dead was sent (0 when there is none)",
+                |view| view.oldest_age_ms,
+            ),
+            (
+                "wedge_queue_ready_wait_seconds",
+                "How long the runnable job that has waited longest has waited to start (0 when none is runnable)",
+                |view| view.ready_wait_ms,
+            ),
+        ];
+        for (name, help, millis) in ages {
+            let mut gauge = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for view in self.primaries() {
+                let labels: Labels = vec![("queue", view.queue.as_str())];
+                gauge.encode_family(&labels)?.encode_gauge(&(millis(view) as f64 / 1000.0))?;
+            }
         }
         let per_queue = |count: fn(&QueueView) -> u64| {
             self.primaries().map(move |view| (vec![("queue", view.queue.as_str())], count(view)))
@@ -648,6 +660,7 @@ mod tests {
             in_flight: 2,
             dead: 5,
             oldest_age_ms: 1500,
+            ready_wait_ms: 250,
             completed: 40,
             failed_attempts: 16,
             dead_lettered: 5,
@@ -787,6 +800,8 @@ mod tests {
                 "wedge_queue_jobs{queue=\"work\",state=\"dead\"} 5",
                 "# TYPE wedge_queue_oldest_age_seconds gauge",
                 "wedge_queue_oldest_age_seconds{queue=\"work\"} 1.5",
+                "# TYPE wedge_queue_ready_wait_seconds gauge",
+                "wedge_queue_ready_wait_seconds{queue=\"work\"} 0.25",
                 "# TYPE wedge_queue_completed counter",
                 "wedge_queue_completed_total{queue=\"work\"} 40",
                 "wedge_queue_failed_attempts_total{queue=\"work\"} 16",
@@ -795,7 +810,7 @@ mod tests {
         );
         // A backup's copy and a queue with no role here are not counted.
         let series: Vec<&str> = text.lines().filter(|l| l.contains("queue=\"")).collect();
-        assert_eq!(series.len(), 8, "{series:?}");
+        assert_eq!(series.len(), 9, "{series:?}");
         assert!(series.iter().all(|l| l.contains("queue=\"work\"")), "{series:?}");
     }
 
