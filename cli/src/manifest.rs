@@ -12,8 +12,9 @@
 //! component = "target/wasm/hello.wasm"
 //! routes = ["/hello", "api.example.com/hello"]   # optional; defaults to /<name> (none with `queue`)
 //! allowed_outbound_hosts = ["api.example.com"]
-//! cache = "pages"                # optional: a cache namespace shared with the functions naming it
-//!                                # (default: the function's own name, seen by no other function)
+//! cache = "pages"                # optional: a cache namespace shared with the functions naming it,
+//!                                # apart from the own namespace of a function named pages
+//!                                # (default: the function's own, seen by no other function)
 //! [function.limits]              # all optional; unset ones take the node defaults
 //! memory = "64MiB"
 //! timeout = "5s"

@@ -3,7 +3,7 @@
 //! (`/get`, `/set`, `/incr`, `/delete`, `/set-if-absent`): TTL expiry on the
 //! wall clock, isolation between functions, a namespace shared by the
 //! functions that name it (`cache = "NAME"`, `wedge deploy --cache`) and by
-//! no other, what survives a node restart, 1,000 concurrent increments, and
+//! no other (not even the function called NAME), what survives a node restart, 1,000 concurrent increments, and
 //! refused input that changes nothing.
 
 #![allow(clippy::unwrap_used)]
@@ -112,7 +112,13 @@ fn functions_naming_one_cache_namespace_share_it_and_no_other_function_sees_it()
     let entry = |name: &str, cache: &str| {
         format!("[[function]]\nname = \"{name}\"\ncomponent = {path:?}\nroutes = [\"/{name}\"]\n{cache}\n")
     };
-    let text = [entry("writer", "cache = \"shared\""), entry("reader", "cache = \"shared\""), entry("other", "")];
+    // `shared` is also a function's name: its own namespace is not the named one.
+    let text = [
+        entry("writer", "cache = \"shared\""),
+        entry("reader", "cache = \"shared\""),
+        entry("other", ""),
+        entry("shared", ""),
+    ];
     std::fs::write(&functions, text.concat()).unwrap();
     let server = Server::start(&["--config", functions.to_str().unwrap()]);
     let at = |function: &str, path: &str| server.url(&format!("/{function}/{path}"));
@@ -123,6 +129,11 @@ fn functions_naming_one_cache_namespace_share_it_and_no_other_function_sees_it()
     assert_eq!(post(&at("writer", "incr?key=n&by=3"), b"").body, "5\n", "one counter for both");
     assert_eq!(get(&at("other", "get?key=result")).status, 404, "a function outside the namespace sees it");
     assert_eq!(post(&at("other", "incr?key=n"), b"").body, "1\n");
+    assert_eq!(get(&at("shared", "get?key=result")).status, 404, "the function named shared sees the namespace");
+    assert_eq!(post(&at("shared", "set?key=own"), b"made by the function shared").status, 200);
+    assert_eq!(get(&at("reader", "get?key=own")).status, 404, "the namespace sees the function shared's keys");
+    assert_eq!(post(&at("shared", "incr?key=n&by=7"), b"").body, "7\n");
+    assert_eq!(get(&at("writer", "get?key=n")).body, "5", "the function shared changed the namespace's counter");
     assert_eq!(post(&at("reader", "delete?key=result"), b"").body, "true\n");
     assert_eq!(get(&at("writer", "get?key=result")).status, 404, "the reader's delete reached the writer");
 

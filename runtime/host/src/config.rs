@@ -35,9 +35,10 @@ pub struct HostConfig {
     /// them in the process log only.
     pub log_sink: Option<GuestLogSink>,
     /// The node's key-value cache (`wedge:function/cache`), shared by every
-    /// function, each in its [namespace](FunctionSpec::cache_namespace): by
-    /// default its own name (so versions of a function share entries and
-    /// functions never see each other's), or a name several functions share.
+    /// function, each in its [key space](FunctionSpec::cache_key_space): by
+    /// default its own (so versions of a function share entries and
+    /// functions never see each other's), or a named namespace that the
+    /// functions naming it share and no function's own namespace sees.
     /// `None`: cache calls fail with a `storage` error saying so.
     pub function_cache: Option<wedge_cache::Cache>,
     /// How `wedge:function/queue` sends reach the node's queues (see
@@ -114,11 +115,13 @@ pub struct FunctionSpec {
     pub env: BTreeMap<String, String>,
     /// Hosts the guest may call over HTTP; empty means none.
     pub allowed_outbound_hosts: Vec<String>,
-    /// The namespace of the node cache the guest's `wedge:function/cache`
-    /// calls use. `None`: the function's own name, so only its versions see
-    /// its entries. Functions given the same name share one store (an HTTP
-    /// function reading what a job function wrote); it is a DNS label like a
-    /// function name, and a function's own name is a namespace like any other.
+    /// A named namespace of the node cache for the guest's
+    /// `wedge:function/cache` calls, shared by every function given the same
+    /// name (an HTTP function reading what a job function wrote). `None`: the
+    /// function's own namespace, which only its versions see. A named
+    /// namespace never shares keys with a function's own, even one whose
+    /// function has that name ([`cache_key_space`](Self::cache_key_space)).
+    /// It is a DNS label like a function name.
     pub cache_namespace: Option<String>,
 }
 
@@ -136,9 +139,21 @@ impl FunctionSpec {
         }
     }
 
-    /// The namespace of the node cache this function uses (see the field).
+    /// The name of the node-cache namespace this function uses, as the
+    /// operator gave it: the named one, else the function's own name.
     pub fn cache_namespace(&self) -> &str {
         self.cache_namespace.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The key space of the node cache this function's calls use: its own
+    /// name, or `@` and the name of a named namespace. No function name
+    /// contains `@`, so the named namespace `payments` and the function
+    /// `payments` never see each other's keys.
+    pub fn cache_key_space(&self) -> String {
+        match &self.cache_namespace {
+            Some(named) => format!("@{named}"),
+            None => self.name.clone(),
+        }
     }
 
     /// Checks the spec is one `host` can serve (name, cache namespace,
@@ -245,8 +260,10 @@ mod tests {
         let host = HostConfig::default();
         let mut spec = FunctionSpec::new("api");
         assert_eq!(spec.cache_namespace(), "api");
+        assert_eq!(spec.cache_key_space(), "api");
         spec.cache_namespace = Some("thumbnails".into());
         assert_eq!(spec.cache_namespace(), "thumbnails");
+        assert_eq!(spec.cache_key_space(), "@thumbnails", "apart from the function named thumbnails");
         assert!(spec.validate(&host).is_ok());
         for bad in ["", "Thumbs", "a_b", "-x", &"a".repeat(64)] {
             spec.cache_namespace = Some(bad.into());

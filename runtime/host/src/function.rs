@@ -168,8 +168,8 @@ impl Function {
         };
         let outbound = Arc::new(spec.outbound_policy()?);
         let concurrency = usize::try_from(spec.limits.concurrency_max).unwrap_or(usize::MAX);
-        // Its namespace of the node cache: its own name unless the spec names a shared one.
-        let cache = handle.config.function_cache.as_ref().map(|cache| cache.namespace(spec.cache_namespace()));
+        // Its key space of the node cache: its own unless the spec names a shared one.
+        let cache = handle.config.function_cache.as_ref().map(|cache| cache.namespace(&spec.cache_key_space()));
         let services = Arc::new(Services {
             function_name: spec.name.into(),
             config: Arc::new(spec.config),

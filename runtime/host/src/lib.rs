@@ -12,7 +12,9 @@
 //!   statistics of its requests ([`Function::stats`]);
 //! - a fresh `Store` per request (or job), so no state leaks between them;
 //! - the host side of `wedge:function/cache`: each function gets its own
-//!   namespace of the node's [`wedge_cache::Cache`] ([`HostConfig::function_cache`]);
+//!   namespace of the node's [`wedge_cache::Cache`] ([`HostConfig::function_cache`]),
+//!   or a named one it shares with the functions naming it
+//!   ([`FunctionSpec::cache_key_space`]);
 //! - the host side of `wedge:function/queue`: a guest's `send` goes to the
 //!   node's [`QueueSender`] ([`HostConfig::queue_sender`]);
 //! - job functions (world `wedge:function/job-handler`): a [`Function`] knows

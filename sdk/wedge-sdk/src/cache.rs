@@ -10,8 +10,10 @@
 //!   1 MiB by default); [`get_json`] and [`set_json`] store any serde type.
 //! - A function sees only its own keys; versions of one function share them.
 //!   Functions deployed with the same `--cache NAME` (`cache = "NAME"` in
-//!   `wedge.toml`) share one namespace instead: a job function can store what
-//!   an HTTP function serves.
+//!   `wedge.toml`) share one named namespace instead: a job function can
+//!   store what an HTTP function serves. A named namespace is apart from
+//!   every function's own: `--cache payments` never sees the keys of the
+//!   function named `payments`, nor it those of the namespace.
 //! - An expired entry is never returned. Entries without a TTL live until
 //!   deleted or evicted: the node keeps the whole cache under a byte cap,
 //!   evicting expired entries first and then the least recently used ones.
