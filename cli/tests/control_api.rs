@@ -205,6 +205,44 @@ fn a_job_function_needs_no_route() {
     assert_eq!(functions[0]["routes"], json!([]));
 }
 
+/// A queue binding needs a job function, and a job function a queue: 400
+/// naming the kind, store unchanged, whether the component is uploaded,
+/// named by hash while the control plane remembers its kind, or named by
+/// hash after a restart (compiled again to learn it).
+#[test]
+fn a_queue_binding_needs_a_job_function_and_a_job_function_a_queue() {
+    let (server, dir) = fresh();
+    let (hello, job) = (wasm("hello"), wasm("guest-job"));
+    assert_eq!(deploy(&server, "hello", &json!({"routes": ["/hello"]}), Some(&hello)).status, 201);
+    let bound = json!({"routes": [], "queue": {"name": "mail"}, "artifact": sha256(&job)});
+    assert_eq!(deploy(&server, "mailer", &bound, Some(&job)).status, 201);
+    let before = snapshot(&server);
+
+    let http_bound = json!({"routes": [], "queue": {"name": "web"}, "artifact": sha256(&hello)});
+    let job_unbound = json!({"routes": ["/mail"], "artifact": sha256(&job)});
+    let http_says = "the component of function web is an HTTP function (world wedge:function/http-handler); \
+                     only a job function (world wedge:function/job-handler) can be bound to a queue";
+    let job_says = "the component of function mail is a job function (world wedge:function/job-handler); \
+                    a job function must be bound to a queue with --queue";
+    let refused = |server: &Server, upload: bool| {
+        for (name, spec, component, says) in
+            [("web", &http_bound, &hello, http_says), ("mail", &job_unbound, &job, job_says)]
+        {
+            let reply = deploy(server, name, spec, upload.then_some(component.as_slice()));
+            assert_eq!((reply.status, error_of(&reply)), (400, says.to_string()), "upload {upload}");
+        }
+        assert_eq!(snapshot(server), before, "a refused deploy changed the store");
+    };
+    refused(&server, true);
+    refused(&server, false);
+
+    drop(server);
+    let server = control(dir.path(), &["--token", TOKEN]);
+    refused(&server, false);
+    let again = deploy(&server, "mailer", &bound, None);
+    assert_eq!(again.status, 201, "a job function bound to a queue, by hash after a restart: {again:?}");
+}
+
 /// What is wrong, function name, spec, component, status, text the error has.
 type Case = (&'static str, &'static str, Value, Option<Vec<u8>>, u16, &'static str);
 

@@ -62,6 +62,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use wedge_host::{FunctionKind, FunctionSpec};
 
 use crate::api::{
     DeploySpec, DesiredState, ErrorBody, FunctionInfo, FunctionSummary, LogPage, NodeReport, NodeStatus, Overview,
@@ -878,12 +879,13 @@ async fn deploy(
     };
     let lookup = artifact.clone();
     let stored = blocking(&shared, move |store| store.has_artifact(&lookup)).await?;
-    match (&upload.component, stored) {
+    let kind = match (&upload.component, stored) {
         // Stored artifacts compiled when they were first stored.
-        (_, true) => {}
+        (_, true) => stored_kind(&shared, &artifact, function).await?,
         (None, false) => return Err(StoreError::NoSuchArtifact(artifact).into()),
         (Some(component), false) => shared.compiler.check(function, component.bytes.clone()).await?,
-    }
+    };
+    validate::check_kind(&name, kind, spec.queue.is_some())?;
 
     let new = NewVersion {
         function: name,
@@ -904,6 +906,19 @@ async fn deploy(
     })
     .await?;
     Ok((StatusCode::CREATED, Json(record)))
+}
+
+/// The kind of the stored `artifact`: as the compiler remembers it, else
+/// learned by compiling it again as `function` (after a restart, once).
+async fn stored_kind(shared: &Arc<Shared>, artifact: &str, function: FunctionSpec) -> Result<FunctionKind, ApiError> {
+    if let Some(kind) = shared.compiler.checked_kind(artifact) {
+        return Ok(kind);
+    }
+    let lookup = artifact.to_owned();
+    let Some(component) = blocking(shared, move |store| store.artifact(&lookup)).await? else {
+        return Err(StoreError::NoSuchArtifact(artifact.to_owned()).into());
+    };
+    Ok(shared.compiler.check(function, Bytes::from(component)).await?)
 }
 
 fn too_large_component(component_max: u64) -> ApiError {

@@ -4,25 +4,33 @@
 //! nodes' engines as a component of a supported world: an HTTP function
 //! (`wasi:http/proxy`, `wedge:function/http-handler`) or a job function
 //! (`wedge:function/job-handler`). A component of neither is refused with
-//! the host's message naming them.
+//! the host's message naming them. The kind of component must fit the
+//! queue binding ([`check_kind`]): a job function exactly when bound to a
+//! queue. The kind of a stored component is remembered from its check (a
+//! bounded memory; one forgotten, or stored before this run, is compiled
+//! again to learn it).
 //!
 //! Compiling is the expensive part: it runs on the blocking pool, at most
 //! `compiles_max` at once, within `compile_timeout` (waiting for a turn
 //! included).
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Semaphore;
-use wedge_host::{FunctionSpec, Host, HostConfig, HostError};
+use wedge_host::{FunctionKind, FunctionSpec, Host, HostConfig, HostError};
 use wedge_router::Route;
 
 use crate::api::is_sha256_hex;
 
 /// Most routes one function may have.
 pub const ROUTES_MAX: usize = 100;
+/// Most component kinds a [`Compiler`] remembers (a sha256 and a kind
+/// each: a few hundred KiB at most); when full it forgets them all and
+/// learns again by compiling.
+const KINDS_REMEMBERED_MAX: usize = 4096;
 
 /// Why a deploy is refused before it reaches the store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,10 +47,10 @@ pub enum ValidationError {
     Internal(String),
 }
 
-/// At least one route (none needed by a function bound to a job queue,
-/// which may serve HTTP too but need not), at most [`ROUTES_MAX`], each
-/// parses, no two the same (after parsing: `/api` and `/api/` are the same
-/// route).
+/// At least one route unless the function is bound to a job queue (then
+/// it is a job function, [`check_kind`], which serves no HTTP and needs
+/// none), at most [`ROUTES_MAX`], each parses, no two the same (after
+/// parsing: `/api` and `/api/` are the same route).
 pub fn check_routes(routes: &[String], bound_to_queue: bool) -> Result<(), ValidationError> {
     if routes.is_empty() && !bound_to_queue {
         return Err(ValidationError::Invalid(
@@ -63,6 +71,21 @@ pub fn check_routes(routes: &[String], bound_to_queue: bool) -> Result<(), Valid
     Ok(())
 }
 
+/// The component of function `name` is of the kind its queue binding
+/// needs: a job function exactly when bound to a queue. Otherwise an HTTP
+/// function bound to a queue would dead-letter every job, and a job
+/// function without a queue would never run.
+pub fn check_kind(name: &str, kind: FunctionKind, bound_to_queue: bool) -> Result<(), ValidationError> {
+    let why = match (kind, bound_to_queue) {
+        (FunctionKind::HttpHandler, true) => {
+            "only a job function (world wedge:function/job-handler) can be bound to a queue"
+        }
+        (FunctionKind::JobHandler, false) => "a job function must be bound to a queue with --queue",
+        (FunctionKind::HttpHandler, false) | (FunctionKind::JobHandler, true) => return Ok(()),
+    };
+    Err(ValidationError::Invalid(format!("the component of function {name} is {kind}; {why}")))
+}
+
 /// A lowercase hex sha256 ([`is_sha256_hex`]).
 pub fn check_artifact_hash(hash: &str) -> Result<(), ValidationError> {
     if is_sha256_hex(hash) {
@@ -79,6 +102,9 @@ pub struct Compiler {
     host: Host,
     turns: Arc<Semaphore>,
     timeout: Duration,
+    /// The kind of every component checked, by sha256: a deploy of a
+    /// stored component needs its kind but need not compile it again.
+    kinds: Arc<Mutex<HashMap<String, FunctionKind>>>,
 }
 
 impl Compiler {
@@ -86,7 +112,21 @@ impl Compiler {
     /// compiles and links, never runs a guest) and no disk cache.
     pub fn new(instance_memory_bytes_max: u64, compiles_max: usize, timeout: Duration) -> Result<Self, HostError> {
         let host = Host::new(HostConfig { instances_max: 2, instance_memory_bytes_max, ..HostConfig::default() })?;
-        Ok(Self { host, turns: Arc::new(Semaphore::new(compiles_max)), timeout })
+        Ok(Self { host, turns: Arc::new(Semaphore::new(compiles_max)), timeout, kinds: Arc::default() })
+    }
+
+    /// The kind of the component with this sha256, if this compiler
+    /// checked it and still remembers.
+    pub fn checked_kind(&self, sha256: &str) -> Option<FunctionKind> {
+        self.kinds.lock().unwrap_or_else(PoisonError::into_inner).get(sha256).copied()
+    }
+
+    fn remember(&self, sha256: &str, kind: FunctionKind) {
+        let mut kinds = self.kinds.lock().unwrap_or_else(PoisonError::into_inner);
+        if kinds.len() >= KINDS_REMEMBERED_MAX {
+            kinds.clear();
+        }
+        kinds.insert(sha256.to_owned(), kind);
     }
 
     /// The spec checks `check` makes, without compiling: for a component
@@ -95,10 +135,11 @@ impl Compiler {
         spec.validate(self.host.config()).map_err(|error| ValidationError::Invalid(one_line(&error.to_string())))
     }
 
-    /// Loads `wasm` as `spec` describes (compile, link, prepare) and throws
-    /// the result away. A compile that outlives the timeout keeps its turn
-    /// until it finishes, so at most `compiles_max` ever run at once.
-    pub async fn check(&self, spec: FunctionSpec, wasm: Bytes) -> Result<(), ValidationError> {
+    /// Loads `wasm` as `spec` describes (compile, link, prepare), throws
+    /// the result away and says (and remembers) which kind of function it
+    /// is. A compile that outlives the timeout keeps its turn until it
+    /// finishes, so at most `compiles_max` ever run at once.
+    pub async fn check(&self, spec: FunctionSpec, wasm: Bytes) -> Result<FunctionKind, ValidationError> {
         let work = async {
             let turn = Arc::clone(&self.turns)
                 .acquire_owned()
@@ -106,12 +147,15 @@ impl Compiler {
                 .map_err(|_| ValidationError::Internal("the compiler is shut down".into()))?;
             let host = self.host.clone();
             let task = tokio::task::spawn_blocking(move || {
-                let result = host.load(spec, &wasm).map(drop);
+                let result = host.load(spec, &wasm);
                 drop(turn);
                 result
             });
             match task.await {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(function)) => {
+                    self.remember(function.sha256(), function.kind());
+                    Ok(function.kind())
+                }
                 Ok(Err(error)) => Err(ValidationError::Invalid(one_line(&error.to_string()))),
                 Err(error) => Err(ValidationError::Internal(error.to_string())),
             }
@@ -143,6 +187,24 @@ mod tests {
         assert!(check_routes(&routes(&["no spaces/ x"]), true).is_err());
         let twice = check_routes(&routes(&["/api", "/api/"]), false).unwrap_err().to_string();
         assert!(twice.contains("twice"), "{twice}");
+    }
+
+    #[test]
+    fn a_job_function_exactly_when_bound_to_a_queue() {
+        assert!(check_kind("api", FunctionKind::HttpHandler, false).is_ok());
+        assert!(check_kind("worker", FunctionKind::JobHandler, true).is_ok());
+        let http = check_kind("api", FunctionKind::HttpHandler, true).unwrap_err().to_string();
+        assert_eq!(
+            http,
+            "the component of function api is an HTTP function (world wedge:function/http-handler); \
+             only a job function (world wedge:function/job-handler) can be bound to a queue"
+        );
+        let job = check_kind("worker", FunctionKind::JobHandler, false).unwrap_err().to_string();
+        assert_eq!(
+            job,
+            "the component of function worker is a job function (world wedge:function/job-handler); \
+             a job function must be bound to a queue with --queue"
+        );
     }
 
     #[test]
@@ -188,7 +250,9 @@ mod tests {
         let (Some(job), Some(command)) = (guest_wasm("guest-job"), guest_wasm("guest-command")) else { return };
         let compiler = Compiler::new(128 * MIB, 1, Duration::from_secs(120)).unwrap();
         let spec = DeploySpec::default().function_spec("worker");
-        assert_eq!(compiler.check(spec.clone(), Bytes::from(job)).await, Ok(()));
+        assert_eq!(compiler.check(spec.clone(), Bytes::from(job.clone())).await, Ok(FunctionKind::JobHandler));
+        let sha256 = crate::api::sha256_hex(&job);
+        assert_eq!(compiler.checked_kind(&sha256), Some(FunctionKind::JobHandler));
         let Err(ValidationError::Invalid(message)) = compiler.check(spec, Bytes::from(command)).await else {
             panic!("a command component passed validation");
         };
@@ -219,7 +283,7 @@ mod tests {
         let mut refused = 0;
         for spec in cases {
             let quick = compiler.check_spec(&spec);
-            let loaded = compiler.check(spec.clone(), Bytes::from(wasm.clone())).await;
+            let loaded = compiler.check(spec.clone(), Bytes::from(wasm.clone())).await.map(drop);
             assert_eq!(quick, loaded, "{spec:?}");
             refused += usize::from(quick.is_err());
         }
