@@ -4,8 +4,9 @@
 //! POSTed to the API is answered `202` with a job id and where to look; sending it again
 //! answers the same job; the job function's thumbnail, stored in the namespace both
 //! functions share, is then served by the API: a solid-colour 200×100 image comes back
-//! 64×32 in the same colour. Bad bodies are `400`, a too-large image `413`, a malformed
-//! key `404`, and the node's queue shows that none of them queued anything.
+//! 64×32 in the same colour. A key not made is `202` pending with `Retry-After: 1`. Bad
+//! bodies are `400`, a too-large image `413`, a malformed key `404`, and the node's queue
+//! shows that none of them queued anything.
 
 #![allow(clippy::unwrap_used)]
 
@@ -134,8 +135,9 @@ fn an_image_is_queued_once_shrunk_by_the_job_function_and_served_from_the_shared
     assert!(thumbnail.pixels.chunks_exact(3).all(|pixel| pixel == COLOUR), "a solid image stays its colour");
 
     // Refused input: a clear answer, and nothing queued.
-    let unknown = get_bytes(&node.url(&format!("/thumbnails/{}", "0".repeat(64))));
-    assert_eq!(unknown.0, 202, "a well-formed key not made yet is pending");
+    let unknown = common::get(&node.url(&format!("/thumbnails/{}", "0".repeat(64))));
+    assert_eq!((unknown.status, unknown.body.as_str()), (202, r#"{"status":"pending"}"#), "a key not made is pending");
+    assert_eq!(unknown.header("retry-after"), Some("1"), "{unknown:?}");
     let (status, _, body) = get_bytes(&node.url("/thumbnails/not-a-key"));
     assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
     let mut truncated = solid_ppm(8, 8);

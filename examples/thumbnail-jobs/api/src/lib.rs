@@ -12,17 +12,24 @@
 //!   than the queue's payload limit is a `413`.
 //! - `GET /thumbnails/<key>`: `200` with the thumbnail (a PPM at most 64
 //!   pixels a side) once this node's cache has it, else `202`
-//!   `{"status": "pending"}`; a key that is not 64 lowercase hex digits is a
-//!   `404`. The cache is per node: the thumbnail is on the node whose
-//!   worker made it.
+//!   `{"status": "pending"}` with `Retry-After: 1`; a key that is not 64
+//!   lowercase hex digits is a `404`. `202` means only "not in this node's
+//!   cache (yet)": the job may still be waiting or running, or it may have
+//!   run on another node, failed for good (dead-lettered), or never have been
+//!   submitted, and the thumbnail expires an hour after it was made. The
+//!   cache is per node: the thumbnail is on the node whose worker made it.
 
 use serde_json::json;
 use wedge_sdk::http::StatusCode;
-use wedge_sdk::http::header::{HeaderValue, LOCATION};
+use wedge_sdk::http::header::{HeaderValue, LOCATION, RETRY_AFTER};
 use wedge_sdk::{Body, BodyError, IntoResponse, Json, Params, Request, Response, Router};
 use wedge_sdk::{cache, http_handler, json_error, queue};
 
 use thumbnail_core::{Image, PPM_MEDIA_TYPE, QUEUE, is_key, key};
+
+/// Seconds a client is asked to wait before asking again for a thumbnail
+/// not in the cache: about how long one takes to make.
+const PENDING_RETRY_AFTER_SECONDS: u32 = 1;
 
 /// Largest body read: well above a queue's payload limit (256 KiB by
 /// default), so an image too large for a job reaches the queue, whose
@@ -78,7 +85,11 @@ fn thumbnail(_req: Request, params: Params) -> Response {
     }
     match cache::get(key) {
         Ok(Some(ppm)) => Body::from(ppm).with_content_type(PPM_MEDIA_TYPE).into_response(),
-        Ok(None) => (StatusCode::ACCEPTED, Json(json!({ "status": "pending" }))).into_response(),
+        Ok(None) => {
+            let mut response = (StatusCode::ACCEPTED, Json(json!({ "status": "pending" }))).into_response();
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(PENDING_RETRY_AFTER_SECONDS));
+            response
+        }
         Err(error) => json_error(StatusCode::INTERNAL_SERVER_ERROR, format!("reading the cache: {error}")),
     }
 }
