@@ -15,7 +15,7 @@
 //! (node token): a command for a queue without a primary is a 503; a command waits
 //! for its primary's report, leaves in that report's `200` answer once (the next
 //! report gets `204`), and the result the node sends in a report is the operator's
-//! answer (an error it sends, a 503 naming it); a command whose result never comes
+//! answer (an error it sends, a 502 naming it); a command whose result never comes
 //! is a 504 that says it may have run.
 
 #![allow(clippy::unwrap_used)]
@@ -313,7 +313,7 @@ fn commands_wait_for_the_primarys_report_go_out_once_and_time_out() {
         let result = QueueCommandResult { id: commands[0].id, outcome: Err(failure.clone()) };
         assert_eq!(report_as(&control, &primary, "east", vec![result]).0, 204);
         let (success, _, stderr) = retry.join().unwrap();
-        assert!(!success && stderr.contains(&failure) && stderr.contains("503"), "{stderr}");
+        assert!(!success && stderr.contains(&failure) && stderr.contains("502"), "{stderr}");
 
         // A command whose result never comes: 504, and it may have run.
         let peek = scope.spawn(|| wedge(&control, TOKEN, &["queue", "peek", "work"]));

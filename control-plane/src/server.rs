@@ -517,7 +517,7 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
@@ -1315,8 +1315,17 @@ fn gave_up(shared: &Shared, node: &str, queue: &str, id: u64, status: StatusCode
     ApiError::new(status, message)
 }
 
+/// A queue command's failure as an answer: 429 while too many commands wait for the
+/// node (try again shortly), 503 when the primary changed before it took the command
+/// (nothing ran; try again), 502 when the node could not run it or failed to (what it
+/// said; trying again does not help until that changes).
 fn command_error(error: CommandError) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+    let status = match &error {
+        CommandError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+        CommandError::PrimaryChanged { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        CommandError::Failed(_) => StatusCode::BAD_GATEWAY,
+    };
+    ApiError::new(status, error.to_string())
 }
 
 async fn overview(State(shared): State<Arc<Shared>>) -> Result<Json<Overview>, ApiError> {
@@ -1614,6 +1623,19 @@ mod tests {
         assert_eq!(third.status, 200, "{third:?}");
         drop(holders);
         running.stop().await.unwrap();
+    }
+
+    #[test]
+    fn queue_command_failures_answer_by_who_can_fix_them() {
+        let answer = |error: CommandError| {
+            let response = command_error(error).into_response();
+            (response.status().as_u16(), response.headers().get(header::RETRY_AFTER).cloned())
+        };
+        let retry_after = Some(HeaderValue::from_static("1"));
+        assert_eq!(answer(CommandError::Busy { node: "n1".into() }), (429, retry_after.clone()));
+        let moved = CommandError::PrimaryChanged { queue: "work".into(), node: "n1".into() };
+        assert_eq!(answer(moved), (503, retry_after));
+        assert_eq!(answer(CommandError::Failed("node n1 is not the primary of queue work".into())), (502, None));
     }
 
     #[tokio::test]
