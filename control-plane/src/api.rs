@@ -463,7 +463,8 @@ pub struct QueueStatus {
     pub waiting: Option<String>,
     /// Node → what it last reported of the queue.
     pub reports: BTreeMap<String, QueueReport>,
-    /// The counts its current primary last reported.
+    /// The counts its current primary last reported; none while that report is
+    /// stale (the primary has gone silent, so they are not current).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counts: Option<QueueCounts>,
 }

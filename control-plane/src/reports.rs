@@ -270,6 +270,13 @@ impl Reports {
         nodes
     }
 
+    /// Whether `node` was heard from within [`ReportLimits::stale_after`] before
+    /// `now`.
+    pub(crate) fn is_fresh(&self, node: &str, now: Instant) -> bool {
+        let inner = self.lock();
+        inner.nodes.get(node).is_some_and(|entry| now.saturating_duration_since(entry.seen) < self.limits.stale_after)
+    }
+
     /// Node → what it last reported of its job queues, for every node heard
     /// from (stale ones too: their last word is still evidence of what they
     /// hold).

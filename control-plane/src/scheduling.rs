@@ -187,9 +187,10 @@ impl Scheduling {
         decisions
     }
 
-    /// What `GET /v1/queues` answers: every assigned or waiting queue with what the nodes
-    /// last reported of it.
-    pub(crate) fn queues_report(&self, reports: &Reports) -> QueuesReport {
+    /// What `GET /v1/queues` answers at `now`: every assigned or waiting queue with what
+    /// the nodes last reported of it, and its counts as its primary reported them, unless
+    /// that report is stale (a primary gone silent: its counts are not current).
+    pub(crate) fn queues_report(&self, reports: &Reports, now: Instant) -> QueuesReport {
         let table = self.queue_table().clone();
         let reported = reports.queues();
         let of = |queue: &str| {
@@ -204,8 +205,10 @@ impl Scheduling {
             .queues
             .iter()
             .map(|(queue, state)| {
+                let primary = &state.assignment.primary;
+                let current = reports.is_fresh(primary, now);
                 let reports: BTreeMap<String, QueueReport> = of(queue);
-                let counts = reports.get(&state.assignment.primary).and_then(|report| report.counts);
+                let counts = reports.get(primary).and_then(|report| report.counts).filter(|_| current);
                 QueueStatus {
                     queue: queue.clone(),
                     function: state.assignment.function.clone(),
@@ -225,7 +228,7 @@ impl Scheduling {
             ..QueueStatus::default()
         }));
         queues.sort_by(|a, b| a.queue.cmp(&b.queue));
-        QueuesReport { published: self.published_at(Instant::now()), queues }
+        QueuesReport { published: self.published_at(now), queues }
     }
 
     /// What `GET /v1/placement` answers: every function's nodes and target, and the recent
@@ -301,5 +304,51 @@ pub(crate) async fn run(
             changed = revision.changed() => if changed.is_err() { return },
             () = stopping(&mut stop) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::api::{NodeReport, QueueCounts};
+    use crate::placement::SchedulerConfig;
+    use crate::placement::queues::QueueState;
+    use crate::reports::ReportLimits;
+
+    #[test]
+    fn queue_counts_come_only_from_a_primary_heard_from_lately() {
+        let stale_after = Duration::from_secs(10);
+        let assignment = QueueAssignment {
+            function: "worker".into(),
+            epoch: 1,
+            primary: "n1".into(),
+            backup: Some("n2".into()),
+            config: Default::default(),
+        };
+        let state = QueueState {
+            assignment,
+            confirmed_epoch: 1,
+            recorded_by: Default::default(),
+            regressed: Default::default(),
+            waiting: None,
+        };
+        let table = QueueTable { queues: BTreeMap::from([("work".to_owned(), state)]), ..QueueTable::default() };
+        let scheduling = Scheduling::new(Scheduler::new(SchedulerConfig::default()).unwrap(), table, stale_after);
+        let limits = ReportLimits { nodes_max: 10, lines_per_function: 10, bytes_per_function: 1 << 20, stale_after };
+        let reports = Reports::new(limits, 0);
+        let counts = QueueCounts { ready: 3, dead: 1, ..QueueCounts::default() };
+        let queue = QueueReport { queue: "work".into(), counts: Some(counts), ..QueueReport::default() };
+        let t0 = Instant::now();
+        reports.record("n1", NodeReport { queues: vec![queue], ..NodeReport::default() }, t0, |_| false);
+
+        let fresh = scheduling.queues_report(&reports, t0 + Duration::from_secs(1));
+        assert_eq!(fresh.queues[0].counts, Some(counts));
+        // The primary has gone silent: its counts are not current any more, though
+        // its last report is still listed.
+        let silent = scheduling.queues_report(&reports, t0 + stale_after);
+        assert_eq!(silent.queues[0].counts, None);
+        assert!(silent.queues[0].reports.contains_key("n1"));
     }
 }

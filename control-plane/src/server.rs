@@ -1200,7 +1200,7 @@ async fn nodes(State(shared): State<Arc<Shared>>) -> Json<Vec<NodeStatus>> {
 }
 
 async fn queues(State(shared): State<Arc<Shared>>) -> Json<QueuesReport> {
-    Json(shared.scheduling.queues_report(&shared.reports))
+    Json(shared.scheduling.queues_report(&shared.reports, Instant::now()))
 }
 
 /// `?limit=&dead=` of `/v1/queues/{queue}/jobs`.
@@ -1248,7 +1248,7 @@ async fn queue_primary(shared: &Arc<Shared>, queue: &str) -> Result<String, ApiE
     if !functions.iter().any(|function| function.queue.as_deref() == Some(queue)) {
         return Err(ApiError::not_found(format!("no such queue: {queue} (no deployed function handles it)")));
     }
-    let report = shared.scheduling.queues_report(&shared.reports);
+    let report = shared.scheduling.queues_report(&shared.reports, Instant::now());
     let waiting = report.queues.into_iter().find(|status| status.queue == queue).and_then(|status| status.waiting);
     let why = waiting.unwrap_or_else(|| "it is not assigned to a node yet".to_owned());
     Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("queue {queue} has no primary: {why}")))

@@ -27,7 +27,9 @@ pub struct QueueArgs {
 enum QueueCommand {
     /// List every job queue: its function, primary and backup, and how many
     /// jobs are ready, delayed, in flight and dead, as the primary last
-    /// reported them; OLDEST is the age of the oldest job not dead.
+    /// reported them ('-' while it has not reported lately: a primary gone
+    /// silent has no current counts); OLDEST is the age of the oldest job
+    /// not dead.
     ///
     /// Examples:
     ///
