@@ -215,9 +215,10 @@ pub struct DeploySpec {
     /// The job queue this function handles (`wedge deploy --queue`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueBinding>,
-    /// The namespace of the node cache it uses (`wedge deploy --cache`):
-    /// functions naming the same one share its entries on each node. `None`
-    /// is the function's own name (see `wedge_host::FunctionSpec::cache_namespace`).
+    /// A named namespace of the node cache it uses (`wedge deploy --cache`):
+    /// functions naming the same one share its entries on each node, apart
+    /// from every function's own. `None`: its own namespace, seen by no other
+    /// function (see `wedge_host::FunctionSpec::cache_key_space`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
 }
@@ -291,7 +292,7 @@ pub struct VersionRecord {
     /// The job queue it handles, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueBinding>,
-    /// The shared cache namespace it uses; `None` is its own name.
+    /// The named cache namespace it uses; `None`: its own.
     /// (Records stored before namespaces existed have none.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,

@@ -1,7 +1,8 @@
 //! wedge-cache: the node-local cache that a node's functions share.
 //!
-//! One sled database per node. Every function sees only its [`Namespace`]: its own
-//! name's, or a shared one that several functions name at deploy; every
+//! One sled database per node. Every function sees only its [`Namespace`]: its own,
+//! or a named one that several functions share (the host keeps the two kinds apart;
+//! see `wedge_host::FunctionSpec::cache_key_space`); every
 //! entry may carry a TTL; the whole database is held under a byte cap
 //! ([`CacheConfig::bytes_max`]) by evicting expired entries first and then the least
 //! recently used ones. The crate has no clock: every call takes `now_ms`
@@ -197,8 +198,8 @@ impl Cache {
         Ok(Cache { inner: Arc::new(inner) })
     }
 
-    /// The view of namespace `name` (a function's name, or a namespace several
-    /// functions share).
+    /// The view of namespace `name` (the host's key space of a function: its own, or a
+    /// named one several functions share).
     pub fn namespace(&self, name: &str) -> Namespace {
         let len = u32::try_from(name.len()).unwrap_or(u32::MAX);
         let mut prefix = Vec::with_capacity(4 + name.len());
