@@ -9,7 +9,8 @@ use std::io::IsTerminal;
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use wedge_control::api::{
-    JobSummary, QUEUE_PEEK_LIMIT_MAX, QueueCommandAnswer, QueueCommandOutput, QueueStatus, now_unix_ms,
+    JOB_PAYLOAD_PREVIEW_BYTES, JobSummary, QUEUE_PEEK_BYTES_MAX, QUEUE_PEEK_LIMIT_MAX, QueueCommandAnswer,
+    QueueCommandOutput, QueueStatus, now_unix_ms,
 };
 
 use crate::client::Client;
@@ -186,8 +187,25 @@ impl PeekArgs {
             return Ok(());
         }
         print!("{}", jobs_table(jobs, self.dead, now_unix_ms()).render());
+        if let Some(note) = cut_note(jobs, self.limit) {
+            eprintln!("{note}");
+        }
         Ok(())
     }
+}
+
+/// What to say when a peek's answer was cut short of `limit` jobs: the primary stops
+/// adding jobs once their JSON passes [`QUEUE_PEEK_BYTES_MAX`], so fewer jobs than
+/// asked and that many bytes mean there may be more.
+fn cut_note(jobs: &[JobSummary], limit: u32) -> Option<String> {
+    let bytes: usize = jobs.iter().map(JobSummary::json_bytes).sum();
+    (jobs.len() < limit as usize && bytes >= QUEUE_PEEK_BYTES_MAX).then(|| {
+        format!(
+            "listed {} of the {limit} jobs asked for: an answer holds about {} KiB of jobs, so there may be more",
+            jobs.len(),
+            QUEUE_PEEK_BYTES_MAX / 1024
+        )
+    })
 }
 
 /// The `wedge queue peek` table at `now_ms`; dead jobs get their last error
@@ -200,7 +218,8 @@ fn jobs_table(jobs: &[JobSummary], dead: bool, now_ms: u64) -> Table {
     let mut table = Table::new(&columns);
     for job in jobs {
         let mut payload = escape_controls(&job.payload_preview).into_owned();
-        if (job.payload_preview.len() as u64) < job.payload_bytes {
+        // The preview is lossy UTF-8, so its length says nothing of the payload's.
+        if job.payload_bytes > JOB_PAYLOAD_PREVIEW_BYTES as u64 {
             payload.push('…');
         }
         let mut row = vec![
@@ -356,6 +375,47 @@ mod tests {
             "ID   STATE  ATTEMPT  KEY       AGE  PAYLOAD     ERROR\n\
              1-7  dead   3        k\\x1b[2J  42s  {\"to\":\"a\"…  boom\\x0aagain\n"
         );
+    }
+
+    #[test]
+    fn only_payloads_longer_than_the_preview_are_marked_cut() {
+        let job = |payload_bytes, preview: &str| JobSummary {
+            id: "1-7".into(),
+            state: "ready".into(),
+            attempt: 0,
+            idempotency_key: None,
+            enqueued_at_unix_ms: 1_000,
+            run_at_unix_ms: Some(1_000),
+            last_error: None,
+            payload_bytes,
+            payload_preview: preview.into(),
+        };
+        let payload = |job| jobs_table(&[job], false, 1_000).render().lines().nth(1).unwrap().to_owned();
+        // 300 bytes that are not UTF-8: the preview of the first 256 is 768 bytes long.
+        assert!(payload(job(300, &"\u{fffd}".repeat(256))).ends_with('…'));
+        // 10 such bytes, all shown.
+        assert!(!payload(job(10, &"\u{fffd}".repeat(10))).ends_with('…'));
+        assert!(!payload(job(256, &"x".repeat(256))).ends_with('…'));
+    }
+
+    #[test]
+    fn a_peek_cut_short_by_the_answer_size_says_so() {
+        let job = JobSummary {
+            id: "1-7".into(),
+            state: "dead".into(),
+            attempt: 3,
+            idempotency_key: None,
+            enqueued_at_unix_ms: 1_000,
+            run_at_unix_ms: None,
+            last_error: Some("e".repeat(4_000)),
+            payload_bytes: 0,
+            payload_preview: String::new(),
+        };
+        let many = vec![job.clone(); QUEUE_PEEK_BYTES_MAX / 4_000 + 1];
+        let note = cut_note(&many, 1_000).unwrap();
+        assert!(note.starts_with(&format!("listed {} of the 1000 jobs asked for", many.len())), "{note}");
+        assert_eq!(cut_note(&many, many.len() as u32), None, "all that were asked");
+        assert_eq!(cut_note(&[job], 1_000), None, "a short queue");
     }
 
     #[test]
