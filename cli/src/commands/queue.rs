@@ -42,7 +42,9 @@ enum QueueCommand {
 
     /// Show the oldest jobs of a queue (dead-lettered ones with --dead):
     /// id, state, attempts, idempotency key, age and the start of the
-    /// payload. Read on the queue's primary; changes nothing.
+    /// payload. Read on the queue's primary; changes nothing. An answer
+    /// holds about 1 MiB of jobs, so with long errors or keys it may list
+    /// fewer than --limit (it says so).
     ///
     /// Examples:
     ///
@@ -57,6 +59,10 @@ enum QueueCommand {
     /// Make every dead-lettered job of a queue ready again, with fresh
     /// attempts (as many as the queue's depth limit allows).
     ///
+    /// Answered once done and flushed on the queue's primary; the backup
+    /// gets the change right after. A primary lost in that moment may leave
+    /// the promoted backup with the jobs still dead: check `wedge queue ls`.
+    ///
     /// Examples:
     ///
     ///   wedge queue retry-dead emails
@@ -68,6 +74,10 @@ enum QueueCommand {
     /// Remove every job of a queue, dead ones included, and forget its
     /// idempotency keys. Asks first when stdin is a terminal; in scripts
     /// (stdin not a terminal), pass --yes.
+    ///
+    /// Answered once done and flushed on the queue's primary; the backup
+    /// gets the change right after. A primary lost in that moment may bring
+    /// the purged jobs back on the promoted backup: check `wedge queue ls`.
     ///
     /// Examples:
     ///
