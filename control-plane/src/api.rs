@@ -26,7 +26,12 @@
 //! ([`ReportAnswer`]: the control plane never dials a node); the node runs
 //! them and sends each [`QueueCommandResult`] in a report at once. The
 //! control plane answers the operator when the result arrives, or 504 after
-//! [`QUEUE_COMMAND_TIMEOUT_MS`] (the command may still have run).
+//! [`QUEUE_COMMAND_TIMEOUT_MS`] (the command may still have run); 502 with the
+//! node's message when the node failed it, 429 while too many wait for the
+//! node. A node reads the commands of an answer one by one: one it cannot
+//! read (a newer action) gets an error result of its own. A peek's jobs stop
+//! at about [`QUEUE_PEEK_BYTES_MAX`] of JSON, so that its result fits in a
+//! report.
 //!
 //! Outside `/v1`, without a token: `GET /healthz` answers `ok` while the
 //! process serves (liveness); `GET /readyz` answers a [`ReadyReport`], 200

@@ -21,7 +21,10 @@
 //! results come back in a later one. The operator's request waits for the
 //! result at most [`QUEUE_COMMAND_TIMEOUT_MS`] (then 504, saying whether
 //! the node took the command and so may have run it), and fails with 503
-//! when the primary changes before the command left.
+//! when the primary changes before the command left, 429 while the book
+//! holds as many commands for the node as it may, and 502 with the node's
+//! message when the node could not run it or it failed there
+//! ([`command_error`]).
 //!
 //! Long-polls (`/v1/state`, `/v1/functions/{name}/logs`) wait only when
 //! asked (`wait_ms`, default 0, at most [`STATE_WAIT_MAX_MS`]) on a `watch`
