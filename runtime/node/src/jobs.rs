@@ -22,7 +22,10 @@
 //! - **Operators' commands** ([`Queues::run_command`]: peek, retry-dead, purge) come
 //!   from the control plane in the answer to a report and run on the engine like any
 //!   other input, on the queue's primary only; the changes they make replicate to the
-//!   backup through the core's outputs, as every other change does.
+//!   backup through the core's outputs, as every other change does (after the answer:
+//!   it does not wait for the backup). One the engine has not taken within
+//!   5 s is withdrawn and never runs. A peek's answer is bounded
+//!   ([`wedge_control::api::QUEUE_PEEK_BYTES_MAX`]).
 //! - **Dispatch**: a primary leases ready jobs within the queue's concurrency to the job
 //!   function's replicas — the one with the fewest of this node's jobs running on it
 //!   (this node, while it has a free instance, or a placed live peer; this node on a
@@ -76,7 +79,8 @@ const PEER_OUTBOX_MAX: usize = 1024;
 /// How long one peer message may take.
 const PEER_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an operator's command may wait for the engine (it runs between two inputs;
-/// this is for an engine that is stopping).
+/// this is for an engine that is stopping or stuck): then it is withdrawn, and never
+/// runs.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a job run on a peer may take to answer (its function's deadline applies
 /// there; this is for a peer that stops answering).
@@ -328,7 +332,7 @@ impl Queues {
 
     /// Runs an operator's command on the engine (see [`Engine::command`]); its result
     /// for the control plane (an error names this node). A command the engine has not
-    /// taken within [`COMMAND_TIMEOUT`] is withdrawn: it never runs, and the error says so.
+    /// taken within `COMMAND_TIMEOUT` is withdrawn: it never runs, and the error says so.
     pub async fn run_command(&self, command: QueueCommand) -> QueueCommandResult {
         let id = command.id;
         let (reply, mut answer) = oneshot::channel();
