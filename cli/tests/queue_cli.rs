@@ -16,7 +16,8 @@
 //! for its primary's report, leaves in that report's `200` answer once (the next
 //! report gets `204`), and the result the node sends in a report is the operator's
 //! answer (an error it sends, a 502 naming it); a command whose result never comes
-//! is a 504 that says it may have run.
+//! is a 504 that says it may have run; a report with more results than a node can
+//! have commands out (64) is refused.
 
 #![allow(clippy::unwrap_used)]
 
@@ -325,4 +326,9 @@ fn commands_wait_for_the_primarys_report_go_out_once_and_time_out() {
         let late = QueueCommandResult { id: commands[0].id, outcome: Ok(QueueCommandOutput::Jobs(Vec::new())) };
         assert_eq!(report_as(&control, &primary, "east", vec![late]).0, 204);
     });
+
+    // More results than a node can have commands out is not a report.
+    let results = (0..65).map(|id| QueueCommandResult { id, outcome: Err("x".into()) }).collect();
+    let (status, body) = report_as(&control, &primary, "east", results);
+    assert!(status == 400 && body.contains("queue_results has 65 entries; at most 64"), "{status} {body}");
 }
