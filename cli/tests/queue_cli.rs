@@ -3,7 +3,7 @@
 //! `guest-queue-send` sends to it on `/send`. Delayed jobs and poison jobs are sent;
 //! `queue ls` shows their exact counts (as the primary reports them), `peek` shows the
 //! delayed ones with their keys and payloads and `peek --dead` the poison ones with
-//! their last error; `retry-dead` makes the dead ones run again with fresh attempts
+//! their last error (a long one cut at 512 bytes); `retry-dead` makes the dead ones run again with fresh attempts
 //! (they fail twice more and return to the dead-letter queue); `purge` refuses
 //! without `--yes` when stdin is not a terminal, and with it removes every job, on
 //! the primary and, replicated, on the backup (read from each node's admin
@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use common::{NodeCommand, Server, send, wait_until, wasm};
 use wedge_control::api::{
-    DesiredState, NodeCluster, NodeReport, QueueAction, QueueCommand, QueueCommandAnswer, QueueCommandOutput,
-    QueueCommandResult, QueueCounts, QueueStatus, QueuesReport, ReportAnswer,
+    DesiredState, JOB_ERROR_PREVIEW_BYTES, NodeCluster, NodeReport, QueueAction, QueueCommand, QueueCommandAnswer,
+    QueueCommandOutput, QueueCommandResult, QueueCounts, QueueStatus, QueuesReport, ReportAnswer, truncated,
 };
 
 const TOKEN: &str = "queue-cli-test-admin-token-0123456789";
@@ -40,6 +40,8 @@ const DELAYED: u32 = 3;
 const POISON: u32 = 2;
 /// Attempts of a job of queue `work`.
 const ATTEMPTS: u64 = 2;
+/// Repeated, the long end of the last poison job's error.
+const LONG_TAIL: &str = " é";
 
 /// `wedge ARGS` against `control` with `token`: exit status, stdout, stderr.
 fn wedge(control: &Server, token: &str, args: &[&str]) -> (bool, String, String) {
@@ -136,9 +138,11 @@ fn queue_verbs_show_peek_retry_and_purge_jobs_on_the_primary() {
         assert_eq!(status, 202, "{id}");
         delayed_ids.push(id);
     }
+    // The last poison job's error is long: peek shows its start only.
+    let message = |i: u32| format!("poison {i}{}", if i + 1 == POISON { LONG_TAIL.repeat(200) } else { String::new() });
     for i in 0..POISON {
         let (status, body) =
-            send_job(&format!("key=poison-{i}"), &format!(r#"{{"do":"fail","message":"poison {i}"}}"#));
+            send_job(&format!("key=poison-{i}"), &format!(r#"{{"do":"fail","message":"{}"}}"#, message(i)));
         assert_eq!(status, 202, "{body}");
     }
     wait_until(LIMIT, "queue ls shows the delayed and the dead jobs", || {
@@ -182,12 +186,13 @@ fn queue_verbs_show_peek_retry_and_purge_jobs_on_the_primary() {
     assert_eq!(jobs.len(), POISON as usize, "{jobs:?}");
     // Oldest dead first: their backoffs' jitter decides which died first.
     jobs.sort_by(|a, b| a.idempotency_key.cmp(&b.idempotency_key));
-    for (i, job) in jobs.iter().enumerate() {
+    for (i, job) in (0..).zip(&jobs) {
         assert_eq!((job.state.as_str(), u64::from(job.attempt)), ("dead", ATTEMPTS), "{job:?}");
         assert_eq!(job.idempotency_key.as_deref(), Some(format!("poison-{i}").as_str()));
-        let error = format!("the job function failed: poison {i}");
+        let error = truncated(&format!("the job function failed: {}", message(i)), JOB_ERROR_PREVIEW_BYTES);
         assert_eq!(job.last_error.as_deref(), Some(error.as_str()), "{job:?}");
     }
+    assert!(jobs.last().unwrap().last_error.as_ref().unwrap().ends_with('…'), "{jobs:?}");
     assert!(ok(&control, &["queue", "peek", "work", "--dead"]).contains("poison 1"));
 
     // Retry-dead moves both back with fresh attempts: each fails twice more and is
