@@ -6,6 +6,13 @@
 //! atomic and durable (sled: one transaction over the three trees, then a flush) before
 //! it returns, so the core never reports an operation done that a crash could undo, and
 //! a crash between two operations leaves exactly the state after the first.
+//!
+//! Group commit: a shell that runs many operations in a row may open the sled store
+//! with [`SledStore::with_group_commit`]; `apply` is then atomic but durable only once
+//! the shell calls [`SledStore::flush`], which it must do before it acts on anything
+//! the cores output (a message to a peer, an acknowledgement, a lease) since the last
+//! flush. A crash then loses only operations nobody was told of, and keeps a prefix
+//! of them (sled recovers its log in order).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -101,7 +108,8 @@ impl StoredQueue {
 }
 
 /// Durable storage of queues. Implementations must make each `apply` atomic and
-/// durable before returning.
+/// durable before returning (or, with group commit, before the shell acts on the
+/// core's outputs: see the module docs).
 pub trait JobStore {
     /// Everything stored for `queue` (empty when nothing is).
     fn load(&self, queue: &str) -> Result<StoredQueue, StoreError>;
@@ -156,6 +164,8 @@ pub struct SledStore {
     jobs: sled::Tree,
     keys: sled::Tree,
     meta: sled::Tree,
+    /// Whether `apply` leaves flushing to the shell ([`SledStore::with_group_commit`]).
+    group_commit: bool,
 }
 
 const JOBS_TREE: &str = "jobs";
@@ -205,7 +215,21 @@ impl SledStore {
             keys: db.open_tree(KEYS_TREE)?,
             meta: db.open_tree(META_TREE)?,
             db,
+            group_commit: false,
         })
+    }
+
+    /// This store with `apply` not flushing: the caller flushes ([`SledStore::flush`])
+    /// once per batch of operations, before it acts on their outputs (see the module
+    /// docs).
+    pub fn with_group_commit(self) -> Self {
+        SledStore { group_commit: true, ..self }
+    }
+
+    /// Makes every batch applied so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
     }
 
     /// The names of the queues that have a meta record.
@@ -285,7 +309,9 @@ impl JobStore for SledStore {
             // The closure never aborts.
             Err(sled::transaction::TransactionError::Abort(())) => {}
         }
-        self.db.flush()?;
+        if !self.group_commit {
+            self.db.flush()?;
+        }
         Ok(())
     }
 }

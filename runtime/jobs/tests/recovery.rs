@@ -5,6 +5,11 @@
 //! background flusher is off, so only what the store flushed itself is there — what a
 //! SIGKILL would leave), the cores are rebuilt from the copies, and each rebuilt core
 //! must hold exactly the state the crashed one reported; the run goes on with them.
+//!
+//! The same script runs again with group commit ([`SledStore::with_group_commit`]):
+//! `apply` does not flush, and the test flushes as a node's shell does, before it acts
+//! on any output and at the end of every step (a batch of inputs), so the state a crash
+//! leaves must be the same.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +24,8 @@ struct Node {
     dir: PathBuf,
     core: QueueCore<SledStore>,
     stream: u64,
+    /// Whether the store defers flushing to the caller.
+    group_commit: bool,
 }
 
 fn config() -> QueueConfig {
@@ -32,9 +39,10 @@ fn config() -> QueueConfig {
     }
 }
 
-fn open(dir: &Path, role: &Role, stream: u64, now_ms: u64) -> QueueCore<SledStore> {
+fn open(dir: &Path, role: &Role, stream: u64, now_ms: u64, group_commit: bool) -> QueueCore<SledStore> {
     let db = sled::Config::new().path(dir).flush_every_ms(None).open().expect("sled opens");
     let store = SledStore::from_db(db).expect("trees open");
+    let store = if group_commit { store.with_group_commit() } else { store };
     let mut core = QueueCore::open("thumbs", config(), store, stream).expect("core opens");
     core.set_role(role.clone(), now_ms).expect("role");
     core
@@ -49,7 +57,8 @@ impl Node {
     /// Copies the database files as they are, rebuilds the core from the copy and
     /// checks the state.
     fn crash_and_reopen(self, now_ms: u64) -> Node {
-        let Node { name, dir, core, stream } = self;
+        self.flush_if_grouped();
+        let Node { name, dir, core, stream, group_commit } = self;
         let before = image(&core);
         let role = core.role().clone();
         let stream = stream + 1;
@@ -57,11 +66,18 @@ impl Node {
         copy_dir(&dir, &copy);
         drop(core);
         let dir = copy;
-        let core = open(&dir, &role, stream, now_ms);
+        let core = open(&dir, &role, stream, now_ms, group_commit);
         let after = image(&core);
         assert_eq!(after, before, "{name} lost state across a crash");
         assert_eq!(core.store().load("thumbs").expect("loads"), after, "memory and disk agree");
-        Node { name, dir, core, stream }
+        Node { name, dir, core, stream, group_commit }
+    }
+
+    /// With group commit, what a shell does before acting on outputs.
+    fn flush_if_grouped(&self) {
+        if self.group_commit {
+            self.core.store().flush().expect("flushes");
+        }
     }
 }
 
@@ -88,11 +104,13 @@ fn exchange(a: &mut Node, b: &mut Node, now_ms: u64) -> Vec<Output> {
 /// Hands `from`'s messages to `to`; returns how many, collects the other outputs.
 fn forward(from: &mut Node, to: &mut Node, now_ms: u64, others: &mut Vec<Output>) -> usize {
     let mut moved = 0;
+    from.flush_if_grouped();
     while let Some(output) = from.core.poll_output() {
         match output {
             Output::Message { to: dest, message } => {
                 assert_eq!(dest, to.name);
                 to.core.handle(&from.name, message, now_ms).expect("handled");
+                to.flush_if_grouped();
                 moved += 1;
             }
             other => others.push(other),
@@ -113,20 +131,31 @@ enum Step {
 
 #[test]
 fn every_step_survives_a_crash_of_both_nodes() {
+    run_script(false);
+}
+
+#[test]
+fn every_step_survives_a_crash_of_both_nodes_with_group_commit() {
+    run_script(true);
+}
+
+fn run_script(group_commit: bool) {
     let root = tempfile::tempdir().expect("tempdir");
     let primary = Role::Primary { epoch: 1, backup: Some(NodeId("b".into())) };
     let backup = Role::Backup { epoch: 1, primary: NodeId("a".into()) };
     let mut a = Node {
         name: NodeId("a".into()),
         dir: root.path().join("a"),
-        core: open(&root.path().join("a"), &primary, 1, T0),
+        core: open(&root.path().join("a"), &primary, 1, T0, group_commit),
         stream: 1,
+        group_commit,
     };
     let mut b = Node {
         name: NodeId("b".into()),
         dir: root.path().join("b"),
-        core: open(&root.path().join("b"), &backup, 2, T0),
+        core: open(&root.path().join("b"), &backup, 2, T0, group_commit),
         stream: 2,
+        group_commit,
     };
     exchange(&mut a, &mut b, T0);
     assert!(b.core.in_sync(1));

@@ -2,9 +2,13 @@
 //!
 //! - **One owner task** ([`Engine`]) holds a core per queue this node holds (primary,
 //!   backup, or a record in its store), all in one sled database at `<data-dir>/jobs`.
-//!   Every event reaches it through one bounded channel of [`Input`]s; after each input
-//!   it drains every core's outputs, leases what can run, and publishes what the reporter
-//!   and the admin listener read ([`Queues::reports`], [`Queues::views`]). Timers come
+//!   Every event reaches it through one bounded channel of [`Input`]s. A round handles
+//!   an input and whatever else waits (up to [`BATCH_INPUTS_MAX`]), leases what can run,
+//!   flushes the store once (group commit: `wedge-jobs`' `SledStore::with_group_commit`),
+//!   and only then drains every core's outputs (messages to peers, acknowledgements),
+//!   starts the runs and publishes what the reporter and the admin listener read
+//!   ([`Queues::reports`], [`Queues::views`]): nothing leaves the node before the changes
+//!   behind it are on disk. A store that cannot flush stops the queues. Timers come
 //!   from the cores' `poll_timeout`, capped by [`IDLE_WAKE`] so that jobs waiting for a
 //!   worker (the job function not loaded yet) are tried again.
 //! - **Roles** come from the desired state's `queues` as the follower applies it
@@ -66,6 +70,8 @@ use crate::follow::PlacementBook;
 /// Inputs waiting for the engine; senders wait when it is full (peer messages are
 /// dropped instead: the core sends them again).
 const INPUTS_MAX: usize = 4096;
+/// Most inputs the engine handles before one flush of the store (group commit).
+const BATCH_INPUTS_MAX: usize = 256;
 /// Longest sleep of the engine: jobs that found no worker are tried again this often.
 const IDLE_WAKE: Duration = Duration::from_millis(200);
 /// Largest body of an internal request (a send's payload is capped lower by its queue;
@@ -270,6 +276,7 @@ impl Queues {
     pub fn start(me: &str, dir: &Path, stop: watch::Receiver<bool>) -> anyhow::Result<Arc<Self>> {
         let store =
             SledStore::open(dir).map_err(|e| anyhow::anyhow!("opening the job store {}: {e}", dir.display()))?;
+        let store = store.with_group_commit();
         let (inputs, receiver) = mpsc::channel(INPUTS_MAX);
         let queues = Arc::new(Queues {
             me: me.to_owned(),
@@ -632,14 +639,29 @@ impl Engine {
             let wait = next.map_or(IDLE_WAKE, |at| Duration::from_millis(at.saturating_sub(now)).min(IDLE_WAKE));
             tokio::select! {
                 input = inputs.recv() => match input {
-                    Some(input) => self.handle(input),
+                    Some(input) => {
+                        self.handle(input);
+                        // Group commit: what else waits joins this round's one flush.
+                        for _ in 1..BATCH_INPUTS_MAX {
+                            let Ok(input) = inputs.try_recv() else { break };
+                            self.handle(input);
+                        }
+                    }
                     None => return,
                 },
                 () = tokio::time::sleep(wait) => self.tick(),
                 _ = stop.changed() => return,
             }
+            let runs = self.dispatch();
+            // Nothing the cores output leaves before the changes behind it are on disk.
+            if let Err(error) = self.store.flush() {
+                tracing::error!("the job store cannot flush, so the queues stop here: {error}");
+                return;
+            }
             self.drain();
-            self.dispatch();
+            for run in runs {
+                tokio::spawn(run);
+            }
             self.publish();
             // After publishing: the report that carries a result carries the counts it left.
             for (reply, outcome) in self.answered.drain(..) {
@@ -802,7 +824,9 @@ impl Engine {
     }
 
     /// Leases ready jobs of every queue this node is primary of to a worker each.
-    fn dispatch(&mut self) {
+    /// Returns the runs, to start once the leases are flushed.
+    fn dispatch(&mut self) -> Vec<impl Future<Output = ()> + use<>> {
+        let mut runs = Vec::new();
         let now = unix_now_ms();
         let names: Vec<String> = self.slots.keys().cloned().collect();
         for name in names {
@@ -833,9 +857,10 @@ impl Engine {
                 let renew_every = Duration::from_millis(slot.core.config().visibility_timeout_ms / 2).max(IDLE_WAKE);
                 *self.sent_to.entry(worker_name.clone()).or_default() += 1;
                 let shared = Arc::clone(&self.shared);
-                tokio::spawn(run_job(shared, name.clone(), function, leased, worker, worker_name, renew_every));
+                runs.push(run_job(shared, name.clone(), function, leased, worker, worker_name, renew_every));
             }
         }
+        runs
     }
 
     /// The replica of `function` with the fewest of this node's jobs running on it
