@@ -376,7 +376,8 @@ pub enum Command {
     /// peek, retry-dead and purge run on the queue's primary: the control
     /// plane hands them over when that node next reports (within about a
     /// second) and answers with its result. If the node does not answer
-    /// within 10 s the command fails with 504, and may still have run.
+    /// within 10 s the command fails with 504, saying whether the node had
+    /// taken it (then it may still have run) or not (then nothing ran).
     ///
     /// Examples:
     ///
