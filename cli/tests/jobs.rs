@@ -601,6 +601,50 @@ fn a_restart_of_every_node_loses_no_acknowledged_job() {
     }
 }
 
+#[test]
+fn a_draining_primary_lets_the_jobs_it_leased_end_before_it_leaves() {
+    let _measuring = common::measuring();
+    let sink = Sink::start();
+    let root = tempfile::tempdir().unwrap();
+    let (control, mut nodes) = start_cluster(root.path());
+    let sink_addr = sink.addr.to_string();
+    let first = deploy_queue(&control, &["--allow-outbound", &sink_addr, "--queue-visibility-timeout", "3s"]);
+    let payload = format!(r#"{{"do":"post","url":"http://{sink_addr}/"}}"#);
+    let primary = nodes.iter().position(|node| node.name == first.primary).unwrap();
+    let sender = (primary + 1) % nodes.len();
+    sink.hold(true);
+    let keys: Vec<String> = (0..8).map(|i| format!("held-{i}")).collect();
+    for key in &keys {
+        nodes[sender].send_until_acked(key, &payload);
+    }
+    wait_until(LIMIT, "every held job is running", || {
+        let runs = sink.runs();
+        keys.iter().all(|key| runs.contains_key(key))
+    });
+
+    // SIGTERM: the primary leases nothing more and waits for its runs past its drain
+    // delay (2 s), then leaves once the sink lets them end.
+    let stopped_at = Instant::now();
+    nodes[primary].server.terminate();
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(nodes[primary].server.child.try_wait().unwrap().is_none(), "the primary left with its jobs running");
+    sink.hold(false);
+    wait_until(LIMIT, "the drained primary exited", || nodes[primary].server.child.try_wait().unwrap().is_some());
+    let exited_after = stopped_at.elapsed();
+    let survivors: Vec<&Node> = nodes.iter().enumerate().filter(|(i, _)| *i != primary).map(|(_, n)| n).collect();
+    wait_until(LIMIT, "a surviving primary of the queue that holds no job", || {
+        survivors.iter().filter_map(|node| node.queue()).any(|q| q["role"] == "primary" && pending(&q) == 0)
+    });
+    let runs = sink.runs();
+    for key in &keys {
+        assert_eq!(runs[key].len(), 1, "{key} ran again after its primary drained: {:?}", runs[key]);
+    }
+    eprintln!(
+        "{} held jobs ended once while their primary drained; it exited {exited_after:.1?} after SIGTERM",
+        keys.len()
+    );
+}
+
 /// A job of a restart round as its send was answered.
 struct Acked {
     id: String,

@@ -27,7 +27,9 @@
 //! Shutdown drains ([`DrainConfig`]), so that replacing nodes one at a time
 //! under load fails no request: at once `/readyz` turns `503` (`draining`);
 //! the node serves on for the drain delay, so that load balancers polling
-//! `/readyz` stop sending to it; then it leaves the cluster (peers stop
+//! `/readyz` stop sending to it, and its job queues lease no more jobs; once
+//! the jobs it leased have ended (within the drain timeout, their outcomes
+//! recorded and replicated), it leaves the cluster (peers stop
 //! forwarding to it, and what they still forward is refused with an answer
 //! that sends them to another replica), stops accepting connections, lets
 //! every request in flight finish — its clients' and those peers forwarded
@@ -397,23 +399,32 @@ impl FollowingNode {
         let (drain, readiness) = (self.config.drain.clone(), Arc::clone(&self.readiness));
         let draining_ingress = Arc::clone(&self.ingress);
         let leaving = agent.clone();
+        let draining_queues = Arc::clone(&self.queues);
         let drain_deadline = Arc::new(std::sync::OnceLock::new());
         let deadline = Arc::clone(&drain_deadline);
         ingress
             .serve(self.listener, async move {
                 shutdown.await;
                 readiness.draining();
+                draining_queues.stop_leasing();
                 tracing::info!(
                     delay_ms = drain.delay.as_millis() as u64,
-                    "draining: not ready, serving on for the drain delay"
+                    "draining: not ready, leasing no more jobs, serving on for the drain delay"
                 );
                 tokio::time::sleep(drain.delay).await;
+                // One deadline for what is left: the jobs this node leased end (and their
+                // outcomes reach the backup) before it leaves, since its queues then move to
+                // other nodes; the requests in flight finish after.
+                let end = tokio::time::Instant::now() + drain.timeout;
+                let _ = deadline.set(end);
+                if !draining_queues.runs_ended(end).await {
+                    tracing::warn!("drain timed out with leased jobs still running; their leases will expire");
+                }
                 if let Some(agent) = leaving {
                     draining_ingress.start_draining();
                     agent.leave().await;
                     tracing::info!("left the cluster");
                 }
-                let _ = deadline.set(tokio::time::Instant::now() + drain.timeout);
                 let _ = stop_sender.send(true);
             })
             .await;

@@ -41,7 +41,7 @@
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -257,6 +257,10 @@ pub struct Queues {
     published: Mutex<Vec<(QueueReport, QueueView)>>,
     /// Per peer: its ordered outbox of replication messages.
     outboxes: Mutex<BTreeMap<String, mpsc::Sender<(String, PeerMessage)>>>,
+    /// False once the node drains: its queues lease no more jobs.
+    leasing: AtomicBool,
+    /// Runs of jobs this node leased that have not ended (here or on peers).
+    runs_out: AtomicUsize,
 }
 
 impl std::fmt::Debug for Queues {
@@ -286,6 +290,8 @@ impl Queues {
             cluster: OnceLock::new(),
             published: Mutex::default(),
             outboxes: Mutex::default(),
+            leasing: AtomicBool::new(true),
+            runs_out: AtomicUsize::new(0),
         });
         let mut engine = Engine {
             shared: Arc::clone(&queues),
@@ -335,6 +341,25 @@ impl Queues {
     /// Each queue as the admin listener shows it.
     pub fn views(&self) -> Vec<QueueView> {
         self.published.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(_, view)| view.clone()).collect()
+    }
+
+    /// The node drains: its queues lease no more jobs (runs already out go on; the
+    /// control plane moves the queues it is primary of once it has left).
+    pub fn stop_leasing(&self) {
+        self.leasing.store(false, Ordering::SeqCst);
+    }
+
+    /// Waits until every run of a job this node leased has ended and its outcome is
+    /// recorded (and so replicated), or until `deadline`; whether they all ended.
+    pub async fn runs_ended(&self, deadline: tokio::time::Instant) -> bool {
+        const POLL: Duration = Duration::from_millis(20);
+        while self.runs_out.load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        true
     }
 
     /// Runs an operator's command on the engine (see [`Engine::command`]); its result
@@ -827,6 +852,9 @@ impl Engine {
     /// Returns the runs, to start once the leases are flushed.
     fn dispatch(&mut self) -> Vec<impl Future<Output = ()> + use<>> {
         let mut runs = Vec::new();
+        if !self.shared.leasing.load(Ordering::SeqCst) {
+            return runs;
+        }
         let now = unix_now_ms();
         let names: Vec<String> = self.slots.keys().cloned().collect();
         for name in names {
@@ -936,6 +964,8 @@ impl Engine {
             })
             .collect();
         *self.shared.published.lock().unwrap_or_else(|p| p.into_inner()) = published;
+        let runs_out = self.sent_to.values().map(|runs| *runs as usize).sum();
+        self.shared.runs_out.store(runs_out, Ordering::SeqCst);
     }
 }
 
