@@ -26,6 +26,9 @@
 //! SIGKILLed at once (then, in a second round, SIGTERMed); every acknowledged job runs
 //! after they restart on their data directories, as the job its send was answered
 //! with, no delayed one before its delay, and every run the crash cut runs again.
+//!
+//! Drain: a primary SIGTERMed while the jobs it leased run leases no more, stays past
+//! its drain delay until they end, and leaves; none of them runs again.
 
 #![allow(clippy::unwrap_used)]
 
