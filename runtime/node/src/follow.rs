@@ -417,6 +417,7 @@ impl FollowingNode {
                 // other nodes; the requests in flight finish after.
                 let end = tokio::time::Instant::now() + drain.timeout;
                 let _ = deadline.set(end);
+                draining_ingress.drain_by(end);
                 if !draining_queues.runs_ended(end).await {
                     tracing::warn!("drain timed out with leased jobs still running; their leases will expire");
                 }

@@ -125,7 +125,8 @@ pub struct IngressConfig {
     pub header_bytes_max: usize,
     /// Most header fields in one HTTP/1 request.
     pub headers_max: usize,
-    /// How long shutdown waits for in-flight requests before it gives up.
+    /// How long shutdown waits for in-flight requests before it gives up
+    /// (unless [`Ingress::drain_by`] set a deadline).
     pub drain_timeout: Duration,
     /// Most client connections open at once; beyond it, accepting waits.
     pub connections_max: usize,
@@ -277,6 +278,9 @@ pub struct Ingress {
     response_cache: Option<Arc<ResponseCache>>,
     /// Set once when the node starts draining: peers' requests are refused.
     draining: AtomicBool,
+    /// When shutdown stops waiting for in-flight requests, if set before it
+    /// starts ([`Ingress::drain_by`]); else `drain_timeout` after it starts.
+    drain_deadline: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 impl Ingress {
@@ -296,7 +300,16 @@ impl Ingress {
             forwarding: std::sync::OnceLock::new(),
             node_headers,
             draining: AtomicBool::new(false),
+            drain_deadline: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Shutdown waits for in-flight requests until `deadline` at the latest,
+    /// instead of `drain_timeout` from its start (for a node whose drain
+    /// spends part of one budget before the ingress stops); only the first
+    /// call counts.
+    pub fn drain_by(&self, deadline: tokio::time::Instant) {
+        let _ = self.drain_deadline.set(deadline);
     }
 
     /// Lets the ingress forward requests to peers; only the first call counts.
@@ -427,10 +440,15 @@ impl Ingress {
         }
         drop(listener);
         tracing::info!("draining in-flight requests");
+        let deadline = self
+            .drain_deadline
+            .get()
+            .copied()
+            .unwrap_or_else(|| tokio::time::Instant::now() + self.config.drain_timeout);
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("drained"),
-            () = tokio::time::sleep(self.config.drain_timeout) => {
-                tracing::warn!(timeout = ?self.config.drain_timeout, "drain timed out; closing remaining connections");
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::warn!("drain timed out; closing remaining connections");
             }
         }
     }
