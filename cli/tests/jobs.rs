@@ -587,15 +587,33 @@ const STOP_AFTER: usize = 350;
 /// sends and the stop.
 const HELD_FOR: Duration = Duration::from_secs(10);
 
+/// A cluster ([`start_cluster`]) whose queue `work` runs jobs that `POST` to a sink
+/// (visibility timeout 3 s), with what a test needs of it.
+struct PostingCluster {
+    sink: Sink,
+    _root: tempfile::TempDir,
+    _control: Server,
+    nodes: Vec<Node>,
+    /// The queue's assignment once it had a backup.
+    first: QueueAssignment,
+    /// A job that posts its id, attempt and key to the sink.
+    payload: String,
+}
+
+fn posting_cluster() -> PostingCluster {
+    let sink = Sink::start();
+    let root = tempfile::tempdir().unwrap();
+    let (control, nodes) = start_cluster(root.path());
+    let sink_addr = sink.addr.to_string();
+    let first = deploy_queue(&control, &["--allow-outbound", &sink_addr, "--queue-visibility-timeout", "3s"]);
+    let payload = format!(r#"{{"do":"post","url":"http://{sink_addr}/"}}"#);
+    PostingCluster { sink, _root: root, _control: control, nodes, first, payload }
+}
+
 #[test]
 fn a_restart_of_every_node_loses_no_acknowledged_job() {
     let _measuring = common::measuring();
-    let sink = Sink::start();
-    let root = tempfile::tempdir().unwrap();
-    let (control, mut nodes) = start_cluster(root.path());
-    let sink_addr = sink.addr.to_string();
-    deploy_queue(&control, &["--allow-outbound", &sink_addr, "--queue-visibility-timeout", "3s"]);
-    let payload = format!(r#"{{"do":"post","url":"http://{sink_addr}/"}}"#);
+    let PostingCluster { sink, mut nodes, payload, _root, _control, .. } = posting_cluster();
     for node in &nodes {
         node.send_until_acked(&format!("probe-{}", node.name), &payload);
     }
@@ -607,12 +625,7 @@ fn a_restart_of_every_node_loses_no_acknowledged_job() {
 #[test]
 fn a_draining_primary_lets_the_jobs_it_leased_end_before_it_leaves() {
     let _measuring = common::measuring();
-    let sink = Sink::start();
-    let root = tempfile::tempdir().unwrap();
-    let (control, mut nodes) = start_cluster(root.path());
-    let sink_addr = sink.addr.to_string();
-    let first = deploy_queue(&control, &["--allow-outbound", &sink_addr, "--queue-visibility-timeout", "3s"]);
-    let payload = format!(r#"{{"do":"post","url":"http://{sink_addr}/"}}"#);
+    let PostingCluster { sink, mut nodes, first, payload, _root, _control } = posting_cluster();
     let primary = nodes.iter().position(|node| node.name == first.primary).unwrap();
     let sender = (primary + 1) % nodes.len();
     sink.hold(true);
