@@ -168,7 +168,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     wait_served(&cluster, &mut up, &signals)?;
     let sample = ws.target_dir.join("demo").join("sample.ppm");
-    std::fs::write(&sample, sample_image()).with_context(|| format!("could not write {}", sample.display()))?;
+    let blue =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_secs() % 256) as u8;
+    std::fs::write(&sample, sample_image(blue)).with_context(|| format!("could not write {}", sample.display()))?;
     let thumbnail = check_thumbnails(&cluster, &sample, &mut up, &signals)?;
 
     let sites = {
@@ -246,12 +248,14 @@ fn wait_served(cluster: &Cluster, up: &mut Up, signals: &Receiver<()>) -> Result
 }
 
 /// The image the demo sends to thumbnail-jobs: a [`SAMPLE_SIZE`] binary PPM, red
-/// rising to the right, green downwards.
-fn sample_image() -> Vec<u8> {
+/// rising to the right, green downwards, and `blue` everywhere (the demo picks it
+/// from the clock, so that a run on a cluster brought back by the same `--dir`
+/// sends a new image and shows a new job, not the one the queue remembers).
+fn sample_image(blue: u8) -> Vec<u8> {
     let (width, height) = SAMPLE_SIZE;
     let ramp = |at: u32, side: u32| (at * 255 / (side - 1)) as u8;
     let pixels =
-        (0..height).flat_map(|y| (0..width).flat_map(move |x| [ramp(x, width), ramp(y, height), 128])).collect();
+        (0..height).flat_map(|y| (0..width).flat_map(move |x| [ramp(x, width), ramp(y, height), blue])).collect();
     Image { width, height, maxval: 255, pixels }.encode()
 }
 

@@ -16,7 +16,7 @@
 //!   lowercase hex digits is a `404`. `202` means only "not in this node's
 //!   cache (yet)": the job may still be waiting or running, or it may have
 //!   run on another node, failed for good (dead-lettered), or never have been
-//!   submitted, and the thumbnail expires an hour after it was made. The
+//!   submitted, and the thumbnail expires 25 hours after it was made. The
 //!   cache is per node: the thumbnail is on the node whose worker made it.
 
 use serde_json::json;

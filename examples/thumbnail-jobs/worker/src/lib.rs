@@ -1,7 +1,7 @@
 //! The job half of thumbnail-jobs: for each image `thumbnail-api` queued,
 //! shrinks it to fit 64×64 (box filter, aspect ratio kept) and stores the
 //! PPM in the cache namespace both functions share (deploy both with
-//! `--cache thumbnails`) under the image's key for an hour.
+//! `--cache thumbnails`) under the image's key for 25 hours.
 //!
 //! Jobs are delivered at least once, so the work is idempotent on the key:
 //! a thumbnail already stored is not made again, and storing it twice
@@ -15,8 +15,11 @@ use wedge_sdk::{Job, cache, job_handler};
 
 use thumbnail_core::{Image, THUMBNAIL_SIDE_MAX, key};
 
-/// How long a thumbnail stays in the cache.
-const THUMBNAIL_TTL: Duration = Duration::from_secs(3600);
+/// How long a thumbnail stays in the cache: longer than the queue remembers an
+/// idempotency key (24 h by default), so an image sent again within that time,
+/// which answers the job that made its thumbnail, finds the thumbnail still there
+/// (unless the node's cache evicted it to stay under its byte cap).
+const THUMBNAIL_TTL: Duration = Duration::from_secs(25 * 3600);
 
 #[job_handler]
 fn handle(job: Job) -> Result<(), Box<dyn std::error::Error>> {
