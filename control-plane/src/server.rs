@@ -219,7 +219,12 @@ impl ControlPlane {
         }
         let store_dir = config.data_dir.join("store");
         let store = open_store(&store_dir).map_err(|source| ControlError::Store { path: store_dir.clone(), source })?;
-        let compiler = Compiler::new(config.instance_memory_bytes_max, config.compiles_max, config.compile_timeout)?;
+        let compiler = Compiler::new(
+            config.instance_memory_bytes_max,
+            config.compiles_max,
+            config.compile_timeout,
+            Some(config.data_dir.join("compiled")),
+        )?;
         let reports = Reports::new(
             ReportLimits {
                 nodes_max: config.nodes_max,

@@ -109,9 +109,17 @@ pub struct Compiler {
 
 impl Compiler {
     /// An engine with the nodes' settings but few instance slots (it only
-    /// compiles and links, never runs a guest) and no disk cache.
-    pub fn new(instance_memory_bytes_max: u64, compiles_max: usize, timeout: Duration) -> Result<Self, HostError> {
-        let host = Host::new(HostConfig { instances_max: 2, instance_memory_bytes_max, ..HostConfig::default() })?;
+    /// compiles and links, never runs a guest); with `cache_dir`, compiled
+    /// code is kept there, so checking a stored component again (its kind,
+    /// after a restart) loads it instead of compiling it.
+    pub fn new(
+        instance_memory_bytes_max: u64,
+        compiles_max: usize,
+        timeout: Duration,
+        cache_dir: Option<std::path::PathBuf>,
+    ) -> Result<Self, HostError> {
+        let config = HostConfig { instances_max: 2, instance_memory_bytes_max, cache_dir, ..HostConfig::default() };
+        let host = Host::new(config)?;
         Ok(Self { host, turns: Arc::new(Semaphore::new(compiles_max)), timeout, kinds: Arc::default() })
     }
 
@@ -223,7 +231,7 @@ mod tests {
     #[tokio::test]
     async fn a_compile_past_its_timeout_is_refused_as_busy() {
         let Some(wasm) = hello_wasm() else { return };
-        let compiler = Compiler::new(128 * MIB, 1, Duration::from_micros(1)).unwrap();
+        let compiler = Compiler::new(128 * MIB, 1, Duration::from_micros(1), None).unwrap();
         let result = compiler.check(DeploySpec::default().function_spec("f"), Bytes::from(wasm)).await;
         assert!(matches!(result, Err(ValidationError::Timeout(_))), "{result:?}");
     }
@@ -248,7 +256,7 @@ mod tests {
     #[tokio::test]
     async fn job_functions_pass_and_components_of_neither_world_are_refused() {
         let (Some(job), Some(command)) = (guest_wasm("guest-job"), guest_wasm("guest-command")) else { return };
-        let compiler = Compiler::new(128 * MIB, 1, Duration::from_secs(120)).unwrap();
+        let compiler = Compiler::new(128 * MIB, 1, Duration::from_secs(120), None).unwrap();
         let spec = DeploySpec::default().function_spec("worker");
         assert_eq!(compiler.check(spec.clone(), Bytes::from(job.clone())).await, Ok(FunctionKind::JobHandler));
         let sha256 = crate::api::sha256_hex(&job);
@@ -265,7 +273,7 @@ mod tests {
     #[tokio::test]
     async fn spec_checks_without_compiling_agree_with_loading() {
         let Some(wasm) = hello_wasm() else { return };
-        let compiler = Compiler::new(128 * MIB, 1, Duration::from_secs(120)).unwrap();
+        let compiler = Compiler::new(128 * MIB, 1, Duration::from_secs(120), None).unwrap();
         let base = DeploySpec::default().function_spec("f");
         let mut cases = vec![base.clone()];
         let mut case = |edit: &dyn Fn(&mut FunctionSpec)| {
