@@ -66,8 +66,9 @@ pub trait QueueSender: Send + Sync + std::fmt::Debug + 'static {
 
 /// Why a [`QueueSender`] did not acknowledge a send; each variant is one case
 /// of the WIT `error` of `wedge:function/queue`. Unless the variant says
-/// otherwise, nothing was stored.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// otherwise, nothing was stored. Serializable, so that a node forwarding a
+/// send to the queue's primary hands its answer back as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum QueueSendError {
     /// No queue of that name exists.
     #[error("no queue of that name exists")]

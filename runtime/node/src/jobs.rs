@@ -132,43 +132,6 @@ struct WireSend {
     idempotency_key: Option<String>,
 }
 
-/// [`QueueSendError`] on the wire.
-#[derive(Debug, Serialize, Deserialize)]
-enum WireSendError {
-    UnknownQueue,
-    PayloadTooLarge(u32),
-    QueueFull,
-    DelayTooLong(u64),
-    InvalidIdempotencyKey(u32),
-    Unavailable(String),
-}
-
-impl From<QueueSendError> for WireSendError {
-    fn from(error: QueueSendError) -> Self {
-        match error {
-            QueueSendError::UnknownQueue => WireSendError::UnknownQueue,
-            QueueSendError::PayloadTooLarge { max_bytes } => WireSendError::PayloadTooLarge(max_bytes),
-            QueueSendError::QueueFull => WireSendError::QueueFull,
-            QueueSendError::DelayTooLong { max_ms } => WireSendError::DelayTooLong(max_ms),
-            QueueSendError::InvalidIdempotencyKey { max_bytes } => WireSendError::InvalidIdempotencyKey(max_bytes),
-            QueueSendError::Unavailable(message) => WireSendError::Unavailable(message),
-        }
-    }
-}
-
-impl From<WireSendError> for QueueSendError {
-    fn from(error: WireSendError) -> Self {
-        match error {
-            WireSendError::UnknownQueue => QueueSendError::UnknownQueue,
-            WireSendError::PayloadTooLarge(max_bytes) => QueueSendError::PayloadTooLarge { max_bytes },
-            WireSendError::QueueFull => QueueSendError::QueueFull,
-            WireSendError::DelayTooLong(max_ms) => QueueSendError::DelayTooLong { max_ms },
-            WireSendError::InvalidIdempotencyKey(max_bytes) => QueueSendError::InvalidIdempotencyKey { max_bytes },
-            WireSendError::Unavailable(message) => QueueSendError::Unavailable(message),
-        }
-    }
-}
-
 /// One job run asked of a peer.
 #[derive(Debug, Serialize, Deserialize)]
 struct WireRun {
@@ -425,8 +388,8 @@ impl Queues {
         match answer {
             Err(_) => Err(QueueSendError::Unavailable(format!("primary {primary} did not answer in time"))),
             Ok(Err(error)) => Err(QueueSendError::Unavailable(format!("primary {primary}: {error}"))),
-            Ok(Ok(bytes)) => match serde_json::from_slice::<Result<String, WireSendError>>(&bytes) {
-                Ok(answer) => answer.map_err(QueueSendError::from),
+            Ok(Ok(bytes)) => match serde_json::from_slice::<Result<String, QueueSendError>>(&bytes) {
+                Ok(answer) => answer,
                 Err(error) => {
                     Err(QueueSendError::Unavailable(format!("primary {primary}: unreadable answer: {error}")))
                 }
@@ -540,7 +503,7 @@ impl Queues {
                         self.send_here((*queue).to_owned(), request).await
                     }
                 };
-                json_answer(&result.map_err(WireSendError::from))
+                json_answer(&result)
             }
             ["_wedge", "queues", queue, "peer"] => {
                 let message: PeerMessage = match serde_json::from_slice(&body) {
@@ -1270,9 +1233,9 @@ mod tests {
             QueueSendError::Unavailable("primary gone".into()),
         ];
         for error in errors {
-            let json = serde_json::to_vec(&Err::<String, _>(WireSendError::from(error.clone()))).unwrap();
-            let back: Result<String, WireSendError> = serde_json::from_slice(&json).unwrap();
-            assert_eq!(back.map_err(QueueSendError::from), Err(error));
+            let json = serde_json::to_vec(&Err::<String, _>(error.clone())).unwrap();
+            let back: Result<String, QueueSendError> = serde_json::from_slice(&json).unwrap();
+            assert_eq!(back, Err(error));
         }
     }
 }
