@@ -333,29 +333,20 @@ pub(crate) fn check_report(report: &mut NodeReport) -> Result<(), String> {
     if report.ingress.len() > INGRESS_BYTES_MAX {
         return Err(format!("ingress is {} bytes; at most {INGRESS_BYTES_MAX} (host:port)", report.ingress.len()));
     }
-    for (what, entries) in [("serving", report.serving.len()), ("errors", report.errors.len())] {
-        if entries > REPORT_ENTRIES_MAX {
-            return Err(format!("{what} has {entries} entries; at most {REPORT_ENTRIES_MAX}"));
-        }
-    }
+    check_entries("serving", report.serving.len())?;
+    check_entries("errors", report.errors.len())?;
     let names = report.serving.iter().map(|(function, _)| function).chain(report.errors.iter().map(|e| &e.function));
     for function in names {
-        wedge_host::validate_name(function)
-            .map_err(|_| format!("{function:?} is not a function name (1-63 of a-z, 0-9, '-')"))?;
+        check_label("a function", function)?;
     }
     if let Some(cluster) = &report.cluster {
         if cluster.site.is_empty() || cluster.site.len() > SITE_BYTES_MAX {
             return Err(format!("cluster.site must be 1 to {SITE_BYTES_MAX} bytes"));
         }
-        for (what, entries) in [("function_in_flight", cluster.function_in_flight.len()), ("down", cluster.down.len())]
-        {
-            if entries > REPORT_ENTRIES_MAX {
-                return Err(format!("cluster.{what} has {entries} entries; at most {REPORT_ENTRIES_MAX}"));
-            }
-        }
+        check_entries("cluster.function_in_flight", cluster.function_in_flight.len())?;
+        check_entries("cluster.down", cluster.down.len())?;
         for function in cluster.function_in_flight.keys() {
-            wedge_host::validate_name(function)
-                .map_err(|_| format!("{function:?} is not a function name (1-63 of a-z, 0-9, '-')"))?;
+            check_label("a function", function)?;
         }
         if let Some(name) = cluster.down.keys().find(|name| name.is_empty() || name.len() > SITE_BYTES_MAX) {
             return Err(format!("cluster.down names {name:?}: node names are 1 to {SITE_BYTES_MAX} bytes"));
@@ -378,17 +369,27 @@ pub(crate) fn check_report(report: &mut NodeReport) -> Result<(), String> {
     Ok(())
 }
 
+/// At most [`REPORT_ENTRIES_MAX`] entries in the report's list `what`.
+fn check_entries(what: &str, entries: usize) -> Result<(), String> {
+    if entries > REPORT_ENTRIES_MAX {
+        return Err(format!("{what} has {entries} entries; at most {REPORT_ENTRIES_MAX}"));
+    }
+    Ok(())
+}
+
+/// `name` is a valid name of `what` (a function, a queue: the same rule).
+fn check_label(what: &str, name: &str) -> Result<(), String> {
+    wedge_host::validate_label(what, name).map_err(|_| format!("{name:?} is not {what} name (1-63 of a-z, 0-9, '-')"))
+}
+
 /// Checks a report's job queues: at most [`REPORT_ENTRIES_MAX`], each once
 /// and by a valid queue name (they are kept, and failover acts on them).
 fn check_queues(queues: &[QueueReport]) -> Result<(), String> {
-    if queues.len() > REPORT_ENTRIES_MAX {
-        return Err(format!("queues has {} entries; at most {REPORT_ENTRIES_MAX}", queues.len()));
-    }
+    check_entries("queues", queues.len())?;
     let mut seen = HashSet::new();
     for report in queues {
         let queue = &report.queue;
-        wedge_host::validate_name(queue)
-            .map_err(|_| format!("queues: {queue:?} is not a queue name (1-63 of a-z, 0-9, '-')"))?;
+        check_label("a queue", queue).map_err(|error| format!("queues: {error}"))?;
         if !seen.insert(queue.as_str()) {
             return Err(format!("queues: queue {queue:?} is listed twice"));
         }
@@ -403,14 +404,11 @@ fn check_queues(queues: &[QueueReport]) -> Result<(), String> {
 /// answers than requests. Refused rather than cut: counters that do not add
 /// up would give rates that mean nothing.
 fn check_traffic(traffic: &[FunctionTraffic]) -> Result<(), String> {
-    if traffic.len() > REPORT_ENTRIES_MAX {
-        return Err(format!("traffic has {} entries; at most {REPORT_ENTRIES_MAX}", traffic.len()));
-    }
+    check_entries("traffic", traffic.len())?;
     let mut seen = HashSet::new();
     for counters in traffic {
         let function = &counters.function;
-        wedge_host::validate_name(function)
-            .map_err(|_| format!("traffic: {function:?} is not a function name (1-63 of a-z, 0-9, '-')"))?;
+        check_label("a function", function).map_err(|error| format!("traffic: {error}"))?;
         if !seen.insert(function.as_str()) {
             return Err(format!("traffic: function {function:?} is listed twice"));
         }
