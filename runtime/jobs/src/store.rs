@@ -166,6 +166,9 @@ pub struct SledStore {
     meta: sled::Tree,
     /// Whether `apply` leaves flushing to the shell ([`SledStore::with_group_commit`]).
     group_commit: bool,
+    /// With group commit: whether a batch was applied since the last flush (shared by
+    /// clones, which write to the same database).
+    unflushed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 const JOBS_TREE: &str = "jobs";
@@ -216,6 +219,7 @@ impl SledStore {
             meta: db.open_tree(META_TREE)?,
             db,
             group_commit: false,
+            unflushed: Arc::default(),
         })
     }
 
@@ -226,9 +230,15 @@ impl SledStore {
         SledStore { group_commit: true, ..self }
     }
 
-    /// Makes every batch applied so far durable.
+    /// Makes every batch applied so far durable; nothing to do (no disk write) when
+    /// none was applied since the last flush.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        if self.unflushed.swap(false, std::sync::atomic::Ordering::SeqCst)
+            && let Err(error) = self.db.flush()
+        {
+            self.unflushed.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(error.into());
+        }
         Ok(())
     }
 
@@ -309,7 +319,9 @@ impl JobStore for SledStore {
             // The closure never aborts.
             Err(sled::transaction::TransactionError::Abort(())) => {}
         }
-        if !self.group_commit {
+        if self.group_commit {
+            self.unflushed.store(true, std::sync::atomic::Ordering::SeqCst);
+        } else {
             self.db.flush()?;
         }
         Ok(())
