@@ -71,7 +71,7 @@ use crate::control_client::{ControlClient, ErrorStatus};
 use crate::function_cache::NodeCache;
 use crate::jobs::{NodeQueueSender, Queues};
 use crate::local_state::LocalState;
-use crate::metrics::{Compilations, JobFunctions, NodeMetrics};
+use crate::metrics::{Compilations, NodeMetrics};
 
 /// Guest lines buffered between reports; beyond it, lines are dropped.
 const LOG_LINES_BUFFERED_MAX: usize = 10_000;
@@ -257,7 +257,6 @@ impl FollowingNode {
         let serving = Arc::new(Mutex::new(Serving::default()));
         let placements = Arc::new(PlacementBook::default());
         let compilations = Arc::new(Compilations::default());
-        let job_functions = Arc::new(JobFunctions::default());
         let mut applier = Applier {
             host,
             local,
@@ -269,7 +268,6 @@ impl FollowingNode {
             saved: None,
             serving: Arc::clone(&serving),
             compilations: Arc::clone(&compilations),
-            job_functions: Arc::clone(&job_functions),
             queues: Arc::clone(&queues),
             queues_served: BTreeMap::new(),
         };
@@ -316,7 +314,6 @@ impl FollowingNode {
             cache.cache().clone(),
             compilations,
             Arc::clone(&queues),
-            job_functions,
         ));
         Ok(Self {
             local_addr,
@@ -505,8 +502,6 @@ struct Applier {
     serving: Arc<Mutex<Serving>>,
     /// Counts each function's compilations, for `/metrics`.
     compilations: Arc<Compilations>,
-    /// The job functions loaded here, for `/metrics` (they have no routes).
-    job_functions: Arc<JobFunctions>,
     /// Takes the queues' roles and the job functions loaded here.
     queues: Arc<Queues>,
     /// The queue assignments applied (saved with the served state, so a restart
@@ -672,7 +667,6 @@ impl Applier {
                 Placed::Elsewhere => None,
             })
             .collect();
-        self.job_functions.set(&here);
         self.queues.set_functions(here);
         self.queues.assign(desired.queues.clone()).await;
         self.queues_served = desired.queues.clone();

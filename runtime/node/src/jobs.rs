@@ -296,6 +296,11 @@ impl Queues {
         let _ = self.inputs.try_send(Input::FunctionsChanged);
     }
 
+    /// The job functions loaded here (for `/metrics`: they have no routes).
+    pub fn job_functions(&self) -> BTreeMap<String, Function> {
+        self.functions.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// What the node reports to the control plane of each queue it holds.
     pub fn reports(&self) -> Vec<QueueReport> {
         self.published.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(report, _)| report.clone()).collect()

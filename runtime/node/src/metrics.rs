@@ -15,7 +15,7 @@
 //! functions that run here now: one no longer served disappears (bounded cardinality).
 //! Compilations are counted by the follower as it loads functions ([`Compilations`]),
 //! for the functions of the desired state only. Job functions have no routes, so the
-//! follower also hands over the job functions it loaded ([`JobFunctions`]); they show
+//! job functions loaded here are read from the node's queues ([`Queues::job_functions`]); they show
 //! their runs, in flight, instances, traps and cache use, not the request families.
 
 use std::collections::BTreeMap;
@@ -29,8 +29,8 @@ use wedge_cache::CacheStats;
 use wedge_cluster::agent::{Agent, GossipStats};
 use wedge_cluster::membership::MemberState;
 use wedge_host::{
-    DURATION_BOUNDS_SECONDS, DurationHistogram, Function, FunctionKind, FunctionStatsSnapshot, JobOutcome,
-    JobStatsSnapshot, StatusClass, TrapKind,
+    DURATION_BOUNDS_SECONDS, DurationHistogram, FunctionStatsSnapshot, JobOutcome, JobStatsSnapshot, StatusClass,
+    TrapKind,
 };
 use wedge_router::{ForwardStats, Ingress, IngressStats, Served, Target, response_cache::store::StoreStats};
 
@@ -68,34 +68,6 @@ impl Compilations {
     }
 }
 
-/// The job functions loaded on this node, set by the follower as it applies a desired
-/// state (the route table, where the other functions are found, has none of them).
-#[derive(Default)]
-pub struct JobFunctions {
-    functions: Mutex<BTreeMap<String, Function>>,
-}
-
-impl std::fmt::Debug for JobFunctions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let functions = self.functions.lock().unwrap_or_else(|p| p.into_inner());
-        f.debug_struct("JobFunctions").field("functions", &functions.keys().collect::<Vec<_>>()).finish()
-    }
-}
-
-impl JobFunctions {
-    /// Keeps the job functions among `functions` (the functions that run here now) and
-    /// forgets the others: a function no longer loaded leaves no series.
-    pub fn set(&self, functions: &BTreeMap<String, Function>) {
-        let jobs = functions.iter().filter(|(_, function)| function.kind() == FunctionKind::JobHandler);
-        *self.functions.lock().unwrap_or_else(|p| p.into_inner()) =
-            jobs.map(|(name, function)| (name.clone(), function.clone())).collect();
-    }
-
-    fn functions(&self) -> BTreeMap<String, Function> {
-        self.functions.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
 /// What a scrape reads: the parts of a running node.
 pub struct NodeMetrics {
     node: String,
@@ -105,7 +77,6 @@ pub struct NodeMetrics {
     cache: wedge_cache::Cache,
     compilations: Arc<Compilations>,
     queues: Arc<Queues>,
-    job_functions: Arc<JobFunctions>,
 }
 
 impl std::fmt::Debug for NodeMetrics {
@@ -116,7 +87,6 @@ impl std::fmt::Debug for NodeMetrics {
 
 impl NodeMetrics {
     /// Metrics of the node `node` in `site` (empty outside a cluster), read from these parts.
-    #[allow(clippy::too_many_arguments)] // every part a scrape reads, each shared with its owner
     pub fn new(
         node: String,
         site: String,
@@ -125,9 +95,8 @@ impl NodeMetrics {
         cache: wedge_cache::Cache,
         compilations: Arc<Compilations>,
         queues: Arc<Queues>,
-        job_functions: Arc<JobFunctions>,
     ) -> Self {
-        Self { node, site, ingress, agent, cache, compilations, queues, job_functions }
+        Self { node, site, ingress, agent, cache, compilations, queues }
     }
 
     /// Everything the exposition shows, read now.
@@ -144,7 +113,7 @@ impl NodeMetrics {
                 });
             }
         }
-        for (name, function) in self.job_functions.functions() {
+        for (name, function) in self.queues.job_functions() {
             let sample = FunctionSample {
                 stats: Some(function.stats()),
                 jobs: Some(function.job_stats()),
