@@ -830,11 +830,17 @@ impl Engine {
             if !matches!(slot.core.role(), Role::Primary { .. }) {
                 continue;
             }
+            let function = slot.function.clone();
+            // The replicas, once per queue: the runs leased here start after the round.
+            let (local, peers) = self.replicas(&function);
             // At most one lease per slot of the queue's concurrency per round.
             for _ in 0..slot.core.config().concurrency_max {
-                let Some(slot) = self.slots.get(&name) else { break };
-                let function = slot.function.clone();
-                let Some(worker) = self.choose_worker(&function) else { break };
+                let here = local.as_ref().map(|_| self.me.0.as_str());
+                let worker = match (least_busy(here, peers.iter().map(String::as_str), &self.sent_to), &local) {
+                    (None, _) => break,
+                    (Some(chosen), Some(local)) if Some(chosen) == here => Worker::Here(local.clone()),
+                    (Some(chosen), _) => Worker::Peer(chosen.to_owned()),
+                };
                 let Some(slot) = self.slots.get_mut(&name) else { break };
                 let worker_name = match &worker {
                     Worker::Here(_) => self.me.0.clone(),
@@ -853,16 +859,15 @@ impl Engine {
                 let renew_every = Duration::from_millis(slot.core.config().visibility_timeout_ms / 2).max(IDLE_WAKE);
                 *self.sent_to.entry(worker_name.clone()).or_default() += 1;
                 let shared = Arc::clone(&self.shared);
-                runs.push(run_job(shared, name.clone(), function, leased, worker, worker_name, renew_every));
+                runs.push(run_job(shared, name.clone(), function.clone(), leased, worker, worker_name, renew_every));
             }
         }
         runs
     }
 
-    /// The replica of `function` with the fewest of this node's jobs running on it
-    /// ([`least_busy`]): this node when it runs the function with a free instance, and
-    /// the placed live peers.
-    fn choose_worker(&self, function: &str) -> Option<Worker> {
+    /// Where `function`'s jobs may run, for [`least_busy`] to choose from: this node's
+    /// instance of it while it has a free slot, and the placed live peers.
+    fn replicas(&self, function: &str) -> (Option<Function>, Vec<String>) {
         let local = self.shared.functions.read().unwrap_or_else(|p| p.into_inner()).get(function).cloned();
         let local = local.filter(|local| !local.is_saturated());
         let peers: Vec<String> = match self.shared.cluster.get() {
@@ -879,11 +884,7 @@ impl Engine {
             }
             None => Vec::new(),
         };
-        let here = local.as_ref().map(|_| self.me.0.as_str());
-        match least_busy(here, peers.iter().map(String::as_str), &self.sent_to)? {
-            chosen if Some(chosen) == here => local.map(Worker::Here),
-            chosen => Some(Worker::Peer(chosen.to_owned())),
-        }
+        (local, peers)
     }
 
     /// Publishes each queue's report and view.
