@@ -124,6 +124,11 @@ pub fn human_age(ms: u64) -> String {
     }
 }
 
+/// `word`, with an `s` unless `count` is 1 (`2 jobs`, `1 job`).
+pub fn plural(count: u64, word: &str) -> String {
+    if count == 1 { word.to_string() } else { format!("{word}s") }
+}
+
 /// A function's routes in a table cell: `-` for a job function without any.
 pub fn routes_cell(routes: &[String]) -> String {
     if routes.is_empty() { "-".to_string() } else { routes.join(", ") }

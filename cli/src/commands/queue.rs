@@ -14,7 +14,7 @@ use wedge_control::api::{
 };
 
 use crate::client::Client;
-use crate::output::{OutputArgs, Table, escape_controls, human_age, print_json};
+use crate::output::{OutputArgs, Table, escape_controls, human_age, plural, print_json};
 use crate::profile::ConnectionArgs;
 
 /// Arguments of `wedge queue` (its help text is on `Command::Queue`).
@@ -334,7 +334,7 @@ fn count_of(answer: &QueueCommandAnswer) -> anyhow::Result<u64> {
 
 /// `1 job`, `3 jobs`.
 fn jobs(count: u64) -> String {
-    format!("{count} job{}", if count == 1 { "" } else { "s" })
+    format!("{count} {}", plural(count, "job"))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use crate::client::{Client, function_name};
-use crate::output::{OutputArgs, print_json};
+use crate::output::{OutputArgs, plural, print_json};
 use crate::profile::ConnectionArgs;
 
 /// Arguments of `wedge rm`.
@@ -40,9 +40,9 @@ impl RmArgs {
         if !self.yes {
             let versions = client.versions(&self.function)?.value.len();
             let question = format!(
-                "remove function {} and its {versions} version{}? [y/N] ",
+                "remove function {} and its {versions} {}? [y/N] ",
                 self.function,
-                if versions == 1 { "" } else { "s" }
+                plural(versions as u64, "version")
             );
             if !confirm(&question)? {
                 bail!("nothing removed");
@@ -53,12 +53,7 @@ impl RmArgs {
             return print_json(&reply.raw);
         }
         let removed = reply.value;
-        println!(
-            "removed {} and its {} version{}",
-            removed.function,
-            removed.versions,
-            if removed.versions == 1 { "" } else { "s" }
-        );
+        println!("removed {} and its {} {}", removed.function, removed.versions, plural(removed.versions, "version"));
         Ok(())
     }
 }

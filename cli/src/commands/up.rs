@@ -43,7 +43,7 @@ use serde::Serialize;
 use wedge_cluster::agent::MembersReport;
 use wedge_cluster::pki::{CA_CERT_FILE, CA_KEY_FILE, ClusterCa};
 
-use crate::output::{OutputArgs, escape_controls};
+use crate::output::{OutputArgs, escape_controls, plural};
 
 /// Most nodes `wedge up` starts: the port layout leaves room for this many.
 const NODES_MAX: u16 = 16;
@@ -339,7 +339,7 @@ fn bring_up(plan: &Plan, paths: &Paths, cluster: &mut Cluster, signals: &Receive
     let probe = ureq::AgentBuilder::new().timeout(PROBE_TIMEOUT).build();
     let control_url = plan.control_url();
     let (nodes, sites) = (plan.nodes.len(), plan.sites);
-    let (node_word, site_word) = (plural(nodes, "node"), plural(usize::from(sites), "site"));
+    let (node_word, site_word) = (plural(nodes as u64, "node"), plural(u64::from(sites), "site"));
     let logs = plan.dir.join("logs");
     eprintln!(
         "wedge up: starting a control plane and {nodes} {node_word} in {sites} {site_word} (logs in {})",
@@ -462,7 +462,7 @@ fn print_cluster(plan: &Plan, token: &str, json: bool) -> anyhow::Result<()> {
     } else {
         let control = plan.control_url();
         let (nodes, sites) = (plan.nodes.len(), plan.sites);
-        let (node_word, site_word) = (plural(nodes, "node"), plural(usize::from(sites), "site"));
+        let (node_word, site_word) = (plural(nodes as u64, "node"), plural(u64::from(sites), "site"));
         let dir = plan.dir.display();
         writeln!(
             out,
@@ -478,10 +478,6 @@ fn print_cluster(plan: &Plan, token: &str, json: bool) -> anyhow::Result<()> {
         writeln!(out, "Ctrl-C stops the cluster.")?;
     }
     out.flush().context("writing to stdout")
-}
-
-fn plural(count: usize, word: &str) -> String {
-    if count == 1 { word.to_string() } else { format!("{word}s") }
 }
 
 /// `text` as one shell word: as it is when that is safe, else in single quotes.
@@ -699,7 +695,7 @@ impl Cluster {
         let began = Instant::now();
         let mut clean = true;
         if nodes > 0 {
-            let word = plural(nodes, "node");
+            let word = plural(nodes as u64, "node");
             eprintln!(
                 "wedge up: stopping {nodes} {word} (each leaves the cluster, then drains; Ctrl-C again kills at once)"
             );
